@@ -1,0 +1,3 @@
+"""ppp-zoo: PatchPerPix instance segmentation as bioimage.io models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,54 @@
+"""PatchPerPix instance assembly: per-pixel shape patches in, instances out.
+
+This sub-package is standalone: it imports numpy, numba and scipy only, never torch and
+nothing else of ``ppp_zoo``, so a consumer of an exported model can run it on the raw
+model outputs.
+
+Input layout (identical to the exported model's outputs, batch axis dropped)
+---------------------------------------------------------------------------
+``numinst``  (3, [Z,] Y, X)  probabilities of 0, 1, 2+ instances at each pixel (or ``None``).
+``patches``  (P, [Z,] Y, X)  P = prod(patchshape); channel ``k`` holds, at centre pixel ``c``,
+the probability that pixel ``c + o_k`` belongs to the same instance as ``c``, where
+``o_k = unravel_index(k, patchshape) - patchshape // 2`` (C order). Every patchshape entry
+is odd; ``r = patchshape // 2`` is the patch radius.
+
+The steps, with the exact definitions this implementation computes
+------------------------------------------------------------------
+Let TH = ``patch_threshold`` and BG = 1 - TH if TH >= 0.5 else TH. ``P_c(u)`` is the value of
+the patch centred at ``c`` at pixel ``u`` (``u`` in ``box(c) = c + [-r, r]``, inside the image).
+
+0. Foreground class: 2 if numinst[2] > t2, else 1 if numinst[1] > t1, else 0
+   (``numinst_thresholds = (t1, t2)``). Without numinst: 1 where ``P_x(x) > TH``.
+   ``fg`` = class >= 1; voting pixels ``V`` = class == 1 (overlap pixels have no patch).
+   Candidate centres: ``V`` (fast mode: only those whose coordinates are all multiples
+   of ``fast_stride``).
+1. Consensus. For every candidate centre c: ``H_c = {u in box(c) & V : P_c(u) > TH}``,
+   ``L_c = {v in box(c) & V : P_c(v) < BG}``. For every unordered pair {u, v}, u != v:
+   both in H_c: vote ``(P_c(u) P_c(v) - TH^2) / (1 - TH^2)``;
+   u in H_c, v in L_c: vote ``-(P_c(u) (1 - P_c(v)) - TH^2) / (1 - TH^2)``.
+   ``C(u, v)`` = mean of the votes it received; undefined when it received none.
+2. Patch score of candidate c: mean over the unordered pairs {u, v} with both in H_c
+   (term ``+C``) or one in H_c and the other in L_c (term ``-C``), counting only pairs with
+   a defined C; -1 when there is none. Ranking: score descending, ties by the larger
+   ``|H_c|``, then by raster index.
+3. Foreground cover: walk the ranking; select c when ``{u in box(c) & fg : P_c(u) > fc_threshold}``
+   holds a pixel not yet covered, then mark that region covered.
+4. Patch graph: nodes = selected patches (selection order); candidate edges = pairs whose
+   centres differ by less than ``2 * patchshape`` on every axis.
+5. Edge weight(a, b) = mean of the defined ``C(u, v)``, u in H_a, v in H_b, u != v; a pair
+   of patches with no defined C gets no edge.
+6. Partition: ``"cc"`` - connected components over edges with weight > 0;
+   ``"mws"`` - mutex watershed: edges by |weight| descending (ties by node pair), positive
+   edges merge two clusters unless a mutex separates them, negative edges add a mutex.
+   Components are numbered 1..K by their best-ranked patch.
+7. Labelling: every selected patch paints ``{u in box(c) : P_c(u) > TH}`` (cropped to ``fg``
+   when ``crop_to_fg``) with its component id, worst-ranked first so better patches win.
+   Overlapping mode: one mask per component, the union of its patches' regions, so
+   overlap pixels belong to every instance covering them. Instances with fewer than
+   ``min_size`` pixels are removed and ids are made consecutive.
+"""
+
+from .params import AssemblyParams, Partition
+from .assemble import assemble, AssemblyResult
+
+__all__ = ["AssemblyParams", "Partition", "assemble", "AssemblyResult"]

@@ -1,0 +1,488 @@
+"""Instance assembly by patch consensus (see the package docstring for the definitions).
+
+The public entry point is :func:`assemble`. The step functions (``foreground_classes``,
+``compute_consensus``, ``rank_patches``, ``cover_foreground``, ``patch_graph``,
+``partition_graph``, ``label_instances``) are public too, so that each step can be inspected
+and tested on its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable, Optional
+
+import numpy as np
+
+from . import _kernels as K
+from .params import AssemblyParams
+
+ProgressCallback = Optional[Callable[[str], None]]
+
+
+# --------------------------------------------------------------------------- geometry
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+    """Image and patch geometry, everything lifted to 3D (a 2D image has Z = 1)."""
+
+    shape: tuple[int, int, int]  # image shape (Z, Y, X)
+    patchshape: tuple[int, int, int]
+    ndim: int  # 2 or 3: the caller's dimensionality
+
+    @property
+    def r(self) -> np.ndarray:
+        return np.array([p // 2 for p in self.patchshape], np.int64)
+
+    @property
+    def padded_shape(self) -> tuple[int, int, int]:
+        r = self.r
+        return tuple(int(s + 2 * q) for s, q in zip(self.shape, r))
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """(P, 3) patch offsets in C order."""
+        grid = np.indices(self.patchshape).reshape(3, -1).T
+        return np.ascontiguousarray(grid - self.r, dtype=np.int64)
+
+    @property
+    def fullshape(self) -> np.ndarray:
+        """Shape of the grid of pair offsets d in [-2r, 2r]."""
+        return 4 * self.r + 1
+
+    @property
+    def n_columns(self) -> int:
+        return int(np.prod(self.fullshape)) // 2
+
+    def pair_table(self) -> np.ndarray:
+        """(P, P) int32 consensus column of offset ``o_l - o_k`` for l > k (-1 otherwise)."""
+        offs = self.offsets
+        d = offs[None, :, :] - offs[:, None, :] + 2 * self.r
+        g = np.ravel_multi_index(tuple(np.moveaxis(d, -1, 0)), tuple(self.fullshape))
+        col = g - self.n_columns - 1
+        return np.where(col >= 0, col, -1).astype(np.int32)
+
+    def pad(self, arr: np.ndarray, value=0) -> np.ndarray:
+        r = self.r
+        return np.pad(arr.reshape(self.shape), [(q, q) for q in r], constant_values=value)
+
+    def unpad(self, arr: np.ndarray) -> np.ndarray:
+        r = self.r
+        sl = tuple(slice(q, q + s) for q, s in zip(r, self.shape))
+        out = arr[(Ellipsis,) + sl]
+        return out.reshape(arr.shape[: arr.ndim - 3] + self.shape[3 - self.ndim:])
+
+
+def _geometry(shape: tuple[int, ...], patchshape: tuple[int, ...]) -> Geometry:
+    if len(shape) == 2:
+        return Geometry((1,) + tuple(shape), (1,) + tuple(patchshape), 2)
+    return Geometry(tuple(shape), tuple(patchshape), 3)
+
+
+# --------------------------------------------------------------------------- validation
+def _validate_inputs(numinst, patches, params: AssemblyParams):
+    patches = np.asarray(patches)
+    if patches.ndim != params.ndim + 1:
+        raise ValueError(
+            f"patches must have shape (P, {'Z, ' if params.ndim == 3 else ''}Y, X) for a "
+            f"{params.ndim}D patchshape {params.patchshape}, got shape {patches.shape}"
+        )
+    n_ch = int(np.prod(params.patchshape))
+    if patches.shape[0] != n_ch:
+        raise ValueError(
+            f"patches has {patches.shape[0]} channels but patchshape "
+            f"{'x'.join(map(str, params.patchshape))} needs {n_ch}"
+        )
+    if patches.dtype.kind not in "fiub":
+        raise ValueError(f"patches must be numeric, got dtype {patches.dtype}")
+    if min(patches.shape[1:]) < 1:
+        raise ValueError(f"patches has an empty spatial shape {patches.shape[1:]}")
+    if numinst is not None:
+        numinst = np.asarray(numinst)
+        if numinst.shape != (3,) + patches.shape[1:]:
+            raise ValueError(
+                f"numinst must have shape {(3,) + patches.shape[1:]} (3 classes over the "
+                f"patches' spatial shape), got {numinst.shape}"
+            )
+        if numinst.dtype.kind not in "fiub":
+            raise ValueError(f"numinst must be numeric, got dtype {numinst.dtype}")
+        if not np.isfinite(numinst).all():
+            raise ValueError("numinst contains NaN or infinite values")
+    # Checked in chunks so that a float64 copy of a large array is never made.
+    flat = patches.reshape(patches.shape[0], -1)
+    step = max(1, (1 << 24) // max(1, flat.shape[1]))
+    for i in range(0, flat.shape[0], step):
+        if not np.isfinite(flat[i:i + step]).all():
+            raise ValueError("patches contains NaN or infinite values")
+    return numinst, patches
+
+
+# --------------------------------------------------------------------------- steps
+def foreground_classes(numinst, patches, params: AssemblyParams) -> np.ndarray:
+    """Per-pixel class 0 (background), 1 (one instance), 2 (overlap), int8, image shape."""
+    if numinst is None:
+        centre = patches[patches.shape[0] // 2]
+        return (centre > params.patch_threshold).astype(np.int8)
+    t1, t2 = params.numinst_thresholds
+    cls = np.zeros(numinst.shape[1:], np.int8)
+    cls[numinst[1] > t1] = 1
+    cls[numinst[2] > t2] = 2
+    return cls
+
+
+def candidate_mask(cls: np.ndarray, params: AssemblyParams) -> np.ndarray:
+    """Candidate patch centres: voting pixels (class 1), on the stride grid in fast mode."""
+    mask = cls == 1
+    if params.fast and params.fast_stride > 1:
+        grid = np.zeros_like(mask)
+        grid[(slice(None, None, params.fast_stride),) * mask.ndim] = True
+        mask &= grid
+    return mask
+
+
+@dataclasses.dataclass
+class Consensus:
+    """Mean pairwise votes C(u, v) of every voting pixel with its neighbours.
+
+    ``values[vidx[u], col(v - u)]`` holds C(u, v) for u before v in raster order, NaN when
+    the pair received no vote.
+    """
+
+    values: np.ndarray  # (n_voting, n_columns) float32
+    vidx: np.ndarray  # padded int32 row index map
+    geometry: Geometry
+
+    def value(self, u, v) -> float:
+        """C(u, v) for two pixel coordinates, NaN if undefined."""
+        g = self.geometry
+        u3 = np.array(((0,) if g.ndim == 2 else ()) + tuple(u), np.int64)
+        v3 = np.array(((0,) if g.ndim == 2 else ()) + tuple(v), np.int64)
+        if np.ravel_multi_index(tuple(u3), g.shape) > np.ravel_multi_index(tuple(v3), g.shape):
+            u3, v3 = v3, u3
+        d = v3 - u3
+        if np.any(np.abs(d) > 2 * g.r) or not d.any():
+            return float("nan")
+        row = self.vidx[tuple(u3 + g.r)]
+        if row < 0:
+            return float("nan")
+        col = int(np.ravel_multi_index(tuple(d + 2 * g.r), tuple(g.fullshape))) - g.n_columns - 1
+        return float(self.values[row, col])
+
+    def to_dict(self) -> dict[tuple[int, int], float]:
+        """All defined values keyed by (flat index of u, flat index of v), u < v (slow)."""
+        g = self.geometry
+        pix = np.argwhere(self.vidx >= 0)
+        rows = self.vidx[tuple(pix.T)]
+        grid = np.indices(tuple(g.fullshape)).reshape(3, -1).T - 2 * g.r
+        grid = grid[g.n_columns + 1:]
+        out = {}
+        for p, row in zip(pix, rows):
+            cols = np.nonzero(~np.isnan(self.values[row]))[0]
+            u = p - g.r
+            for col in cols:
+                v = u + grid[col]
+                out[(int(np.ravel_multi_index(tuple(u), g.shape)),
+                     int(np.ravel_multi_index(tuple(v), g.shape)))] = float(self.values[row, col])
+        return out
+
+
+class _Prepared:
+    """Arrays shared by the kernels, built once per assembly."""
+
+    def __init__(self, patches, cls, params: AssemblyParams):
+        geo = _geometry(cls.shape, params.patchshape)
+        self.geo = geo
+        self.params = params
+        self.patches = patches.reshape(patches.shape[0], -1)
+        cls3 = cls.reshape(geo.shape)
+        self.vmask = geo.pad((cls3 == 1).astype(np.uint8))
+        self.fgmask = geo.pad((cls3 >= 1).astype(np.uint8))
+        vflat = np.flatnonzero(cls3 == 1)
+        vidx = np.full(geo.shape, -1, np.int32)
+        vidx.reshape(-1)[vflat] = np.arange(vflat.size, dtype=np.int32)
+        self.vidx = geo.pad(vidx, value=-1)
+        self.n_voting = int(vflat.size)
+        self.offs = geo.offsets
+        self.r = geo.r
+        self.th = np.float32(params.patch_threshold)
+        self.bg = np.float32(params.background_threshold)
+
+    def centres_of(self, flat: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(np.stack(np.unravel_index(flat, self.geo.shape), axis=1),
+                                    dtype=np.int64)
+
+
+def compute_consensus(prep: _Prepared, cand_flat: np.ndarray) -> Consensus:
+    """Step 1: accumulate the votes of every candidate centre into the consensus array."""
+    geo = prep.geo
+    n_cols = geo.n_columns
+    if int(np.prod(geo.patchshape)) > np.iinfo(np.uint16).max:
+        raise ValueError(f"patchshape {geo.patchshape} is too large (at most 65535 offsets)")
+    csum = np.zeros((prep.n_voting, n_cols), np.float32)
+    ccnt = np.zeros((prep.n_voting, n_cols), np.uint16)
+    centres = prep.centres_of(cand_flat)  # raster order: sorted by (z, y, x)
+    order = np.argsort(centres[:, 1], kind="stable")
+    centres = np.ascontiguousarray(centres[order])
+    cflat = np.ascontiguousarray(cand_flat[order])
+    height = max(2 * int(geo.r[1]), 1)
+    stripe_of = centres[:, 1] // height
+    n_stripes = int(geo.shape[1] // height + 1)
+    stripes = np.searchsorted(stripe_of, np.arange(n_stripes + 1)).astype(np.int64)
+    pairtab = geo.pair_table()
+    for parity in (0, 1):
+        K.accumulate_votes(prep.patches, centres, cflat, stripes, parity, prep.offs, prep.r,
+                           prep.vmask, prep.vidx, pairtab, prep.th, prep.bg, csum, ccnt)
+    K.finalize_consensus(csum, ccnt)
+    del ccnt
+    return Consensus(csum, prep.vidx, geo)
+
+
+def rank_patches(prep: _Prepared, cand_flat: np.ndarray, consensus: Consensus):
+    """Step 2: score every candidate patch; return (flat centres best first, scores)."""
+    centres = prep.centres_of(cand_flat)
+    scores = np.empty(len(cand_flat), np.float64)
+    n_high = np.empty(len(cand_flat), np.int64)
+    K.patch_scores(prep.patches, centres, np.ascontiguousarray(cand_flat, dtype=np.int64),
+                   prep.offs, prep.r, prep.vmask, prep.vidx, prep.geo.pair_table(), prep.th,
+                   prep.bg, consensus.values, scores, n_high)
+    # lexsort: last key is primary -> score descending, larger H_c, raster index ascending
+    order = np.lexsort((cand_flat, -n_high, -scores))
+    return cand_flat[order], scores[order]
+
+
+def cover_foreground(prep: _Prepared, ranked_flat: np.ndarray) -> np.ndarray:
+    """Step 3: greedy foreground cover; returns the flat centres of the selected patches."""
+    centres = prep.centres_of(ranked_flat)
+    covered = np.zeros_like(prep.fgmask)
+    selected = np.empty(len(ranked_flat), np.int64)
+    m = K.foreground_cover(prep.patches, centres, np.ascontiguousarray(ranked_flat, np.int64),
+                           prep.offs, prep.r, prep.fgmask,
+                           np.float32(prep.params.fc_threshold), covered, selected)
+    return ranked_flat[selected[:m]]
+
+
+def patch_graph(prep: _Prepared, selected_flat: np.ndarray, consensus: Consensus):
+    """Steps 4-5: candidate edges between selected patches and their consensus weights.
+
+    Returns ``(edges, weights)``: (E, 2) int64 node indices (a < b, into ``selected_flat``)
+    and (E,) float64 weights; pairs without any defined consensus are dropped.
+    """
+    geo = prep.geo
+    centres = prep.centres_of(selected_flat)
+    edges = K.candidate_edges(centres, np.array(geo.patchshape, np.int64))
+    weights = np.empty(len(edges), np.float64)
+    K.edge_weights(prep.patches, centres, np.ascontiguousarray(selected_flat, np.int64), edges,
+                   prep.offs, prep.r, prep.vmask, prep.vidx,
+                   np.ascontiguousarray(geo.fullshape, np.int64), geo.n_columns, prep.th,
+                   consensus.values, weights)
+    keep = ~np.isnan(weights)
+    edges, weights = edges[keep], weights[keep]
+    order = np.lexsort((edges[:, 1], edges[:, 0]))
+    return edges[order], weights[order]
+
+
+def partition_graph(n_nodes: int, edges: np.ndarray, weights: np.ndarray, method: str) -> np.ndarray:
+    """Step 6: component id (1..K, numbered by first node) of every node."""
+    if method == "cc":
+        roots = K.connected_components(n_nodes, np.asarray(edges, np.int64),
+                                       np.asarray(weights, np.float64))
+    elif method == "mws":
+        roots = _mutex_watershed(n_nodes, edges, weights)
+    else:
+        raise ValueError(f"partition must be 'cc' or 'mws', got {method!r}")
+    _, first, inverse = np.unique(roots, return_index=True, return_inverse=True)
+    rank = np.empty(len(first), np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(1, len(first) + 1)
+    return rank[inverse]
+
+
+def _mutex_watershed(n_nodes: int, edges: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Mutex watershed on a signed graph (edges sorted by |w| descending, ties by pair)."""
+    parent = list(range(n_nodes))
+    mutex: list[set[int]] = [set() for _ in range(n_nodes)]
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    order = np.lexsort((edges[:, 1], edges[:, 0], -np.abs(weights))) if len(edges) else []
+    for e in order:
+        w = weights[e]
+        if w == 0:
+            continue
+        ra, rb = find(int(edges[e, 0])), find(int(edges[e, 1]))
+        if ra == rb:
+            continue
+        if w > 0:
+            if rb in mutex[ra]:
+                continue
+            keep, gone = min(ra, rb), max(ra, rb)
+            parent[gone] = keep
+            for other in mutex[gone]:
+                mutex[other].discard(gone)
+                mutex[other].add(keep)
+            mutex[keep] |= mutex[gone]
+            mutex[gone] = set()
+        else:
+            mutex[ra].add(rb)
+            mutex[rb].add(ra)
+    return np.array([find(i) for i in range(n_nodes)], np.int64)
+
+
+def label_instances(prep: _Prepared, selected_flat: np.ndarray, comp: np.ndarray) -> np.ndarray:
+    """Step 7: paint the instances; label image, or (N, ...) bool masks when overlapping."""
+    params = prep.params
+    geo = prep.geo
+    mask = prep.fgmask if params.crop_to_fg else np.ones_like(prep.fgmask)
+    centres = prep.centres_of(selected_flat)
+    cflat = np.ascontiguousarray(selected_flat, np.int64)
+    n_comp = int(comp.max()) if comp.size else 0
+    if params.overlapping:
+        masks = np.zeros((n_comp,) + geo.padded_shape, np.uint8)
+        K.paint_masks(prep.patches, centres, cflat, comp.astype(np.int64), prep.offs, prep.r,
+                      mask, prep.th, masks)
+        masks = geo.unpad(masks).astype(bool)
+        sizes = masks.reshape(n_comp, -1).sum(axis=1)
+        return masks[sizes >= max(params.min_size, 1)]
+    labels = np.zeros(geo.padded_shape, np.int32)
+    rev = slice(None, None, -1)  # worst-ranked first, so the best patches are painted last
+    K.paint_labels(prep.patches, np.ascontiguousarray(centres[rev]), np.ascontiguousarray(cflat[rev]),
+                   np.ascontiguousarray(comp[rev].astype(np.int64)), prep.offs, prep.r, mask,
+                   prep.th, labels)
+    labels = np.ascontiguousarray(geo.unpad(labels))
+    return _remove_small_and_relabel(labels, params.min_size)
+
+
+def _remove_small_and_relabel(labels: np.ndarray, min_size: int) -> np.ndarray:
+    sizes = np.bincount(labels.reshape(-1))
+    keep = sizes >= max(min_size, 1)
+    keep[0] = False
+    new_ids = np.zeros(len(sizes), np.int32)
+    new_ids[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    return new_ids[labels]
+
+
+# --------------------------------------------------------------------------- public
+@dataclasses.dataclass(frozen=True)
+class AssemblyResult:
+    """Output of :func:`assemble`.
+
+    Attributes
+    ----------
+    labels : ndarray
+        Label image ([Z,] Y, X) int32, or (N, [Z,] Y, X) bool masks in overlapping mode.
+    n_instances : int
+    n_candidates, n_selected, n_edges : int
+        Sizes of the intermediate problems.
+    timings : dict
+        Seconds per step.
+    """
+
+    labels: np.ndarray
+    n_instances: int
+    n_candidates: int
+    n_selected: int
+    n_edges: int
+    timings: dict
+
+    def summary(self) -> dict:
+        return {
+            "n_instances": self.n_instances,
+            "n_candidates": self.n_candidates,
+            "n_selected": self.n_selected,
+            "n_edges": self.n_edges,
+            "timings": {k: round(v, 4) for k, v in self.timings.items()},
+        }
+
+
+def assemble(numinst, patches, params: AssemblyParams, *, progress: ProgressCallback = None,
+             return_result: bool = False):
+    """Assemble instances from PatchPerPix outputs by patch consensus.
+
+    Parameters
+    ----------
+    numinst : ndarray of shape (3, [Z,] Y, X) or None
+        Probabilities of 0, 1 and 2+ instances per pixel (e.g. the model's softmax). With
+        ``None`` the foreground is the patch centre above ``patch_threshold``.
+    patches : ndarray of shape (P, [Z,] Y, X)
+        Patch probabilities, P = prod(patchshape), channel ``k`` = offset
+        ``unravel_index(k, patchshape) - patchshape // 2``. float32 avoids a copy.
+    params : AssemblyParams
+        Assembly parameters, including ``patchshape``.
+    progress : callable, optional
+        Called with the name of each step as it starts.
+    return_result : bool
+        Return an :class:`AssemblyResult` (labels plus sizes and timings) instead of the
+        labels alone.
+
+    Returns
+    -------
+    labels : ndarray
+        int32 label image of shape ([Z,] Y, X), ids 1..N in order of patch rank; or in
+        overlapping mode a bool array (N, [Z,] Y, X), one mask per instance.
+
+    Raises
+    ------
+    ValueError
+        On shapes that do not match ``patchshape``, non-numeric or non-finite inputs.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ppp_zoo.postprocess import AssemblyParams, assemble
+    >>> from ppp_zoo.data.targets import instance_targets
+    >>> labels = np.zeros((32, 32), np.int32)
+    >>> labels[4:12, 4:12] = 1; labels[12:20, 4:12] = 2; labels[20:30, 18:30] = 3
+    >>> numinst, patches = instance_targets(labels, (9, 9))
+    >>> out = assemble(numinst, patches, AssemblyParams(patchshape=(9, 9)))
+    >>> int(out.max()), bool((out > 0).sum() == (labels > 0).sum())
+    (3, True)
+    """
+    numinst, patches = _validate_inputs(numinst, patches, params)
+    timings: dict[str, float] = {}
+
+    def step(name: str):
+        if progress is not None:
+            progress(name)
+        timings[name] = time.perf_counter()
+
+    def done(name: str):
+        timings[name] = time.perf_counter() - timings[name]
+
+    step("foreground")
+    if patches.dtype != np.float32 or not patches.flags.c_contiguous:
+        patches = np.ascontiguousarray(patches, dtype=np.float32)
+    cls = foreground_classes(numinst, patches, params)
+    cand_flat = np.flatnonzero(candidate_mask(cls, params)).astype(np.int64)
+    prep = _Prepared(patches, cls, params)
+    done("foreground")
+    spatial = patches.shape[1:]
+    if cand_flat.size == 0:
+        empty = np.zeros((0,) + spatial, bool) if params.overlapping else np.zeros(spatial, np.int32)
+        result = AssemblyResult(empty, 0, 0, 0, 0, timings)
+        return result if return_result else result.labels
+
+    step("consensus")
+    consensus = compute_consensus(prep, cand_flat)
+    done("consensus")
+    step("ranking")
+    ranked, _scores = rank_patches(prep, cand_flat, consensus)
+    done("ranking")
+    step("cover")
+    selected = cover_foreground(prep, ranked)
+    done("cover")
+    step("graph")
+    edges, weights = patch_graph(prep, selected, consensus)
+    del consensus
+    done("graph")
+    step("partition")
+    comp = partition_graph(len(selected), edges, weights, params.partition)
+    done("partition")
+    step("labelling")
+    labels = label_instances(prep, selected, comp)
+    done("labelling")
+    n = labels.shape[0] if params.overlapping else int(labels.max(initial=0))
+    result = AssemblyResult(labels, n, int(cand_flat.size), int(len(selected)), int(len(edges)),
+                            timings)
+    return result if return_result else result.labels
