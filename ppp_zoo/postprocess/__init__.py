@@ -49,6 +49,6 @@ the patch centred at ``c`` at pixel ``u`` (``u`` in ``box(c) = c + [-r, r]``, in
 """
 
 from .params import AssemblyParams, Partition
-from .assemble import assemble, AssemblyResult
+from .assembly import assemble, AssemblyResult
 
 __all__ = ["AssemblyParams", "Partition", "assemble", "AssemblyResult"]

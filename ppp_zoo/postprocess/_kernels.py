@@ -21,135 +21,207 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-_NOT = 0
-_HIGH = 1
-_LOW = 2
-
-
 @njit(cache=True, nogil=True)
-def _patch_entries(patches, c, cflat, offs, r, vmask, th, bg, ks, vals, kinds):
-    """Collect the voting entries of the patch at ``c`` in patch order.
+def _dense_patch(patches, c, cflat, offs, r, vmask, vidx, th, bg, vals, w_high, w_low,
+                 n_any, n_high, rows, entries, span):
+    """Dense view of the patch at ``c`` for the vectorised pair loops.
 
-    Writes patch index, value and kind (_HIGH or _LOW) of every voting pixel into the
-    preallocated ``ks``, ``vals``, ``kinds`` and returns how many there are.
+    Fills, per patch index k: ``vals`` (the patch value), ``w_high`` / ``w_low`` (float32
+    1 if the pixel is in H_c / L_c, else 0), ``n_any`` / ``n_high`` (the same as uint16
+    vote counts: in H_c or L_c / in H_c) and ``rows`` (the pixel's consensus row); the patch
+    indices of the pixels in H_c or L_c go to ``entries`` in raster order. ``span[line]``
+    gets the first and one-past-last x of the voting pixels (columns 0, 1) and of the H_c
+    pixels (columns 2, 3) on each patch line, so the pair loops can skip the rest.
+    Returns (n entries, |H_c|).
     """
     n = 0
+    nh = 0
+    for line in range(span.shape[0]):
+        span[line, 0] = 1 << 30
+        span[line, 1] = 0
+        span[line, 2] = 1 << 30
+        span[line, 3] = 0
+    width = offs.shape[0] // span.shape[0]
     for k in range(offs.shape[0]):
         z = c[0] + offs[k, 0] + r[0]
         y = c[1] + offs[k, 1] + r[1]
         x = c[2] + offs[k, 2] + r[2]
+        p = patches[k, cflat]
+        vals[k] = p
+        w_high[k] = 0.0
+        w_low[k] = 0.0
+        n_any[k] = 0
+        n_high[k] = 0
+        rows[k] = vidx[z, y, x]
         if vmask[z, y, x] == 0:
             continue
-        p = patches[k, cflat]
+        line = k // width
+        xk = k - line * width
         if p > th:
-            kinds[n] = _HIGH
+            w_high[k] = 1.0
+            n_high[k] = 1
+            nh += 1
+            span[line, 2] = min(span[line, 2], xk)
+            span[line, 3] = xk + 1
         elif p < bg:
-            kinds[n] = _LOW
+            w_low[k] = 1.0
         else:
             continue
-        ks[n] = k
-        vals[n] = p
+        span[line, 0] = min(span[line, 0], xk)
+        span[line, 1] = xk + 1
+        n_any[k] = 1
+        entries[n] = k
         n += 1
-    return n
+    return n, nh
 
 
-@njit(cache=True, nogil=True)
-def _vote(pa, pb, ka, kb, th2, norm):
-    """Vote of one centre for the pair (a, b) given their kinds; NaN when it does not vote."""
-    if ka == _HIGH:
-        if kb == _HIGH:
-            return (pa * pb - th2) / norm
-        return -(pa * (1.0 - pb) - th2) / norm
-    if kb == _HIGH:
-        return -(pb * (1.0 - pa) - th2) / norm
-    return np.nan
+@njit(cache=True, nogil=True, fastmath=True)
+def _votes_of_patch(pshape, fshape, half, th2, inv_norm, vals, w_high, w_low, n_any, n_high,
+                    rows, entries, n, span, csum, ccnt):
+    """Add one patch's votes for all its pairs (u before v in raster order).
+
+    The inner loop runs over one line of the patch, whose pairs with ``u`` occupy
+    consecutive consensus columns, so it is branch-free and vectorises.
+    """
+    pz, py, px = pshape[0], pshape[1], pshape[2]
+    one = np.float32(1.0)
+    for e in range(n):
+        ka = entries[e]
+        za = ka // (py * px)
+        ya = (ka // px) % py
+        xa = ka % px
+        srow = csum[rows[ka]]
+        crow = ccnt[rows[ka]]
+        pa = vals[ka]
+        high_a = n_high[ka] == 1
+        for zb in range(za, pz):
+            ystart = ya if zb == za else 0
+            for yb in range(ystart, py):
+                xstart = xa + 1 if (zb == za and yb == ya) else 0
+                kb0 = (zb * py + yb) * px
+                cb = (((zb - za + 2 * (pz // 2)) * fshape[1] + (yb - ya + 2 * (py // 2)))
+                      * fshape[2] + (2 * (px // 2) - xa) - half - 1)
+                line = zb * py + yb
+                if high_a:
+                    for xb in range(max(xstart, span[line, 0]), span[line, 1]):
+                        kb = kb0 + xb
+                        pb = vals[kb]
+                        v = (w_high[kb] * (pa * pb - th2) - w_low[kb] * (pa * (one - pb) - th2))
+                        srow[cb + xb] += v * inv_norm
+                        crow[cb + xb] += n_any[kb]
+                else:
+                    for xb in range(max(xstart, span[line, 2]), span[line, 3]):
+                        kb = kb0 + xb
+                        v = -(w_high[kb] * (vals[kb] * (one - pa) - th2))
+                        srow[cb + xb] += v * inv_norm
+                        crow[cb + xb] += n_high[kb]
 
 
 @njit(cache=True, parallel=True)
-def accumulate_votes(patches, centres, cflat, stripes, parity, offs, r, vmask, vidx, pairtab,
-                     th, bg, csum, ccnt):
+def accumulate_votes(patches, centres, cflat, stripes, parity, offs, r, pshape, fshape, half,
+                     vmask, vidx, th, bg, csum, ccnt):
     """Add the votes of every centre to ``csum`` / ``ccnt`` (consensus step).
 
     ``centres`` are sorted by y and grouped into stripes of at least ``2 * ry`` rows
     (``stripes`` holds the start index of each stripe, plus the end). Stripes of one parity
     write disjoint consensus rows, so they run in parallel without races; call once with
-    ``parity=0`` and once with ``parity=1``.
+    ``parity=0`` and once with ``parity=1``. A pair is stored in the row of its first pixel
+    in raster order.
     """
     P = offs.shape[0]
-    th2 = th * th
-    norm = 1.0 - th2
+    th2 = np.float32(th * th)
+    inv_norm = np.float32(1.0 / (1.0 - th * th))
     n_stripes = stripes.shape[0] - 1
     for s2 in prange((n_stripes + 1 - parity) // 2):
         s = 2 * s2 + parity
-        ks = np.empty(P, np.int64)
         vals = np.empty(P, np.float32)
-        kinds = np.empty(P, np.uint8)
+        w_high = np.empty(P, np.float32)
+        w_low = np.empty(P, np.float32)
+        n_any = np.empty(P, np.uint16)
+        n_high = np.empty(P, np.uint16)
+        rows = np.empty(P, np.int64)
+        entries = np.empty(P, np.int64)
+        span = np.empty((pshape[0] * pshape[1], 4), np.int64)
         for i in range(stripes[s], stripes[s + 1]):
-            c = centres[i]
-            n = _patch_entries(patches, c, cflat[i], offs, r, vmask, th, bg, ks, vals, kinds)
-            for a in range(n):
-                ka = ks[a]
-                row = vidx[c[0] + offs[ka, 0] + r[0], c[1] + offs[ka, 1] + r[1],
-                           c[2] + offs[ka, 2] + r[2]]
-                pa = vals[a]
-                kia = kinds[a]
-                for b in range(a + 1, n):
-                    v = _vote(pa, vals[b], kia, kinds[b], th2, norm)
-                    if v == v:
-                        col = pairtab[ka, ks[b]]
-                        csum[row, col] += v
-                        ccnt[row, col] += 1
+            n, nh = _dense_patch(patches, centres[i], cflat[i], offs, r, vmask, vidx, th, bg,
+                                 vals, w_high, w_low, n_any, n_high, rows, entries, span)
+            _votes_of_patch(pshape, fshape, half, th2, inv_norm, vals, w_high, w_low, n_any,
+                            n_high, rows, entries, n, span, csum, ccnt)
 
 
 @njit(cache=True, parallel=True)
 def finalize_consensus(csum, ccnt):
-    """Turn vote sums into means in place; entries without votes become NaN."""
+    """Turn vote sums into means in place (0 where a pair received no vote)."""
     for i in prange(csum.shape[0]):
         for j in range(csum.shape[1]):
             if ccnt[i, j] > 0:
                 csum[i, j] = csum[i, j] / ccnt[i, j]
             else:
-                csum[i, j] = np.nan
+                csum[i, j] = 0.0
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _score_of_patch(pshape, fshape, half, w_high, w_low, n_high, rows, entries, n, span, cons):
+    """Sum of +C (both in H_c) and -C (one in H_c, one in L_c) over a patch's pairs.
+
+    Every such pair received a vote from this very patch, so its C is defined.
+    """
+    pz, py, px = pshape[0], pshape[1], pshape[2]
+    total = 0.0
+    for e in range(n):
+        ka = entries[e]
+        za = ka // (py * px)
+        ya = (ka // px) % py
+        xa = ka % px
+        crow = cons[rows[ka]]
+        high_a = n_high[ka] == 1
+        acc = np.float32(0.0)
+        for zb in range(za, pz):
+            ystart = ya if zb == za else 0
+            for yb in range(ystart, py):
+                xstart = xa + 1 if (zb == za and yb == ya) else 0
+                kb0 = (zb * py + yb) * px
+                cb = (((zb - za + 2 * (pz // 2)) * fshape[1] + (yb - ya + 2 * (py // 2)))
+                      * fshape[2] + (2 * (px // 2) - xa) - half - 1)
+                line = zb * py + yb
+                if high_a:
+                    for xb in range(max(xstart, span[line, 0]), span[line, 1]):
+                        kb = kb0 + xb
+                        acc += (w_high[kb] - w_low[kb]) * crow[cb + xb]
+                else:
+                    for xb in range(max(xstart, span[line, 2]), span[line, 3]):
+                        acc -= w_high[kb0 + xb] * crow[cb + xb]
+        total += acc
+    return total
 
 
 @njit(cache=True, parallel=True)
-def patch_scores(patches, centres, cflat, offs, r, vmask, vidx, pairtab, th, bg, cons, out,
-                 n_high):
+def patch_scores(patches, centres, cflat, offs, r, pshape, fshape, half, vmask, vidx, th, bg,
+                 cons, out, n_high):
     """Score every candidate patch: mean of +C (together) and -C (apart) over its pairs.
 
     Also writes the size of its high region H_c to ``n_high`` (the ranking's tie-break).
     """
     P = offs.shape[0]
     for i in prange(centres.shape[0]):
-        ks = np.empty(P, np.int64)
         vals = np.empty(P, np.float32)
-        kinds = np.empty(P, np.uint8)
-        c = centres[i]
-        n = _patch_entries(patches, c, cflat[i], offs, r, vmask, th, bg, ks, vals, kinds)
-        total = 0.0
-        count = 0
-        high = 0
-        for a in range(n):
-            ka = ks[a]
-            row = vidx[c[0] + offs[ka, 0] + r[0], c[1] + offs[ka, 1] + r[1],
-                       c[2] + offs[ka, 2] + r[2]]
-            kia = kinds[a]
-            if kia == _HIGH:
-                high += 1
-            for b in range(a + 1, n):
-                kib = kinds[b]
-                if kia == _LOW and kib == _LOW:
-                    continue
-                value = cons[row, pairtab[ka, ks[b]]]
-                if value != value:
-                    continue
-                if kia == _HIGH and kib == _HIGH:
-                    total += value
-                else:
-                    total -= value
-                count += 1
-        out[i] = total / count if count > 0 else -1.0
-        n_high[i] = high
+        w_high = np.empty(P, np.float32)
+        w_low = np.empty(P, np.float32)
+        n_any = np.empty(P, np.uint16)
+        n_high = np.empty(P, np.uint16)
+        rows = np.empty(P, np.int64)
+        entries = np.empty(P, np.int64)
+        span = np.empty((pshape[0] * pshape[1], 4), np.int64)
+        n, nh = _dense_patch(patches, centres[i], cflat[i], offs, r, vmask, vidx, th, bg,
+                             vals, w_high, w_low, n_any, n_high, rows, entries, span)
+        nl = n - nh
+        count = nh * (nh - 1) // 2 + nh * nl
+        if count == 0:
+            out[i] = -1.0
+        else:
+            out[i] = _score_of_patch(pshape, fshape, half, w_high, w_low, n_high, rows,
+                                     entries, n, span, cons) / count
+        n_high[i] = nh
 
 
 @njit(cache=True)
@@ -215,7 +287,7 @@ def candidate_edges(centres, patchshape):
 
 @njit(cache=True, parallel=True)
 def edge_weights(patches, centres, cflat, edges, offs, r, vmask, vidx, fullshape, half,
-                 th, cons, out):
+                 th, cons, ccnt, out):
     """Mean consensus over pixel pairs (u in H_a, v in H_b) for every edge; NaN if none."""
     P = offs.shape[0]
     for e in prange(edges.shape[0]):
@@ -260,9 +332,8 @@ def edge_weights(patches, centres, cflat, edges, offs, r, vmask, vidx, fullshape
                     col = half - g - 1
                 else:
                     continue
-                value = cons[row, col]
-                if value == value:
-                    total += value
+                if ccnt[row, col] > 0:
+                    total += cons[row, col]
                     count += 1
         out[e] = total / count if count > 0 else np.nan
 

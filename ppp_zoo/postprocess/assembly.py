@@ -147,7 +147,8 @@ class Consensus:
     the pair received no vote.
     """
 
-    values: np.ndarray  # (n_voting, n_columns) float32
+    values: np.ndarray  # (n_voting, n_columns) float32, 0 where undefined
+    counts: np.ndarray  # (n_voting, n_columns) uint16 number of votes
     vidx: np.ndarray  # padded int32 row index map
     geometry: Geometry
 
@@ -162,9 +163,9 @@ class Consensus:
         if np.any(np.abs(d) > 2 * g.r) or not d.any():
             return float("nan")
         row = self.vidx[tuple(u3 + g.r)]
-        if row < 0:
-            return float("nan")
         col = int(np.ravel_multi_index(tuple(d + 2 * g.r), tuple(g.fullshape))) - g.n_columns - 1
+        if row < 0 or self.counts[row, col] == 0:
+            return float("nan")
         return float(self.values[row, col])
 
     def to_dict(self) -> dict[tuple[int, int], float]:
@@ -176,7 +177,7 @@ class Consensus:
         grid = grid[g.n_columns + 1:]
         out = {}
         for p, row in zip(pix, rows):
-            cols = np.nonzero(~np.isnan(self.values[row]))[0]
+            cols = np.nonzero(self.counts[row])[0]
             u = p - g.r
             for col in cols:
                 v = u + grid[col]
@@ -203,6 +204,8 @@ class _Prepared:
         self.n_voting = int(vflat.size)
         self.offs = geo.offsets
         self.r = geo.r
+        self.pshape = np.array(geo.patchshape, np.int64)
+        self.fshape = np.ascontiguousarray(geo.fullshape, np.int64)
         self.th = np.float32(params.patch_threshold)
         self.bg = np.float32(params.background_threshold)
 
@@ -227,13 +230,12 @@ def compute_consensus(prep: _Prepared, cand_flat: np.ndarray) -> Consensus:
     stripe_of = centres[:, 1] // height
     n_stripes = int(geo.shape[1] // height + 1)
     stripes = np.searchsorted(stripe_of, np.arange(n_stripes + 1)).astype(np.int64)
-    pairtab = geo.pair_table()
     for parity in (0, 1):
         K.accumulate_votes(prep.patches, centres, cflat, stripes, parity, prep.offs, prep.r,
-                           prep.vmask, prep.vidx, pairtab, prep.th, prep.bg, csum, ccnt)
+                           prep.pshape, prep.fshape, geo.n_columns, prep.vmask, prep.vidx,
+                           prep.th, prep.bg, csum, ccnt)
     K.finalize_consensus(csum, ccnt)
-    del ccnt
-    return Consensus(csum, prep.vidx, geo)
+    return Consensus(csum, ccnt, prep.vidx, geo)
 
 
 def rank_patches(prep: _Prepared, cand_flat: np.ndarray, consensus: Consensus):
@@ -242,8 +244,8 @@ def rank_patches(prep: _Prepared, cand_flat: np.ndarray, consensus: Consensus):
     scores = np.empty(len(cand_flat), np.float64)
     n_high = np.empty(len(cand_flat), np.int64)
     K.patch_scores(prep.patches, centres, np.ascontiguousarray(cand_flat, dtype=np.int64),
-                   prep.offs, prep.r, prep.vmask, prep.vidx, prep.geo.pair_table(), prep.th,
-                   prep.bg, consensus.values, scores, n_high)
+                   prep.offs, prep.r, prep.pshape, prep.fshape, prep.geo.n_columns, prep.vmask,
+                   prep.vidx, prep.th, prep.bg, consensus.values, scores, n_high)
     # lexsort: last key is primary -> score descending, larger H_c, raster index ascending
     order = np.lexsort((cand_flat, -n_high, -scores))
     return cand_flat[order], scores[order]
@@ -271,9 +273,8 @@ def patch_graph(prep: _Prepared, selected_flat: np.ndarray, consensus: Consensus
     edges = K.candidate_edges(centres, np.array(geo.patchshape, np.int64))
     weights = np.empty(len(edges), np.float64)
     K.edge_weights(prep.patches, centres, np.ascontiguousarray(selected_flat, np.int64), edges,
-                   prep.offs, prep.r, prep.vmask, prep.vidx,
-                   np.ascontiguousarray(geo.fullshape, np.int64), geo.n_columns, prep.th,
-                   consensus.values, weights)
+                   prep.offs, prep.r, prep.vmask, prep.vidx, prep.fshape, geo.n_columns,
+                   prep.th, consensus.values, consensus.counts, weights)
     keep = ~np.isnan(weights)
     edges, weights = edges[keep], weights[keep]
     order = np.lexsort((edges[:, 1], edges[:, 0]))
