@@ -30,7 +30,8 @@ the patch centred at ``c`` at pixel ``u`` (``u`` in ``box(c) = c + [-r, r]``, in
 2. Patch score of candidate c: mean over the unordered pairs {u, v} with both in H_c
    (term ``+C``) or one in H_c and the other in L_c (term ``-C``), counting only pairs with
    a defined C; -1 when there is none. Ranking: score descending, ties by the larger
-   ``|H_c|``, then by raster index.
+   ``|H_c|``, then by a fixed pseudo-random order of the pixels (the splitmix64 hash of the
+   flat index; raster order would select runs of near-identical neighbours).
 3. Foreground cover: walk the ranking; select c when ``{u in box(c) & fg : P_c(u) > fc_threshold}``
    holds a pixel not yet covered, then mark that region covered.
 4. Patch graph: nodes = selected patches (selection order); candidate edges = pairs whose
@@ -48,7 +49,11 @@ the patch centred at ``c`` at pixel ``u`` (``u`` in ``box(c) = c + [-r, r]``, in
    ``min_size`` pixels are removed and ids are made consecutive.
 """
 
-from .params import AssemblyParams, Partition
-from .assembly import assemble, AssemblyResult
+from ._cache import configure as _configure_cache
 
-__all__ = ["AssemblyParams", "Partition", "assemble", "AssemblyResult"]
+_configure_cache()
+
+from .params import AssemblyParams, Partition, parse_shape  # noqa: E402
+from .assembly import AssemblyResult, assemble  # noqa: E402
+
+__all__ = ["AssemblyParams", "AssemblyResult", "Partition", "assemble", "parse_shape"]

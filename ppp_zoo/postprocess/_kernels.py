@@ -197,10 +197,10 @@ def _score_of_patch(pshape, fshape, half, w_high, w_low, n_high, rows, entries, 
 
 @njit(cache=True, parallel=True)
 def patch_scores(patches, centres, cflat, offs, r, pshape, fshape, half, vmask, vidx, th, bg,
-                 cons, out, n_high):
+                 cons, out, out_high):
     """Score every candidate patch: mean of +C (together) and -C (apart) over its pairs.
 
-    Also writes the size of its high region H_c to ``n_high`` (the ranking's tie-break).
+    Also writes the size of its high region H_c to ``out_high`` (the ranking's tie-break).
     """
     P = offs.shape[0]
     for i in prange(centres.shape[0]):
@@ -221,7 +221,7 @@ def patch_scores(patches, centres, cflat, offs, r, pshape, fshape, half, vmask, 
         else:
             out[i] = _score_of_patch(pshape, fshape, half, w_high, w_low, n_high, rows,
                                      entries, n, span, cons) / count
-        n_high[i] = nh
+        out_high[i] = nh
 
 
 @njit(cache=True)

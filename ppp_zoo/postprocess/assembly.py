@@ -246,9 +246,19 @@ def rank_patches(prep: _Prepared, cand_flat: np.ndarray, consensus: Consensus):
     K.patch_scores(prep.patches, centres, np.ascontiguousarray(cand_flat, dtype=np.int64),
                    prep.offs, prep.r, prep.pshape, prep.fshape, prep.geo.n_columns, prep.vmask,
                    prep.vidx, prep.th, prep.bg, consensus.values, scores, n_high)
-    # lexsort: last key is primary -> score descending, larger H_c, raster index ascending
-    order = np.lexsort((cand_flat, -n_high, -scores))
+    # lexsort: last key is primary -> score descending, then larger H_c, then a fixed
+    # pseudo-random order (raster order would pick a run of near-identical neighbours)
+    order = np.lexsort((cand_flat, _tie_key(cand_flat), -n_high, -scores))
     return cand_flat[order], scores[order]
+
+
+def _tie_key(flat: np.ndarray) -> np.ndarray:
+    """A fixed pseudo-random key per pixel index (the splitmix64 finaliser)."""
+    z = flat.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
 
 
 def cover_foreground(prep: _Prepared, ranked_flat: np.ndarray) -> np.ndarray:
