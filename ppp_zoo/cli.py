@@ -136,8 +136,9 @@ def postprocess(
         min_size=min_size, fast=fast or None, overlapping=overlapping or None,
     )
     result = assemble(numinst, patches, params, return_result=True)
-    if result.n_instances == 0:
-        _status("no foreground found: writing an empty result")
+    if result.n_candidates == 0:
+        raise UserError(f"{outputs}: no foreground pixel (numinst/patch centre below the "
+                        "thresholds everywhere): nothing to assemble")
     write_labels(output, result.labels)
     summary = {"output": str(output), **result.summary()}
     if json_out:

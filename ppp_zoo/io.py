@@ -128,7 +128,7 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
         if suffix in (".tif", ".tiff"):
             import tifffile
 
-            tifffile.imwrite(tmp, image, compression="zlib")
+            tifffile.imwrite(tmp, image, compression="zlib", photometric="minisblack")
         elif suffix == ".png":
             import imageio.v3 as iio
 

@@ -105,7 +105,8 @@ def load_nuclei3d_sample() -> tuple[np.ndarray, np.ndarray]:
 def _validate_split_input(image: np.ndarray, labels: np.ndarray, column: int | None) -> int:
     if image.ndim != 2 or labels.shape != image.shape:
         raise ValueError(
-            f"expected a 2D image and labels of the same shape, got {image.shape} and {labels.shape}"
+            "expected a 2D image and labels of the same shape, "
+            f"got {image.shape} and {labels.shape}"
         )
     width = image.shape[1]
     column = width // 2 if column is None else int(column)

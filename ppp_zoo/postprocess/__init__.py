@@ -29,8 +29,8 @@ the patch centred at ``c`` at pixel ``u`` (``u`` in ``box(c) = c + [-r, r]``, in
    ``C(u, v)`` = mean of the votes it received; undefined when it received none.
 2. Patch score of candidate c: mean over the unordered pairs {u, v} with both in H_c
    (term ``+C``) or one in H_c and the other in L_c (term ``-C``), counting only pairs with
-   a defined C; -1 when there is none. Ranking: score descending, ties by the larger
-   ``|H_c|``, then by a fixed pseudo-random order of the pixels (the splitmix64 hash of the
+   a defined C; -1 when there is none. Ranking: score (rounded to 5 decimals, so that
+   scores equal up to float32 rounding tie) descending, ties by the larger ``|H_c|``, then by a fixed pseudo-random order of the pixels (the splitmix64 hash of the
    flat index; raster order would select runs of near-identical neighbours).
 3. Foreground cover: walk the ranking; select c when ``{u in box(c) & fg : P_c(u) > fc_threshold}``
    holds a pixel not yet covered, then mark that region covered.

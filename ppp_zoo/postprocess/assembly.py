@@ -19,6 +19,10 @@ from .params import AssemblyParams
 
 ProgressCallback = Optional[Callable[[str], None]]
 
+#: patch scores are rounded to this many decimals before ranking (float32 vote sums
+#: differ in the last bits between mathematically equal scores)
+SCORE_DECIMALS = 5
+
 
 # --------------------------------------------------------------------------- geometry
 @dataclasses.dataclass(frozen=True)
@@ -143,14 +147,17 @@ def candidate_mask(cls: np.ndarray, params: AssemblyParams) -> np.ndarray:
 class Consensus:
     """Mean pairwise votes C(u, v) of every voting pixel with its neighbours.
 
-    ``values[vidx[u], col(v - u)]`` holds C(u, v) for u before v in raster order, NaN when
-    the pair received no vote.
+    ``values[vidx[u], col(v - u)]`` holds C(u, v) for u before v in raster order (0 when
+    the pair received no vote: ``counts`` is 0 there). ``scores`` and ``n_high`` hold the
+    score and |H_c| of every candidate patch (step 2), in the order the candidates were given.
     """
 
     values: np.ndarray  # (n_voting, n_columns) float32, 0 where undefined
     counts: np.ndarray  # (n_voting, n_columns) uint16 number of votes
     vidx: np.ndarray  # padded int32 row index map
     geometry: Geometry
+    scores: np.ndarray  # (n_candidates,) patch scores, in the order of the candidates given
+    n_high: np.ndarray  # (n_candidates,) |H_c|
 
     def value(self, u, v) -> float:
         """C(u, v) for two pixel coordinates, NaN if undefined."""
@@ -215,40 +222,43 @@ class _Prepared:
 
 
 def compute_consensus(prep: _Prepared, cand_flat: np.ndarray) -> Consensus:
-    """Step 1: accumulate the votes of every candidate centre into the consensus array."""
+    """Steps 1-2: accumulate every candidate's votes, then score every candidate patch."""
     geo = prep.geo
     n_cols = geo.n_columns
     if int(np.prod(geo.patchshape)) > np.iinfo(np.uint16).max:
         raise ValueError(f"patchshape {geo.patchshape} is too large (at most 65535 offsets)")
     csum = np.zeros((prep.n_voting, n_cols), np.float32)
     ccnt = np.zeros((prep.n_voting, n_cols), np.uint16)
+    cand_flat = np.ascontiguousarray(cand_flat, np.int64)
     centres = prep.centres_of(cand_flat)  # raster order: sorted by (z, y, x)
     order = np.argsort(centres[:, 1], kind="stable")
-    centres = np.ascontiguousarray(centres[order])
-    cflat = np.ascontiguousarray(cand_flat[order])
+    by_row = np.ascontiguousarray(centres[order])
     height = max(2 * int(geo.r[1]), 1)
-    stripe_of = centres[:, 1] // height
+    stripe_of = by_row[:, 1] // height
     n_stripes = int(geo.shape[1] // height + 1)
     stripes = np.searchsorted(stripe_of, np.arange(n_stripes + 1)).astype(np.int64)
     for parity in (0, 1):
-        K.accumulate_votes(prep.patches, centres, cflat, stripes, parity, prep.offs, prep.r,
-                           prep.pshape, prep.fshape, geo.n_columns, prep.vmask, prep.vidx,
-                           prep.th, prep.bg, csum, ccnt)
+        K.accumulate_votes(prep.patches, by_row, np.ascontiguousarray(cand_flat[order]), stripes,
+                           parity, prep.offs, prep.r, prep.pshape, prep.fshape, n_cols,
+                           prep.vmask, prep.vidx, prep.th, prep.bg, csum, ccnt)
     K.finalize_consensus(csum, ccnt)
-    return Consensus(csum, ccnt, prep.vidx, geo)
+    scores = np.empty(len(cand_flat), np.float64)
+    n_high = np.empty(len(cand_flat), np.int64)
+    K.patch_scores(prep.patches, centres, cand_flat, prep.offs, prep.r, prep.pshape,
+                   prep.fshape, n_cols, prep.vmask, prep.vidx, prep.th, prep.bg, csum, scores,
+                   n_high)
+    return Consensus(csum, ccnt, prep.vidx, geo, scores, n_high)
 
 
 def rank_patches(prep: _Prepared, cand_flat: np.ndarray, consensus: Consensus):
-    """Step 2: score every candidate patch; return (flat centres best first, scores)."""
-    centres = prep.centres_of(cand_flat)
-    scores = np.empty(len(cand_flat), np.float64)
-    n_high = np.empty(len(cand_flat), np.int64)
-    K.patch_scores(prep.patches, centres, np.ascontiguousarray(cand_flat, dtype=np.int64),
-                   prep.offs, prep.r, prep.pshape, prep.fshape, prep.geo.n_columns, prep.vmask,
-                   prep.vidx, prep.th, prep.bg, consensus.values, scores, n_high)
-    # lexsort: last key is primary -> score descending, then larger H_c, then a fixed
-    # pseudo-random order (raster order would pick a run of near-identical neighbours)
-    order = np.lexsort((cand_flat, _tie_key(cand_flat), -n_high, -scores))
+    """Step 2: order the candidates best first; returns (flat centres, rounded scores).
+
+    Scores are rounded to ``SCORE_DECIMALS`` decimals first, so that values equal up to
+    float32 rounding tie; ties go to the larger H_c, then to a fixed pseudo-random order
+    (raster order would pick a run of near-identical neighbours).
+    """
+    scores = np.round(consensus.scores, SCORE_DECIMALS)
+    order = np.lexsort((cand_flat, _tie_key(cand_flat), -consensus.n_high, -scores))
     return cand_flat[order], scores[order]
 
 
@@ -474,9 +484,9 @@ def assemble(numinst, patches, params: AssemblyParams, *, progress: ProgressCall
         result = AssemblyResult(empty, 0, 0, 0, 0, timings)
         return result if return_result else result.labels
 
-    step("consensus")
+    step("consensus+scores")
     consensus = compute_consensus(prep, cand_flat)
-    done("consensus")
+    done("consensus+scores")
     step("ranking")
     ranked, _scores = rank_patches(prep, cand_flat, consensus)
     done("ranking")

@@ -1,0 +1,88 @@
+"""The assembly recovers real ground truth from ideal (and perturbed) network outputs.
+
+GT targets made from real labels are what a perfect network would output; assembling them
+must give back the labels. Perturbed targets check that the consensus votes absorb errors.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from ppp_zoo.data.targets import instance_targets
+from ppp_zoo.evaluate import evaluate_image
+from ppp_zoo.postprocess import AssemblyParams, assemble
+
+
+@pytest.mark.parametrize("partition", ["cc", "mws"])
+def test_oracle_dsb_2d(dsb_sample, dsb_targets, partition):
+    _, labels = dsb_sample
+    numinst, patches = dsb_targets
+    params = AssemblyParams(patchshape=(25, 25), partition=partition)
+    pred = assemble(numinst, patches, params)
+    result = evaluate_image(pred, labels)
+    assert result.n_gt == 125
+    assert result.ap["0.9"] >= 0.99, result.to_dict()
+
+
+def test_oracle_dsb_2d_fast_mode(dsb_sample, dsb_targets):
+    _, labels = dsb_sample
+    numinst, patches = dsb_targets
+    params = AssemblyParams(patchshape=(25, 25), fast=True)
+    pred = assemble(numinst, patches, params)
+    assert evaluate_image(pred, labels).ap["0.5"] >= 0.98
+
+
+def test_oracle_nuclei_3d(nuclei3d_sample):
+    _, labels = nuclei3d_sample
+    numinst, patches = instance_targets(labels, (9, 9, 9))
+    params = AssemblyParams(patchshape=(9, 9, 9), patch_threshold=0.5, fc_threshold=0.5)
+    pred = assemble(numinst, patches, params)
+    result = evaluate_image(pred, labels)
+    assert result.n_gt == 51
+    assert result.ap["0.9"] >= 0.99, result.to_dict()
+
+
+def _perturb(numinst, patches, rng, flip=0.1, noise=0.1, smear=1.0):
+    """Flip a fraction of patch values, add Gaussian noise, and blur numinst."""
+    patches = patches.copy()
+    flat = patches.reshape(-1)
+    idx = rng.choice(flat.size, int(flip * flat.size), replace=False)
+    flat[idx] = 1.0 - flat[idx]
+    patches += rng.normal(0.0, noise, patches.shape).astype(np.float32)
+    np.clip(patches, 0.0, 1.0, out=patches)
+    smeared = np.stack([ndi.gaussian_filter(c, smear) for c in numinst])
+    smeared /= smeared.sum(axis=0, keepdims=True)
+    return smeared.astype(np.float32), patches
+
+
+@pytest.mark.parametrize("partition", ["cc", "mws"])
+def test_robust_to_perturbed_outputs(dsb_sample, dsb_targets, partition):
+    """10% flipped patch values + Gaussian noise + smeared numinst still give AP@0.5 >= 0.9."""
+    _, labels = dsb_sample
+    numinst, patches = _perturb(*dsb_targets, np.random.default_rng(0))
+    params = AssemblyParams(patchshape=(25, 25), partition=partition,
+                            numinst_thresholds=(0.5, 0.5), min_size=10)
+    pred = assemble(numinst, patches, params)
+    assert evaluate_image(pred, labels).ap["0.5"] >= 0.9
+
+
+def test_oracle_overlapping_worms():
+    """Crossing worms, 41x41 patches, one mask per instance: overlap-aware AP and avAP."""
+    from ppp_zoo.data.synth import synth_worms
+
+    aps, avaps, crossings = [], [], 0
+    for seed in range(5):
+        _, masks = synth_worms(shape=(520, 696), seed=seed)
+        crossings += int((masks.sum(axis=0) >= 2).any())
+        numinst, patches = instance_targets(masks, (41, 41), overlapping=True)
+        params = AssemblyParams(patchshape=(41, 41), overlapping=True, fast=True)
+        pred = assemble(numinst, patches, params)
+        del patches
+        result = evaluate_image(pred, masks, overlapping=True)
+        aps.append(result.ap["0.5"])
+        avaps.append(result.avAP)
+    assert crossings >= 4
+    assert np.mean(aps) >= 0.95, aps
+    assert np.mean(avaps) >= 0.85, avaps

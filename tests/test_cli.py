@@ -1,0 +1,144 @@
+"""The ppp-zoo command line: results on real data, and one clear error line on bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+from typer.testing import CliRunner
+
+from ppp_zoo.cli import app
+from ppp_zoo.data.targets import instance_targets
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def sample_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sample")
+    res = run("data", "sample", "-o", out)
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_targets_postprocess_evaluate_on_real_labels(sample_dir, tmp_path):
+    """The DSB test half: GT targets -> assembly -> evaluation gives AP@0.9 = 1."""
+    npz = tmp_path / "t.npz"
+    res = run("targets", sample_dir / "test_labels.tif", "-o", npz, "--patchshape", "25x25")
+    assert res.exit_code == 0, res.output
+    with np.load(npz) as z:
+        assert z["patches"].shape == (625, 512, 256) and z["numinst"].shape == (3, 512, 256)
+    pred = tmp_path / "pred.tif"
+    res = run("postprocess", npz, "-o", pred, "--partition", "mws", "--json")
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert summary["n_instances"] == 57
+    res = run("evaluate", pred, sample_dir / "test_labels.tif", "--json")
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.stdout)
+    assert d["n_gt"] == 57 and d["n_pred"] == 57
+    assert d["ap"]["0.9"] >= 0.99 and d["avAP"] >= 0.99
+    assert set(d["ap"]) >= {"0.1", "0.5", "0.75", "0.9", "0.95"}
+    res = run("evaluate", pred, sample_dir / "test_labels.tif")
+    assert res.exit_code == 0 and "AP@0.5" in res.stdout
+
+
+def test_overlapping_cli_round_trip(tmp_path):
+    masks = np.zeros((2, 40, 40), np.uint8)
+    masks[0, 18:22, 4:36] = 1
+    masks[1, 4:36, 18:22] = 1
+    tifffile.imwrite(tmp_path / "m.tif", masks)
+    assert run("targets", tmp_path / "m.tif", "-o", tmp_path / "t.npz", "--patchshape", "11x11",
+               "--overlapping").exit_code == 0
+    res = run("postprocess", tmp_path / "t.npz", "-o", tmp_path / "p.tif", "--overlapping")
+    assert res.exit_code == 0, res.output
+    pred = tifffile.imread(tmp_path / "p.tif")
+    assert pred.shape == (2, 40, 40)
+    res = run("evaluate", tmp_path / "p.tif", tmp_path / "m.tif", "--overlapping", "--json")
+    assert json.loads(res.stdout)["ap"]["0.9"] == 1.0
+
+
+def _npz(path, **arrays):
+    np.savez(path, **arrays)
+    return path
+
+
+def _good_arrays():
+    labels = np.zeros((30, 30), np.int32)
+    labels[5:15, 5:15] = 1
+    numinst, patches = instance_targets(labels, (5, 5))
+    return numinst, patches
+
+
+@pytest.mark.parametrize("make,msg", [
+    (lambda p: _npz(p, numinst=_good_arrays()[0], patchshape=[5, 5]), "no 'patches' array"),
+    (lambda p: _npz(p, numinst=_good_arrays()[0], patches=_good_arrays()[1][:20],
+                    patchshape=[5, 5]), "channels but patchshape"),
+    (lambda p: _npz(p, numinst=_good_arrays()[0][:, :10], patches=_good_arrays()[1],
+                    patchshape=[5, 5]), "numinst must have shape"),
+    (lambda p: _npz(p, numinst=_good_arrays()[0], patches=_good_arrays()[1] * np.nan,
+                    patchshape=[5, 5]), "NaN"),
+    (lambda p: _npz(p, numinst=np.stack([np.ones((30, 30)), np.zeros((30, 30)),
+                                         np.zeros((30, 30))]),
+                    patches=_good_arrays()[1], patchshape=[5, 5]), "no foreground"),
+    (lambda p: _npz(p, numinst=_good_arrays()[0], patches=_good_arrays()[1]),
+     "pass --patchshape"),
+    (lambda p: (p.write_bytes(b"not a zip at all"), p)[1], "cannot read as .npz"),
+])
+def test_postprocess_bad_input(tmp_path, make, msg):
+    src = make(tmp_path / "bad.npz")
+    out = tmp_path / "out.tif"
+    res = run("postprocess", src, "-o", out)
+    assert res.exit_code == 1
+    lines = [line for line in res.output.strip().splitlines() if line]
+    assert len(lines) == 1 and lines[0].startswith("error:") and msg in lines[0], res.output
+    assert not out.exists()
+    assert not list(tmp_path.glob(".out.tif*"))  # no temporary leftovers
+
+
+def test_postprocess_patchshape_mismatch(tmp_path):
+    numinst, patches = _good_arrays()
+    src = _npz(tmp_path / "a.npz", numinst=numinst, patches=patches, patchshape=[5, 5])
+    res = run("postprocess", src, "-o", tmp_path / "o.tif", "--patchshape", "7x7")
+    assert res.exit_code == 1 and "does not match" in res.output
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_missing_and_bad_files(tmp_path):
+    res = run("postprocess", tmp_path / "nope.npz", "-o", tmp_path / "o.tif")
+    assert res.exit_code == 1 and "no such file" in res.output
+    res = run("targets", tmp_path / "nope.tif", "-o", tmp_path / "o.npz")
+    assert res.exit_code == 1 and "no such file" in res.output
+    (tmp_path / "x.tif").write_bytes(b"garbage")
+    res = run("evaluate", tmp_path / "x.tif", tmp_path / "x.tif")
+    assert res.exit_code == 1 and res.output.startswith("error:") and "cannot read" in res.output
+    tifffile.imwrite(tmp_path / "a.tif", np.zeros((10, 10), np.uint16))
+    tifffile.imwrite(tmp_path / "b.tif", np.zeros((12, 10), np.uint16))
+    res = run("evaluate", tmp_path / "a.tif", tmp_path / "b.tif")
+    assert res.exit_code == 1 and "shape" in res.output
+
+
+def test_unwritable_output(tmp_path):
+    numinst, patches = _good_arrays()
+    src = _npz(tmp_path / "a.npz", numinst=numinst, patches=patches, patchshape=[5, 5])
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    res = run("postprocess", src, "-o", blocker / "sub" / "o.tif")
+    assert res.exit_code == 1 and res.output.startswith("error:")
+
+
+def test_data_synth_commands(tmp_path):
+    res = run("data", "synth-nuclei", "-o", tmp_path / "n", "--n-images", 2, "--seed", 3,
+              "--size", "96x96")
+    assert res.exit_code == 0, res.output
+    assert len(list((tmp_path / "n" / "images").glob("*.tif"))) == 2
+    res = run("data", "synth-worms", "-o", tmp_path / "w", "--n-images", 1, "--seed", 3)
+    assert res.exit_code == 0, res.output
+    masks = tifffile.imread(next((tmp_path / "w" / "masks").glob("*.tif")))
+    assert masks.ndim == 3 and masks.shape[0] >= 3

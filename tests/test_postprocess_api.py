@@ -1,0 +1,181 @@
+"""Public API of ppp_zoo.postprocess: parameters, validation, empty input, independence."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from ppp_zoo.data.targets import instance_targets
+from ppp_zoo.postprocess import AssemblyParams, assemble, parse_shape
+
+
+@pytest.fixture
+def small():
+    labels = np.zeros((40, 40), np.int32)
+    labels[3:15, 3:15] = 1
+    labels[15:27, 3:15] = 2  # touches 1
+    labels[10:30, 20:35] = 3
+    numinst, patches = instance_targets(labels, (9, 9))
+    return labels, numinst, patches
+
+
+def test_defaults_are_the_papers():
+    p = AssemblyParams(patchshape=(25, 25))
+    assert (p.patch_threshold, p.fc_threshold, p.partition) == (0.9, 0.5, "cc")
+    assert p.background_threshold == pytest.approx(0.1)
+    assert AssemblyParams(patchshape=(9, 9, 9), patch_threshold=0.3).background_threshold == 0.3
+    assert AssemblyParams.from_dict(p.to_dict()) == p
+
+
+@pytest.mark.parametrize("kwargs,msg", [
+    ({"patchshape": (4, 5)}, "odd"),
+    ({"patchshape": (5,)}, "2 or 3"),
+    ({"patchshape": (5, 5), "patch_threshold": 1.0}, "patch_threshold"),
+    ({"patchshape": (5, 5), "partition": "watershed"}, "partition"),
+    ({"patchshape": (5, 5), "min_size": -1}, "min_size"),
+])
+def test_bad_params(kwargs, msg):
+    with pytest.raises(ValueError, match=msg):
+        AssemblyParams(**kwargs)
+
+
+def test_unknown_param_key():
+    with pytest.raises(ValueError, match="unknown assembly parameter"):
+        AssemblyParams.from_dict({"patchshape": [5, 5], "treshold": 0.5})
+
+
+def test_parse_shape():
+    assert parse_shape("25x25") == (25, 25)
+    assert parse_shape("9X9x9") == (9, 9, 9)
+    with pytest.raises(ValueError, match="25x25"):
+        parse_shape("25,25")
+
+
+def test_recovers_touching_instances(small):
+    labels, numinst, patches = small
+    for partition in ("cc", "mws"):
+        out = assemble(numinst, patches, AssemblyParams(patchshape=(9, 9), partition=partition))
+        assert out.dtype == np.int32 and out.shape == labels.shape
+        # same partition of the pixels, ids may differ
+        pairs = set(zip(out.ravel().tolist(), labels.ravel().tolist()))
+        assert len(pairs) == 4 and (0, 0) in pairs
+
+
+def test_inputs_not_mutated(small):
+    _, numinst, patches = small
+    before = (numinst.copy(), patches.copy())
+    assemble(numinst, patches, AssemblyParams(patchshape=(9, 9)))
+    np.testing.assert_array_equal(numinst, before[0])
+    np.testing.assert_array_equal(patches, before[1])
+
+
+def test_without_numinst_uses_patch_centre(small):
+    labels, _, patches = small
+    out = assemble(None, patches, AssemblyParams(patchshape=(9, 9)))
+    assert len(np.unique(out)) == 4
+
+
+def test_float64_and_uint8_inputs(small):
+    labels, numinst, patches = small
+    ref = assemble(numinst, patches, AssemblyParams(patchshape=(9, 9)))
+    np.testing.assert_array_equal(
+        assemble(numinst.astype(np.float64), patches.astype(np.float64),
+                 AssemblyParams(patchshape=(9, 9))), ref)
+    np.testing.assert_array_equal(
+        assemble(numinst.astype(np.uint8), patches.astype(np.uint8),
+                 AssemblyParams(patchshape=(9, 9))), ref)
+
+
+def test_empty_foreground_gives_no_instances():
+    numinst = np.zeros((3, 20, 20), np.float32)
+    numinst[0] = 1
+    patches = np.zeros((25, 20, 20), np.float32)
+    res = assemble(numinst, patches, AssemblyParams(patchshape=(5, 5)), return_result=True)
+    assert res.n_instances == 0 and res.labels.shape == (20, 20) and res.labels.max() == 0
+    masks = assemble(numinst, patches, AssemblyParams(patchshape=(5, 5), overlapping=True))
+    assert masks.shape == (0, 20, 20)
+
+
+def test_min_size_removes_small_instances(small):
+    labels, numinst, patches = small
+    out = assemble(numinst, patches, AssemblyParams(patchshape=(9, 9), min_size=200))
+    assert out.max() == 1  # only the 300-pixel instance stays
+    assert (out > 0).sum() == (labels == 3).sum()
+
+
+@pytest.mark.parametrize("change,msg", [
+    (lambda n, p: (n, p[:-1]), "channels but patchshape"),
+    (lambda n, p: (n[:2], p), "numinst must have shape"),
+    (lambda n, p: (n, p[:, None]), "patches must have shape"),
+    (lambda n, p: (n, np.where(p > 0, np.nan, p)), "NaN"),
+    (lambda n, p: (np.where(n > 0, np.inf, n), p), "NaN or infinite"),
+])
+def test_bad_inputs(small, change, msg):
+    _, numinst, patches = small
+    n, p = change(numinst, patches)
+    with pytest.raises(ValueError, match=msg):
+        assemble(n, p, AssemblyParams(patchshape=(9, 9)))
+
+
+def test_import_without_torch():
+    """The postprocessing package must import and run with torch unimportable."""
+    code = textwrap.dedent("""
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name == "torch" or name.startswith("torch."):
+                    raise ImportError("torch is blocked in this test")
+        sys.meta_path.insert(0, Block())
+        import numpy as np
+        import ppp_zoo.postprocess as pp
+        numinst = np.zeros((3, 12, 12), np.float32); numinst[1] = 1
+        patches = np.ones((9, 12, 12), np.float32)
+        out = pp.assemble(numinst, patches, pp.AssemblyParams(patchshape=(3, 3)))
+        assert out.max() == 1
+        bad = [m for m in sys.modules if m == "torch" or m.startswith("torch.")]
+        other = [m for m in sys.modules if m.startswith("ppp_zoo") and
+                 not (m == "ppp_zoo" or m.startswith("ppp_zoo.postprocess"))]
+        assert not bad and not other, (bad, other)
+        print("ok")
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
+
+
+def test_postprocess_imports_only_numpy_numba_scipy():
+    import ast
+    import pathlib
+
+    import ppp_zoo.postprocess as pp
+
+    allowed = {"numpy", "numba", "scipy", "__future__", "dataclasses", "typing", "time",
+               "os", "tempfile", "pathlib", "math", "collections", "functools", "json"}
+    for path in pathlib.Path(pp.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                assert name.split(".")[0] in allowed, f"{path.name} imports {name}"
+
+
+def test_cache_dir_fallback(tmp_path, monkeypatch):
+    from ppp_zoo.postprocess import _cache
+
+    readonly = tmp_path / "site-packages" / "ppp_zoo" / "postprocess"
+    monkeypatch.setattr(_cache, "_writable", lambda folder: not str(folder).startswith(str(readonly)))
+    chosen = _cache.choose_cache_dir(readonly, environ={"XDG_CACHE_HOME": str(tmp_path / "c")})
+    assert chosen == tmp_path / "c" / "ppp_zoo" / "numba"
+    assert _cache.choose_cache_dir(readonly, environ={"NUMBA_CACHE_DIR": "/x"}) is None
+    monkeypatch.setattr(_cache, "_writable", lambda folder: True)
+    assert _cache.choose_cache_dir(readonly, environ={}) is None
