@@ -2,6 +2,7 @@
 
 from .folder import FolderDataset, load_bbbc010
 from .sample import dsb_split, load_dsb_sample, load_nuclei3d_sample, write_sample
+from .targets import instance_targets
 from .synth import (
     posture_source,
     synth_nuclei,
@@ -14,6 +15,7 @@ from .synth import (
 
 __all__ = [
     "FolderDataset",
+    "instance_targets",
     "dsb_split",
     "load_bbbc010",
     "load_dsb_sample",

@@ -160,6 +160,15 @@ def finalize_consensus(csum, ccnt):
                 csum[i, j] = 0.0
 
 
+@njit(cache=True, parallel=True)
+def mark_undefined(cons, ccnt):
+    """Set the consensus of pairs without any vote to NaN."""
+    for i in prange(cons.shape[0]):
+        for j in range(cons.shape[1]):
+            if ccnt[i, j] == 0:
+                cons[i, j] = np.nan
+
+
 @njit(cache=True, nogil=True, fastmath=True)
 def _score_of_patch(pshape, fshape, half, w_high, w_low, n_high, rows, entries, n, span, cons):
     """Sum of +C (both in H_c) and -C (one in H_c, one in L_c) over a patch's pairs.
@@ -286,56 +295,69 @@ def candidate_edges(centres, patchshape):
 
 
 @njit(cache=True, parallel=True)
-def edge_weights(patches, centres, cflat, edges, offs, r, vmask, vidx, fullshape, half,
-                 th, cons, ccnt, out):
-    """Mean consensus over pixel pairs (u in H_a, v in H_b) for every edge; NaN if none."""
-    P = offs.shape[0]
+def high_sets(patches, centres, cflat, offs, r, vmask, vidx, th, pos, rows, counts):
+    """H_c of every selected patch: pixel coordinates (unpadded, raster order) and rows."""
+    for i in prange(centres.shape[0]):
+        n = 0
+        for k in range(offs.shape[0]):
+            z = centres[i, 0] + offs[k, 0]
+            y = centres[i, 1] + offs[k, 1]
+            x = centres[i, 2] + offs[k, 2]
+            if vmask[z + r[0], y + r[1], x + r[2]] != 0 and patches[k, cflat[i]] > th:
+                pos[i, n, 0] = z
+                pos[i, n, 1] = y
+                pos[i, n, 2] = x
+                rows[i, n] = vidx[z + r[0], y + r[1], x + r[2]]
+                n += 1
+        counts[i] = n
+
+
+@njit(cache=True, nogil=True)
+def _later_pair_sum(pa, ra, na, pb, nb, r, fullshape, half, cons):
+    """Sum and number of defined C(u, v), u in set a, v in set b, v after u in raster order.
+
+    Both sets are in raster order; each pair is read from the row of u, so the inner loop
+    stays in one consensus row.
+    """
+    total = 0.0
+    count = 0
+    j0 = 0
+    for i in range(na):
+        uz, uy, ux = pa[i, 0], pa[i, 1], pa[i, 2]
+        while j0 < nb and (pb[j0, 0], pb[j0, 1], pb[j0, 2]) <= (uz, uy, ux):
+            j0 += 1
+        row = cons[ra[i]]
+        for j in range(j0, nb):
+            dz = pb[j, 0] - uz
+            dy = pb[j, 1] - uy
+            if dz > 2 * r[0] or (dz == 2 * r[0] and dy > 2 * r[1]):
+                break  # raster order: no later v can be close enough
+            dx = pb[j, 2] - ux
+            if abs(dy) > 2 * r[1] or abs(dx) > 2 * r[2]:
+                continue
+            g = ((dz + 2 * r[0]) * fullshape[1] + (dy + 2 * r[1])) * fullshape[2] + dx + 2 * r[2]
+            value = row[g - half - 1]
+            if value == value:
+                total += value
+                count += 1
+    return total, count
+
+
+@njit(cache=True, parallel=True)
+def edge_weights(edges, pos, rows, counts, r, fullshape, half, cons, out):
+    """Mean defined consensus over pixel pairs (u in H_a, v in H_b) per edge; NaN if none.
+
+    ``cons`` holds NaN where a pair had no vote.
+    """
     for e in prange(edges.shape[0]):
         a = edges[e, 0]
         b = edges[e, 1]
-        ka = np.empty(P, np.int64)
-        kb = np.empty(P, np.int64)
-        na = 0
-        nb = 0
-        for k in range(P):
-            z = centres[a, 0] + offs[k, 0] + r[0]
-            y = centres[a, 1] + offs[k, 1] + r[1]
-            x = centres[a, 2] + offs[k, 2] + r[2]
-            if vmask[z, y, x] != 0 and patches[k, cflat[a]] > th:
-                ka[na] = k
-                na += 1
-            z = centres[b, 0] + offs[k, 0] + r[0]
-            y = centres[b, 1] + offs[k, 1] + r[1]
-            x = centres[b, 2] + offs[k, 2] + r[2]
-            if vmask[z, y, x] != 0 and patches[k, cflat[b]] > th:
-                kb[nb] = k
-                nb += 1
-        total = 0.0
-        count = 0
-        for i in range(na):
-            # u = a + o_ka ; v = b + o_kb ; d = v - u
-            uz = centres[a, 0] + offs[ka[i], 0]
-            uy = centres[a, 1] + offs[ka[i], 1]
-            ux = centres[a, 2] + offs[ka[i], 2]
-            for j in range(nb):
-                dz = centres[b, 0] + offs[kb[j], 0] - uz
-                dy = centres[b, 1] + offs[kb[j], 1] - uy
-                dx = centres[b, 2] + offs[kb[j], 2] - ux
-                if abs(dz) > 2 * r[0] or abs(dy) > 2 * r[1] or abs(dx) > 2 * r[2]:
-                    continue
-                g = ((dz + 2 * r[0]) * fullshape[1] + (dy + 2 * r[1])) * fullshape[2] + dx + 2 * r[2]
-                if g > half:
-                    row = vidx[uz + r[0], uy + r[1], ux + r[2]]
-                    col = g - half - 1
-                elif g < half:
-                    row = vidx[uz + dz + r[0], uy + dy + r[1], ux + dx + r[2]]
-                    col = half - g - 1
-                else:
-                    continue
-                if ccnt[row, col] > 0:
-                    total += cons[row, col]
-                    count += 1
-        out[e] = total / count if count > 0 else np.nan
+        t1, c1 = _later_pair_sum(pos[a], rows[a], counts[a], pos[b], counts[b], r, fullshape,
+                                 half, cons)
+        t2, c2 = _later_pair_sum(pos[b], rows[b], counts[b], pos[a], counts[a], r, fullshape,
+                                 half, cons)
+        count = c1 + c2
+        out[e] = (t1 + t2) / count if count > 0 else np.nan
 
 
 @njit(cache=True)

@@ -147,13 +147,12 @@ def candidate_mask(cls: np.ndarray, params: AssemblyParams) -> np.ndarray:
 class Consensus:
     """Mean pairwise votes C(u, v) of every voting pixel with its neighbours.
 
-    ``values[vidx[u], col(v - u)]`` holds C(u, v) for u before v in raster order (0 when
-    the pair received no vote: ``counts`` is 0 there). ``scores`` and ``n_high`` hold the
+    ``values[vidx[u], col(v - u)]`` holds C(u, v) for u before v in raster order (NaN when
+    the pair received no vote). ``scores`` and ``n_high`` hold the
     score and |H_c| of every candidate patch (step 2), in the order the candidates were given.
     """
 
-    values: np.ndarray  # (n_voting, n_columns) float32, 0 where undefined
-    counts: np.ndarray  # (n_voting, n_columns) uint16 number of votes
+    values: np.ndarray  # (n_voting, n_columns) float32, NaN where undefined
     vidx: np.ndarray  # padded int32 row index map
     geometry: Geometry
     scores: np.ndarray  # (n_candidates,) patch scores, in the order of the candidates given
@@ -171,7 +170,7 @@ class Consensus:
             return float("nan")
         row = self.vidx[tuple(u3 + g.r)]
         col = int(np.ravel_multi_index(tuple(d + 2 * g.r), tuple(g.fullshape))) - g.n_columns - 1
-        if row < 0 or self.counts[row, col] == 0:
+        if row < 0:
             return float("nan")
         return float(self.values[row, col])
 
@@ -184,7 +183,7 @@ class Consensus:
         grid = grid[g.n_columns + 1:]
         out = {}
         for p, row in zip(pix, rows):
-            cols = np.nonzero(self.counts[row])[0]
+            cols = np.nonzero(~np.isnan(self.values[row]))[0]
             u = p - g.r
             for col in cols:
                 v = u + grid[col]
@@ -247,7 +246,9 @@ def compute_consensus(prep: _Prepared, cand_flat: np.ndarray) -> Consensus:
     K.patch_scores(prep.patches, centres, cand_flat, prep.offs, prep.r, prep.pshape,
                    prep.fshape, n_cols, prep.vmask, prep.vidx, prep.th, prep.bg, csum, scores,
                    n_high)
-    return Consensus(csum, ccnt, prep.vidx, geo, scores, n_high)
+    K.mark_undefined(csum, ccnt)
+    del ccnt
+    return Consensus(csum, prep.vidx, geo, scores, n_high)
 
 
 def rank_patches(prep: _Prepared, cand_flat: np.ndarray, consensus: Consensus):
@@ -291,10 +292,15 @@ def patch_graph(prep: _Prepared, selected_flat: np.ndarray, consensus: Consensus
     geo = prep.geo
     centres = prep.centres_of(selected_flat)
     edges = K.candidate_edges(centres, np.array(geo.patchshape, np.int64))
+    n, P = len(selected_flat), prep.offs.shape[0]
+    pos = np.empty((n, P, 3), np.int32)
+    rows = np.empty((n, P), np.int32)
+    counts = np.empty(n, np.int64)
+    K.high_sets(prep.patches, centres, np.ascontiguousarray(selected_flat, np.int64), prep.offs,
+                prep.r, prep.vmask, prep.vidx, prep.th, pos, rows, counts)
     weights = np.empty(len(edges), np.float64)
-    K.edge_weights(prep.patches, centres, np.ascontiguousarray(selected_flat, np.int64), edges,
-                   prep.offs, prep.r, prep.vmask, prep.vidx, prep.fshape, geo.n_columns,
-                   prep.th, consensus.values, consensus.counts, weights)
+    K.edge_weights(edges, pos, rows, counts, prep.r, prep.fshape, geo.n_columns,
+                   consensus.values, weights)
     keep = ~np.isnan(weights)
     edges, weights = edges[keep], weights[keep]
     order = np.lexsort((edges[:, 1], edges[:, 0]))
