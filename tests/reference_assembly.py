@@ -223,6 +223,9 @@ def ref_graph(patches, cls, cons, selected, params) -> dict[tuple[int, int], flo
     """``{(a, b): weight}`` over node indices a < b into ``selected``."""
     shape = _spatial(patches)
     highs = [list(_high_low(patches, cls, int(c), params)[0]) for c in selected]
+    if params.fast:  # fast mode: only pixels on the stride grid enter the edge weights
+        highs = [[u for u in h if all(q % params.fast_stride == 0 for q in _coords(u, shape))]
+                 for h in highs]
     centres = [_coords(int(c), shape) for c in selected]
     edges = {}
     for a in range(len(selected)):

@@ -443,9 +443,9 @@ def synth_worms(
     seed: Seed = 0,
     *,
     length: tuple[float, float] = (250.0, 350.0),
-    width: tuple[float, float] = (14.0, 20.0),
+    width: tuple[float, float] = (10.0, 14.0),
     cross_fraction: float = 0.5,
-    max_overlap: float = 0.3,
+    max_overlap: float = 0.15,
     min_inside: float = 0.9,
     min_area: int = 200,
     posture: Literal["auto", "wormpose", "plain"] = "auto",
@@ -481,7 +481,8 @@ def synth_worms(
     cross_fraction : float
         Probability that a worm is placed across an earlier one.
     max_overlap : float
-        Largest fraction of a new worm's mask that may lie on earlier worms.
+        Largest fraction of any worm's mask that may be shared with other worms (checked for
+        the new worm and for every earlier one), so that worms cross rather than pile up.
     min_inside : float
         Smallest fraction of the centreline that must lie inside the canvas.
     min_area : int
@@ -546,6 +547,8 @@ def synth_worms(
     density = np.zeros(shape, np.float32)
     occupied = np.zeros(shape, bool)
     placed: list[np.ndarray] = []
+    areas: list[int] = []
+    overlapped: list[int] = []  # pixels of each worm lying under or over another worm
     for _ in range(int(rng.integers(n_lo, n_hi + 1))):
         for _attempt in range(30):
             theta = mixture.sample(rng) if mixture is not None else _plain_posture(rng)
@@ -564,6 +567,16 @@ def synth_worms(
                 continue
             if (local & occupied[window]).sum() > max_overlap * local.sum():
                 continue
+            # earlier worms must stay mostly free too: crossings, not pile-ups
+            if any(
+                (m[window] & local).sum() + shared > max_overlap * area
+                for m, area, shared in zip(masks, areas, overlapped)
+            ):
+                continue
+            for i, m in enumerate(masks):
+                overlapped[i] += int((m[window] & local).sum())
+            overlapped.append(int((local & occupied[window]).sum()))
+            areas.append(int(local.sum()))
             mask = np.zeros(shape, bool)
             mask[window] = local
             masks.append(mask)

@@ -37,7 +37,7 @@ the patch centred at ``c`` at pixel ``u`` (``u`` in ``box(c) = c + [-r, r]``, in
 4. Patch graph: nodes = selected patches (selection order); candidate edges = pairs whose
    centres differ by less than ``2 * patchshape`` on every axis.
 5. Edge weight(a, b) = mean of the defined ``C(u, v)``, u in H_a, v in H_b, u != v; a pair
-   of patches with no defined C gets no edge.
+   of patches with no defined C gets no edge. (Fast mode: u and v on the stride grid only.)
 6. Partition: ``"cc"`` - connected components over edges with weight > 0;
    ``"mws"`` - mutex watershed: edges by |weight| descending (ties by node pair), positive
    edges merge two clusters unless a mutex separates them, negative edges add a mutex.

@@ -295,14 +295,19 @@ def candidate_edges(centres, patchshape):
 
 
 @njit(cache=True, parallel=True)
-def high_sets(patches, centres, cflat, offs, r, vmask, vidx, th, pos, rows, counts):
-    """H_c of every selected patch: pixel coordinates (unpadded, raster order) and rows."""
+def high_sets(patches, centres, cflat, offs, r, vmask, vidx, th, stride, pos, rows, counts):
+    """H_c of every selected patch: pixel coordinates (unpadded, raster order) and rows.
+
+    With ``stride > 1`` only the pixels whose coordinates are all multiples of ``stride``.
+    """
     for i in prange(centres.shape[0]):
         n = 0
         for k in range(offs.shape[0]):
             z = centres[i, 0] + offs[k, 0]
             y = centres[i, 1] + offs[k, 1]
             x = centres[i, 2] + offs[k, 2]
+            if stride > 1 and (z % stride != 0 or y % stride != 0 or x % stride != 0):
+                continue
             if vmask[z + r[0], y + r[1], x + r[2]] != 0 and patches[k, cflat[i]] > th:
                 pos[i, n, 0] = z
                 pos[i, n, 1] = y

@@ -296,8 +296,9 @@ def patch_graph(prep: _Prepared, selected_flat: np.ndarray, consensus: Consensus
     pos = np.empty((n, P, 3), np.int32)
     rows = np.empty((n, P), np.int32)
     counts = np.empty(n, np.int64)
+    stride = prep.params.fast_stride if prep.params.fast else 1
     K.high_sets(prep.patches, centres, np.ascontiguousarray(selected_flat, np.int64), prep.offs,
-                prep.r, prep.vmask, prep.vidx, prep.th, pos, rows, counts)
+                prep.r, prep.vmask, prep.vidx, prep.th, stride, pos, rows, counts)
     weights = np.empty(len(edges), np.float64)
     K.edge_weights(edges, pos, rows, counts, prep.r, prep.fshape, geo.n_columns,
                    consensus.values, weights)

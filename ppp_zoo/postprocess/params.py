@@ -50,7 +50,8 @@ class AssemblyParams:
         overlap pixels belong to every instance covering them.
     fast : bool
         Use only centres on a grid of spacing ``fast_stride`` for voting and as candidate
-        patches (about ``fast_stride ** ndim`` times less work).
+        patches, and only pixels on that grid for the edge weights (about
+        ``fast_stride ** ndim`` times less work for the votes, its square for the edges).
     fast_stride : int
         Grid spacing of the fast mode.
     """
