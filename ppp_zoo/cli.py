@@ -124,28 +124,47 @@ def postprocess(
     min_size: Annotated[Optional[int], typer.Option(help="Remove instances smaller than this.")] = None,
     fast: Annotated[bool, typer.Option(help="Vote and rank with centres on a stride-2 grid only.")] = False,
     overlapping: Annotated[bool, typer.Option(help="Write an (N, [Z,] Y, X) stack of instance masks.")] = False,
+    block: Annotated[Optional[str], typer.Option(help="Assemble in blocks of this core size (e.g. 256x256) and stitch: bounded memory for large images.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary to stdout.")] = False,
 ):
     """Assemble instances from PatchPerPix outputs (numinst + patches)."""
+    import time
+
     from .io import write_labels
-    from .postprocess import AssemblyParams, assemble
+    from .postprocess import AssemblyParams, assemble, assemble_blockwise, parse_shape
 
     numinst, patches, shape = _load_outputs(outputs, patchshape)
     params = AssemblyParams(patchshape=shape).replace(
         patch_threshold=patch_threshold, fc_threshold=fc_threshold, partition=partition,
         min_size=min_size, fast=fast or None, overlapping=overlapping or None,
     )
-    result = assemble(numinst, patches, params, return_result=True)
-    if result.n_candidates == 0:
+    if block is not None:
+        if overlapping:
+            raise UserError("--block writes label images: it cannot be combined with --overlapping")
+        t0 = time.perf_counter()
+        labels = assemble_blockwise(numinst, patches, params, block_shape=parse_shape(block))
+        summary = {"n_instances": int(labels.max(initial=0)),
+                   "timings": {"blockwise": round(time.perf_counter() - t0, 4)}}
+        empty = not (labels > 0).any() and not _has_foreground(numinst, patches, params)
+    else:
+        result = assemble(numinst, patches, params, return_result=True)
+        labels, summary, empty = result.labels, result.summary(), result.n_candidates == 0
+    if empty:
         raise UserError(f"{outputs}: no foreground pixel (numinst/patch centre below the "
                         "thresholds everywhere): nothing to assemble")
-    write_labels(output, result.labels)
-    summary = {"output": str(output), **result.summary()}
+    write_labels(output, labels)
+    summary = {"output": str(output), **summary}
     if json_out:
         typer.echo(json.dumps(summary))
     else:
-        _status(f"wrote {output}: {result.n_instances} instances "
-                f"({sum(result.timings.values()):.2f} s)")
+        _status(f"wrote {output}: {summary['n_instances']} instances "
+                f"({sum(summary['timings'].values()):.2f} s)")
+
+
+def _has_foreground(numinst, patches, params) -> bool:
+    from .postprocess.assembly import candidate_mask, foreground_classes
+
+    return bool(candidate_mask(foreground_classes(numinst, patches, params), params).any())
 
 
 # --------------------------------------------------------------------------- evaluate

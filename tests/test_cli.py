@@ -142,3 +142,16 @@ def test_data_synth_commands(tmp_path):
     assert res.exit_code == 0, res.output
     masks = tifffile.imread(next((tmp_path / "w" / "masks").glob("*.tif")))
     assert masks.ndim == 3 and masks.shape[0] >= 3
+
+
+def test_postprocess_blockwise_cli(sample_dir, tmp_path):
+    npz = tmp_path / "t.npz"
+    assert run("targets", sample_dir / "test_labels.tif", "-o", npz).exit_code == 0
+    pred = tmp_path / "pred.tif"
+    res = run("postprocess", npz, "-o", pred, "--block", "128x128", "--fast", "--partition",
+              "mws", "--json")
+    assert res.exit_code == 0, res.output
+    res = run("evaluate", pred, sample_dir / "test_labels.tif", "--json")
+    assert json.loads(res.stdout)["ap"]["0.9"] >= 0.99
+    res = run("postprocess", npz, "-o", tmp_path / "x.tif", "--block", "128x128", "--overlapping")
+    assert res.exit_code == 1 and "--block" in res.output

@@ -47,6 +47,9 @@ the patch centred at ``c`` at pixel ``u`` (``u`` in ``box(c) = c + [-r, r]``, in
    Overlapping mode: one mask per component, the union of its patches' regions, so
    overlap pixels belong to every instance covering them. Instances with fewer than
    ``min_size`` pixels are removed and ids are made consecutive.
+
+Large images: :func:`assemble_blockwise` assembles blocks with a margin of one patch size
+and stitches them (memory grows with the block, not with the image).
 """
 
 from ._cache import configure as _configure_cache
@@ -55,5 +58,7 @@ _configure_cache()
 
 from .params import AssemblyParams, Partition, parse_shape  # noqa: E402
 from .assembly import AssemblyResult, assemble  # noqa: E402
+from .blockwise import assemble_blockwise  # noqa: E402
 
-__all__ = ["AssemblyParams", "AssemblyResult", "Partition", "assemble", "parse_shape"]
+__all__ = ["AssemblyParams", "AssemblyResult", "Partition", "assemble", "assemble_blockwise",
+           "parse_shape"]
