@@ -5,9 +5,13 @@ Cases (each measured in a fresh process, so peak RSS is that case's own):
   naive-consensus        baseline: every vote accumulated into a dense per-pixel array over
                          all (2p-1)^2 offsets (sum + count), as a straightforward kernel would
   worms-41               one 520x696 synthetic worm image, 41x41 patches, overlapping mode
+                         (fast mode, strides 2 and 3)
   nuclei3d               the 31x61x57 3D sample, 9x9x9 patches
   first-call             compile time of the kernels with an empty numba cache
   cli-startup            wall time of `ppp-zoo --help` and of a small `ppp-zoo postprocess`
+  blockwise-N            an N x N mosaic of the DSB sample (N * 512 pixels a side), GT patches
+                         memory-mapped from disk, assembled in 256x256 blocks (fast mode):
+                         time and peak RSS grow with the area and the block, not the image
 
 Usage:  python scripts/bench_postprocess.py [--cases dsb-exact,dsb-fast,...] [--repeat 2]
 """
@@ -23,7 +27,7 @@ import tempfile
 import time
 
 CASES = ["dsb-exact", "dsb-fast", "naive-consensus", "worms-41", "nuclei3d", "first-call",
-         "cli-startup"]
+         "cli-startup", "blockwise-1", "blockwise-2"]
 
 
 def _peak_rss_gb() -> float:
@@ -125,10 +129,12 @@ def run_case(case: str, repeat: int) -> dict:
         _, masks = synth_worms(shape=(520, 696), seed=0)
         numinst, patches = instance_targets(masks, (41, 41), overlapping=True)
         out = {}
-        for fast in (False, True):
-            params = AssemblyParams(patchshape=(41, 41), overlapping=True, fast=fast)
-            out["fast" if fast else "exact"] = _time_assembly(numinst, patches, params, masks, 1,
-                                                              overlapping=True)
+        # exact mode takes minutes here (see the note in README), so the fast strides only
+        for stride in (2, 3):
+            params = AssemblyParams(patchshape=(41, 41), overlapping=True, fast=True,
+                                    fast_stride=stride)
+            out[f"fast{stride}"] = _time_assembly(numinst, patches, params, masks, 1,
+                                                  overlapping=True)
     elif case == "nuclei3d":
         from ppp_zoo.data.sample import load_nuclei3d_sample
 
@@ -139,6 +145,34 @@ def run_case(case: str, repeat: int) -> dict:
             params = AssemblyParams(patchshape=(9, 9, 9), patch_threshold=0.5, fast=fast)
             out["fast" if fast else "exact"] = _time_assembly(numinst, patches, params, labels,
                                                               repeat)
+    elif case.startswith("prepare-blockwise-"):
+        from ppp_zoo.data.sample import load_dsb_sample
+
+        n = int(case.rsplit("-", 1)[1])
+        _, labels = load_dsb_sample()
+        tiles = [labels + (labels > 0) * (i * 1000) for i in range(n * n)]
+        mosaic = np.block([[tiles[i * n + j] for j in range(n)] for i in range(n)])
+        numinst, patches = instance_targets(mosaic, (25, 25))
+        folder = os.environ["PPP_BENCH_DIR"]
+        np.save(f"{folder}/labels.npy", mosaic)
+        np.save(f"{folder}/numinst.npy", numinst)
+        np.save(f"{folder}/patches.npy", patches)
+        out = {"pixels": int(mosaic.size)}
+    elif case.startswith("blockwise-"):
+        from ppp_zoo.evaluate import evaluate_image
+        from ppp_zoo.postprocess import assemble_blockwise
+
+        folder = os.environ["PPP_BENCH_DIR"]
+        numinst = np.load(f"{folder}/numinst.npy", mmap_mode="r")
+        patches = np.load(f"{folder}/patches.npy", mmap_mode="r")
+        labels = np.load(f"{folder}/labels.npy")
+        params = AssemblyParams(patchshape=(25, 25), partition="mws", fast=True)
+        t0 = time.perf_counter()
+        pred = assemble_blockwise(numinst, patches, params, block_shape=(256, 256))
+        ev = evaluate_image(pred, labels)
+        out = {"pixels": int(labels.size), "seconds": round(time.perf_counter() - t0, 2),
+               "n_instances": int(pred.max()), "ap90": round(ev.ap["0.9"], 4),
+               "input_on_disk_gb": round(patches.nbytes / 1024**3, 2)}
     elif case == "first-call":
         labels = np.zeros((48, 48), np.int32)
         labels[5:20, 5:20], labels[20:40, 10:30] = 1, 2
@@ -193,6 +227,18 @@ def main() -> None:
     for case in args.cases.split(","):
         if case == "cli-startup":
             results[case] = _cli_startup()
+        elif case.startswith("blockwise-"):
+            with tempfile.TemporaryDirectory() as folder:
+                env = dict(os.environ, PPP_BENCH_DIR=folder)
+                n = case.rsplit("-", 1)[1]
+                subprocess.run([sys.executable, __file__, "--case", f"prepare-blockwise-{n}"],
+                               check=True, capture_output=True, env=env)
+                proc = subprocess.run([sys.executable, __file__, "--case", case], env=env,
+                                      capture_output=True, text=True)
+                if proc.returncode != 0:
+                    print(f"{case}: FAILED\n{proc.stderr[-2000:]}")
+                    continue
+                results[case] = json.loads(proc.stdout.strip().splitlines()[-1])
         else:
             env = dict(os.environ)
             if case == "first-call":
@@ -210,6 +256,11 @@ def main() -> None:
         print(f"consensus step vs naive dense baseline: {base:.2f} s / {ours:.2f} s = "
               f"{base / ours:.1f}x faster; peak RSS {results['naive-consensus']['peak_rss_gb']} GB "
               f"vs {results['dsb-exact']['peak_rss_gb']} GB (whole assembly, both partitions)")
+    if "blockwise-1" in results and "blockwise-2" in results:
+        a, b = results["blockwise-1"], results["blockwise-2"]
+        print(f"blockwise: 4x the area -> {b['seconds'] / a['seconds']:.1f}x the time, "
+              f"peak RSS {a['peak_rss_gb']} -> {b['peak_rss_gb']} GB "
+              f"(inputs on disk {a['input_on_disk_gb']} -> {b['input_on_disk_gb']} GB)")
     if "dsb-exact" in results and "dsb-fast" in results:
         for p in ("cc", "mws"):
             e, f = results["dsb-exact"][p], results["dsb-fast"][p]
