@@ -75,6 +75,17 @@ def _dense_patch(patches, c, cflat, offs, r, vmask, vidx, th, bg, vals, w_high, 
     return n, nh
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _line_column(za, ya, xa, zb, yb, pshape, fshape, half):
+    """Consensus column of the pair (a, b) with b at x = 0 of patch line (zb, yb).
+
+    Adding b's x gives the column of any b on that line: the offsets o_b - o_a of one line
+    are consecutive in the column order.
+    """
+    return ((((zb - za + 2 * (pshape[0] // 2)) * fshape[1] + (yb - ya + 2 * (pshape[1] // 2)))
+             * fshape[2]) + (2 * (pshape[2] // 2) - xa) - half - 1)
+
+
 @njit(cache=True, nogil=True, fastmath=True)
 def _votes_of_patch(pshape, fshape, half, th2, inv_norm, vals, w_high, w_low, n_any, n_high,
                     rows, entries, n, span, csum, ccnt):
@@ -99,8 +110,7 @@ def _votes_of_patch(pshape, fshape, half, th2, inv_norm, vals, w_high, w_low, n_
             for yb in range(ystart, py):
                 xstart = xa + 1 if (zb == za and yb == ya) else 0
                 kb0 = (zb * py + yb) * px
-                cb = (((zb - za + 2 * (pz // 2)) * fshape[1] + (yb - ya + 2 * (py // 2)))
-                      * fshape[2] + (2 * (px // 2) - xa) - half - 1)
+                cb = _line_column(za, ya, xa, zb, yb, pshape, fshape, half)
                 line = zb * py + yb
                 if high_a:
                     for xb in range(max(xstart, span[line, 0]), span[line, 1]):
@@ -190,8 +200,7 @@ def _score_of_patch(pshape, fshape, half, w_high, w_low, n_high, rows, entries, 
             for yb in range(ystart, py):
                 xstart = xa + 1 if (zb == za and yb == ya) else 0
                 kb0 = (zb * py + yb) * px
-                cb = (((zb - za + 2 * (pz // 2)) * fshape[1] + (yb - ya + 2 * (py // 2)))
-                      * fshape[2] + (2 * (px // 2) - xa) - half - 1)
+                cb = _line_column(za, ya, xa, zb, yb, pshape, fshape, half)
                 line = zb * py + yb
                 if high_a:
                     for xb in range(max(xstart, span[line, 0]), span[line, 1]):
