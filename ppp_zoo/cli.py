@@ -142,12 +142,14 @@ def postprocess(
         if overlapping:
             raise UserError("--block writes label images: it cannot be combined with --overlapping")
         t0 = time.perf_counter()
-        labels = assemble_blockwise(numinst, patches, params, block_shape=parse_shape(block))
+        labels = assemble_blockwise(numinst, patches, params, block_shape=parse_shape(block),
+                                    progress=_block_progress if _interactive() else None)
         summary = {"n_instances": int(labels.max(initial=0)),
                    "timings": {"blockwise": round(time.perf_counter() - t0, 4)}}
         empty = not (labels > 0).any() and not _has_foreground(numinst, patches, params)
     else:
-        result = assemble(numinst, patches, params, return_result=True)
+        result = assemble(numinst, patches, params, return_result=True,
+                          progress=_step_progress if _interactive() else None)
         labels, summary, empty = result.labels, result.summary(), result.n_candidates == 0
     if empty:
         raise UserError(f"{outputs}: no foreground pixel (numinst/patch centre below the "
@@ -159,6 +161,18 @@ def postprocess(
     else:
         _status(f"wrote {output}: {summary['n_instances']} instances "
                 f"({sum(summary['timings'].values()):.2f} s)")
+
+
+def _interactive() -> bool:
+    return sys.stderr.isatty()
+
+
+def _step_progress(step: str) -> None:
+    _status(f"  {step} ...")
+
+
+def _block_progress(done: int, total: int) -> None:
+    _status(f"  block {done}/{total}")
 
 
 def _has_foreground(numinst, patches, params) -> bool:
@@ -233,6 +247,57 @@ def data_synth_nuclei(
 
     write_synth_nuclei(output, n_images=n_images, seed=seed, shape=parse_shape(size))
     _status(f"wrote {n_images} nuclei images to {output}")
+
+
+# --------------------------------------------------------------------------- train / predict
+@app.command()
+@reports_errors
+def train(
+    config: Annotated[Optional[Path], typer.Argument(help="TOML configuration file (with --preset: overrides of the preset).")] = None,
+    preset: Annotated[Optional[str], typer.Option(help="Shipped preset instead of a file, e.g. nuclei2d-cpu.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: runs/<config or preset name>).")] = None,
+    max_minutes: Annotated[Optional[float], typer.Option(help="Stop after this many minutes (overrides the config).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt.")] = False,
+):
+    """Train a PatchPerPix network; writes last.pt, best.pt, metrics.json and curve.png."""
+    from .config import load_config, load_preset
+    from .train import train as run_training
+
+    if config is None and preset is None:
+        raise UserError("give a CONFIG file, --preset NAME, or both (the file then overrides "
+                        "the preset)")
+    cfg = load_config(config, preset=preset) if config is not None else load_preset(preset)
+    out = out or Path("runs") / (config.stem if config is not None else preset)
+    result = run_training(cfg, out, max_minutes=max_minutes, device=device, resume=resume,
+                          progress=sys.stderr.isatty())
+    best = "n/a" if result.best_avAP is None else f"{result.best_avAP:.4f}"
+    _status(f"wrote {out}: {result.iterations} iterations, final loss {result.final_loss:.4f}, "
+            f"best val avAP {best}")
+    for note in result.notes:
+        _status(f"note: {note}")
+
+
+@app.command()
+@reports_errors
+def predict(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (.pt) written by 'ppp-zoo train'.")],
+    images: Annotated[list[Path], typer.Argument(help="Images to segment.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Folder for <stem>_labels.tif.")],
+    fast: Annotated[bool, typer.Option(help="Assemble in fast mode (stride-2 voting).")] = False,
+):
+    """Segment images with a trained checkpoint; writes OUTPUT/<stem>_labels.tif per image."""
+    from .io import read_image, write_labels
+    from .predict import load_checkpoint, predict_image
+
+    bundle = load_checkpoint(checkpoint)
+    loaded = [(path, read_image(path)) for path in images]
+    output.mkdir(parents=True, exist_ok=True)
+    for path, image in loaded:
+        target = output / f"{path.stem}_labels.tif"
+        labels = predict_image(bundle, image, fast=fast)
+        write_labels(target, labels)
+        _status(f"wrote {target}: {labels.shape[0] if labels.dtype == bool else int(labels.max(initial=0))} instances")
 
 
 def main() -> None:  # pragma: no cover - entry point

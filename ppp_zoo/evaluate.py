@@ -68,7 +68,7 @@ def relabel_sequential(labels: np.ndarray) -> np.ndarray:
 
 def _as_masks(arr: np.ndarray) -> np.ndarray:
     """(N, npix) boolean masks of a mask stack, empty masks dropped."""
-    masks = arr.reshape(arr.shape[0], -1).astype(bool)
+    masks = arr.reshape(arr.shape[0], int(np.prod(arr.shape[1:]))).astype(bool)
     return masks[masks.any(axis=1)]
 
 

@@ -116,3 +116,12 @@ def test_dataset_mean_and_pooled():
     assert set(r.to_dict()) >= {"ap", "avAP", "avAP_50_95", "ap_pooled", "per_image"}
     with pytest.raises(ValueError):
         evaluate_dataset([])
+
+
+def test_empty_mask_stacks():
+    empty = np.zeros((0, 8, 8), bool)
+    one = np.zeros((1, 8, 8), bool)
+    one[0, 2:5, 2:5] = True
+    assert evaluate_image(empty, empty, overlapping=True).ap["0.5"] == 1.0
+    r = evaluate_image(empty, one, overlapping=True)
+    assert r.ap["0.5"] == 0.0 and r.n_pred == 0 and r.n_gt == 1

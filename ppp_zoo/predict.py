@@ -1,0 +1,194 @@
+"""Inference with a trained PatchPerPix checkpoint: image in, instance labels out.
+
+:func:`load_checkpoint` reads a ``.pt`` file written by :func:`ppp_zoo.train.train` into a
+:class:`ModelBundle`; :func:`predict_image` normalises an image, runs the network on the
+whole image (padded to a multiple of the U-Net's ``size_divisor``), turns the outputs into
+probabilities and assembles instances with the checkpoint's assembly parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import FORMAT_VERSION, NormalizeConfig
+from .model import PatchPerPixNet
+from .postprocess import AssemblyParams, assemble
+
+_REQUIRED_KEYS = ("format_version", "model_state", "model_kwargs", "config", "normalize",
+                  "assembly")
+_DECODE_CHUNK = 16384
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelBundle:
+    """A network ready for inference plus what it needs around it.
+
+    Attributes
+    ----------
+    model : PatchPerPixNet
+        In eval mode, on ``device``.
+    normalize : NormalizeConfig
+        Intensity normalisation applied to every input image.
+    assembly : AssemblyParams
+        Instance assembly parameters.
+    config : dict
+        The full training configuration.
+    iteration : int
+        Training iteration the weights come from.
+    device : torch.device
+    """
+
+    model: PatchPerPixNet
+    normalize: NormalizeConfig
+    assembly: AssemblyParams
+    config: dict
+    iteration: int = 0
+    device: torch.device = torch.device("cpu")
+
+
+# --------------------------------------------------------------------------- normalisation
+def normalize_image(image: np.ndarray, params: NormalizeConfig) -> np.ndarray:
+    """Normalise one image as float32 (percentile: ``p_low -> 0``, ``p_high -> 1``).
+
+    Examples
+    --------
+    >>> img = np.arange(100, dtype=np.uint16).reshape(10, 10)
+    >>> out = normalize_image(img, NormalizeConfig(p_low=0.0, p_high=100.0))
+    >>> float(out.min()), float(out.max())
+    (0.0, 1.0)
+    """
+    x = np.asarray(image, dtype=np.float32)
+    if params.mode == "percentile":
+        lo, hi = np.percentile(x, [params.p_low, params.p_high])
+        return ((x - lo) / max(float(hi - lo), 1e-6)).astype(np.float32)
+    if params.mode == "zero_mean_unit_variance":
+        return ((x - x.mean()) / max(float(x.std()), 1e-6)).astype(np.float32)
+    raise ValueError(f"unknown normalisation mode {params.mode!r}")
+
+
+def as_grayscale(image: np.ndarray, ndim: int) -> np.ndarray:
+    """Drop a channels-last axis (RGB/RGBA png) by averaging; check the dimensions."""
+    image = np.asarray(image)
+    if image.ndim == ndim + 1 and image.shape[-1] <= 4:
+        image = image[..., :3].mean(axis=-1) if image.shape[-1] >= 3 else image[..., 0]
+    if image.ndim != ndim:
+        raise ValueError(f"expected a {ndim}D image for this model, got shape {image.shape}")
+    if image.dtype.kind not in "biuf":
+        raise ValueError(f"image must be numeric, got {image.dtype}")
+    return image
+
+
+# --------------------------------------------------------------------------- checkpoint
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> ModelBundle:
+    """Load a checkpoint written by :func:`ppp_zoo.train.train`.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError
+        If the file is not a readable checkpoint or has another ``format_version``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for corrupt files
+        raise ValueError(f"{path}: not a readable checkpoint ({type(err).__name__})") from None
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in _REQUIRED_KEYS):
+        raise ValueError(f"{path}: not a ppp-zoo checkpoint (missing keys)")
+    if ckpt["format_version"] != FORMAT_VERSION:
+        raise ValueError(f"{path}: checkpoint format_version {ckpt['format_version']!r} is not "
+                         f"supported (expected {FORMAT_VERSION})")
+    return bundle_from_checkpoint(ckpt, device)
+
+
+def bundle_from_checkpoint(ckpt: dict, device: str | torch.device = "cpu") -> ModelBundle:
+    """Build a :class:`ModelBundle` from a loaded checkpoint dict."""
+    device = torch.device(device)
+    model = PatchPerPixNet(**ckpt["model_kwargs"])
+    model.load_state_dict(ckpt["model_state"])
+    model.to(device).eval()
+    return ModelBundle(model=model, normalize=NormalizeConfig(**ckpt["normalize"]),
+                       assembly=AssemblyParams.from_dict(ckpt["assembly"]),
+                       config=ckpt["config"], iteration=int(ckpt.get("iteration", 0)),
+                       device=device)
+
+
+# --------------------------------------------------------------------------- prediction
+def _pad_to_multiple(x: np.ndarray, divisor: int) -> tuple[np.ndarray, tuple[slice, ...]]:
+    pad = [(0, (-s) % divisor) for s in x.shape]
+    crop = tuple(slice(0, s) for s in x.shape)
+    if any(p for _, p in pad):
+        x = np.pad(x, pad, mode="reflect" if min(x.shape) > 1 else "edge")
+    return x, crop
+
+
+@torch.no_grad()
+def _decode_dense(model: PatchPerPixNet, code_probs: torch.Tensor) -> torch.Tensor:
+    """Patch probabilities ``(P, ...)`` from code probabilities ``(C, ...)``, in chunks."""
+    spatial = code_probs.shape[1:]
+    flat = code_probs.reshape(code_probs.shape[0], -1).T
+    out = torch.empty((flat.shape[0], model.decoder.n_patch), dtype=torch.float32,
+                      device=flat.device)
+    for start in range(0, flat.shape[0], _DECODE_CHUNK):
+        out[start:start + _DECODE_CHUNK] = torch.sigmoid(
+            model.decoder(flat[start:start + _DECODE_CHUNK].float()))
+    return out.T.reshape((-1,) + tuple(spatial))
+
+
+@torch.no_grad()
+def predict_probabilities(bundle: ModelBundle, image: np.ndarray,
+                          normalized: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Network outputs as probabilities: ``numinst (3, ...)`` and ``patches (P, ...)``.
+
+    ``normalized=True`` skips the normalisation (the image already went through it).
+    """
+    model = bundle.model
+    image = as_grayscale(image, model.ndim)
+    x = image.astype(np.float32) if normalized else normalize_image(image, bundle.normalize)
+    x, crop = _pad_to_multiple(x, model.size_divisor)
+    was_training = model.training
+    model.eval()
+    try:
+        t = torch.from_numpy(np.ascontiguousarray(x))[None, None].to(bundle.device)
+        numinst, second = model.probabilities(model(t))
+        patches = second[0] if model.decoder is None else _decode_dense(model, second[0])
+    finally:
+        model.train(was_training)
+    full = (slice(None),) + crop
+    return (np.ascontiguousarray(numinst[0].float().cpu().numpy()[full]),
+            np.ascontiguousarray(patches.float().cpu().numpy()[full]))
+
+
+def predict_image(model_bundle: ModelBundle, image: np.ndarray, fast: bool = False,
+                  **assembly_changes: Any) -> np.ndarray:
+    """Segment one image into instances.
+
+    Parameters
+    ----------
+    model_bundle : ModelBundle
+        From :func:`load_checkpoint`.
+    image : ndarray, shape ([Z,] Y, X) (or (Y, X, C) RGB)
+        Raw image; it is normalised as in training.
+    fast : bool
+        Assemble in fast mode (stride-grid voting).
+    **assembly_changes
+        Overrides of the checkpoint's :class:`~ppp_zoo.postprocess.AssemblyParams`.
+
+    Returns
+    -------
+    labels : ndarray
+        int32 label image of the image's spatial shape, or a bool ``(N, ...)`` mask stack
+        for a model trained on overlapping instances.
+    """
+    numinst, patches = predict_probabilities(model_bundle, image)
+    params = model_bundle.assembly.replace(fast=fast or None, **assembly_changes)
+    return assemble(numinst, patches, params)

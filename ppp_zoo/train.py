@@ -1,0 +1,421 @@
+"""Train a PatchPerPix network from a :class:`~ppp_zoo.config.Config`.
+
+One iteration draws ``batch_size`` random crops (crops with less than ``min_foreground``
+foreground are redrawn up to ``max_resample`` times), augments them (random flips along
+every axis and, for square Y/X crops, a Y/X transpose - together all 90-degree rotations
+and mirrors; intensity scale in [0.9, 1.1] and shift in [-0.1, 0.1]), computes the GT
+numinst and patches of each crop with :func:`~ppp_zoo.data.instance_targets`, and takes an
+Adam step on :func:`~ppp_zoo.model.total_loss`. Every ``val_every`` iterations (and at the
+end) the network segments the validation images with the real instance assembly (fast
+mode) and the avAP is recorded; ``best.pt`` keeps the best-scoring weights, ``last.pt`` the
+latest (with optimiser and random state, so that ``resume=True`` continues the run).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from .config import FORMAT_VERSION, Config, config_from_dict
+from .data import FolderDataset, dsb_split, instance_targets, load_dsb_sample
+from .data.synth import synth_nuclei_dataset, synth_worms_dataset
+from .evaluate import evaluate_image
+from .model import PatchPerPixNet, total_loss
+from .predict import ModelBundle, as_grayscale, normalize_image, predict_probabilities
+from .postprocess import assemble
+
+Device = Literal["auto", "cpu", "cuda"]
+Pair = tuple[np.ndarray, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """Outcome of :func:`train`.
+
+    ``best_avAP`` is ``None`` when no validation image exists; ``stopped_early`` is true when
+    the time limit ended the run before ``iterations``.
+    """
+
+    out_dir: str
+    last_checkpoint: str
+    best_checkpoint: str
+    iterations: int
+    final_loss: float
+    best_avAP: float | None
+    best_iteration: int | None
+    seconds: float
+    stopped_early: bool
+    history: dict
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["notes"] = list(self.notes)
+        return d
+
+
+# --------------------------------------------------------------------------- data
+def _synth_kwargs(cfg: Config) -> dict:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.data.synth.items()}
+
+
+def load_training_data(cfg: Config) -> tuple[list[Pair], list[Pair]]:
+    """``(train, val)`` lists of ``(normalised float32 image, labels or mask stack)``.
+
+    The dsb-sample source uses the left half of the DSB crop only: its last ``val_strip``
+    columns are the validation image, the columns before them the training image.
+    """
+    d = cfg.data
+    if d.source == "dsb-sample":
+        image, labels = dsb_split(*load_dsb_sample())["train"]
+        width = image.shape[1]
+        if d.val_strip >= width - 16:
+            raise ValueError(f"[data] val_strip {d.val_strip} leaves too little of the "
+                             f"{width}-column training half")
+        cut = width - d.val_strip
+        train = [(image[:, :cut], labels[:, :cut])]
+        val = [(image[:, cut:], labels[:, cut:])] if d.val_strip else []
+    else:
+        if d.source == "synth-nuclei":
+            pairs = synth_nuclei_dataset(d.n_images, seed=d.seed, shape=d.image_size,
+                                         **_synth_kwargs(cfg))
+        elif d.source == "synth-worms":
+            pairs = synth_worms_dataset(d.n_images, seed=d.seed, shape=d.image_size,
+                                        **_synth_kwargs(cfg))
+        else:
+            folder = FolderDataset(d.path, overlapping=d.overlapping)
+            pairs = [folder[i] for i in range(len(folder))]
+        n_val = math.ceil(d.val_fraction * len(pairs)) if d.val_fraction > 0 else 0
+        if n_val >= len(pairs):
+            raise ValueError(f"[data] val_fraction {d.val_fraction} leaves no training image "
+                             f"out of {len(pairs)}")
+        train, val = pairs[:len(pairs) - n_val], pairs[len(pairs) - n_val:]
+    ndim = cfg.ndim
+
+    def prepare(pair: Pair) -> Pair:
+        image = as_grayscale(pair[0], ndim)
+        return normalize_image(image, cfg.normalize), np.asarray(pair[1])
+
+    return [prepare(p) for p in train], [prepare(p) for p in val]
+
+
+def _foreground(target: np.ndarray, overlapping: bool) -> np.ndarray:
+    return target.any(axis=0) if overlapping else target > 0
+
+
+def _pad_to(image: np.ndarray, target: np.ndarray, crop: tuple[int, ...],
+            overlapping: bool) -> Pair:
+    pad = [(0, max(0, c - s)) for c, s in zip(crop, image.shape)]
+    if not any(p for _, p in pad):
+        return image, target
+    image = np.pad(image, pad, mode="constant", constant_values=float(image.min()))
+    target = np.pad(target, ([(0, 0)] if overlapping else []) + pad)
+    return image, target
+
+
+class CropSampler:
+    """Random augmented training crops with their GT targets (deterministic given ``rng``)."""
+
+    def __init__(self, pairs: list[Pair], cfg: Config, rng: np.random.Generator):
+        if not pairs:
+            raise ValueError("no training images")
+        self.cfg = cfg
+        self.rng = rng
+        self.overlapping = cfg.data.overlapping
+        self.crop = cfg.train.crop_size
+        self.pairs = [_pad_to(img, tgt, self.crop, self.overlapping) for img, tgt in pairs]
+
+    def _random_crop(self) -> Pair:
+        img, tgt = self.pairs[self.rng.integers(len(self.pairs))]
+        start = [int(self.rng.integers(0, s - c + 1)) for s, c in zip(img.shape, self.crop)]
+        window = tuple(slice(a, a + c) for a, c in zip(start, self.crop))
+        return img[window], tgt[((slice(None),) if self.overlapping else ()) + window]
+
+    def _crop_with_foreground(self) -> Pair:
+        t = self.cfg.train
+        for _ in range(t.max_resample):
+            img, tgt = self._random_crop()
+            if _foreground(tgt, self.overlapping).mean() >= t.min_foreground:
+                break
+        return img, tgt
+
+    def _augment(self, img: np.ndarray, tgt: np.ndarray) -> Pair:
+        off = 1 if self.overlapping else 0
+        for axis in range(img.ndim):
+            if self.rng.random() < 0.5:
+                img, tgt = np.flip(img, axis), np.flip(tgt, axis + off)
+        if img.shape[-1] == img.shape[-2] and self.rng.random() < 0.5:
+            img, tgt = np.swapaxes(img, -1, -2), np.swapaxes(tgt, -1, -2)
+        scale, shift = self.rng.uniform(0.9, 1.1), self.rng.uniform(-0.1, 0.1)
+        return (img * scale + shift).astype(np.float32), np.ascontiguousarray(tgt)
+
+    def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One ``(image (1, ...), numinst (3, ...), patches (P, ...))`` training example."""
+        img, tgt = self._augment(*self._crop_with_foreground())
+        numinst, patches = instance_targets(tgt, self.cfg.model.patchshape,
+                                            overlapping=self.overlapping)
+        return np.ascontiguousarray(img)[None], numinst, patches
+
+    def batch(self, device: torch.device) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        samples = [self.sample() for _ in range(self.cfg.train.batch_size)]
+        x, ni, pa = (torch.from_numpy(np.stack(s)).to(device) for s in zip(*samples))
+        return x, (ni, pa)
+
+
+# --------------------------------------------------------------------------- helpers
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: no CUDA device is available")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+    return torch.device(device)
+
+
+def model_kwargs(cfg: Config) -> dict:
+    """Constructor arguments of :class:`~ppp_zoo.model.PatchPerPixNet` for ``cfg``."""
+    m = cfg.model
+    return {"ndim": cfg.ndim, "in_channels": 1, "patchshape": list(m.patchshape),
+            "variant": m.variant, "base_features": m.base_features, "depth": m.depth,
+            "growth": m.growth}
+
+
+def validate(model: PatchPerPixNet, cfg: Config, val: list[Pair],
+             device: torch.device) -> dict | None:
+    """avAP of the fast-mode assembly on the validation images (``None`` without any)."""
+    if not val:
+        return None
+    bundle = ModelBundle(model=model, normalize=cfg.normalize,
+                         assembly=cfg.assembly_params(fast=True), config={}, device=device)
+    per_image = []
+    for image, target in val:
+        numinst, patches = predict_probabilities(bundle, image, normalized=True)
+        pred = assemble(numinst, patches, bundle.assembly)
+        per_image.append(_score(pred, target, cfg.data.overlapping))
+    keys = ("avAP", "ap50", "ap90")
+    scores = {k: float(np.mean([s[k] for s in per_image])) for k in keys}
+    scores.update(n_pred=sum(s["n_pred"] for s in per_image),
+                  n_gt=sum(s["n_gt"] for s in per_image))
+    return scores
+
+
+def _score(pred: np.ndarray, target: np.ndarray, overlapping: bool) -> dict:
+    """avAP, AP@0.5 and AP@0.9 of one image."""
+    r = evaluate_image(pred, target, overlapping=overlapping)
+    return {"avAP": r.avAP, "ap50": r.ap["0.5"], "ap90": r.ap["0.9"], "n_pred": r.n_pred,
+            "n_gt": r.n_gt}
+
+
+def _save(path: Path, payload: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def _plot_curve(out_dir: Path, history: dict) -> str | None:
+    """Write ``curve.png``; returns a note when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed: curve.png not written"
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if history["loss"]:
+        its, losses = zip(*history["loss"])
+        ax.plot(its, losses, lw=0.8, label="loss")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    if history["val"]:
+        ax2 = ax.twinx()
+        ax2.plot([v["iteration"] for v in history["val"]], [v["avAP"] for v in history["val"]],
+                 "o-", color="tab:red", label="val avAP")
+        ax2.set_ylabel("val avAP")
+        ax2.set_ylim(0, 1)
+    fig.tight_layout()
+    fig.savefig(out_dir / "curve.png", dpi=100)
+    plt.close(fig)
+    return None
+
+
+class _Progress:
+    """A rich progress bar showing the loss (or nothing when disabled)."""
+
+    def __init__(self, enabled: bool, total: int, done: int):
+        self.bar = None
+        if enabled:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeRemainingColumn)
+
+            self.bar = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("loss {task.fields[loss]}"),
+                                TextColumn("val avAP {task.fields[val]}"),
+                                TimeRemainingColumn(), transient=False)
+            self.task = self.bar.add_task("train", total=total, completed=done, loss="-",
+                                          val="-")
+
+    def __enter__(self):
+        if self.bar is not None:
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def update(self, **fields: Any) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, advance=1 if "loss" in fields else 0, **fields)
+
+
+# --------------------------------------------------------------------------- training
+def train(config: Config | dict, out_dir: str | os.PathLike, *, max_minutes: float | None = None,
+          device: Device = "auto", resume: bool = False, progress: bool = True) -> TrainResult:
+    """Train a PatchPerPix network and write checkpoints, ``metrics.json`` and ``curve.png``.
+
+    Parameters
+    ----------
+    config : Config or dict
+        Training configuration (a dict is validated first).
+    out_dir : path-like
+        Output folder (created).
+    max_minutes : float, optional
+        Wall-clock limit; overrides ``[train] max_minutes``. Training stops after the
+        iteration that crosses it, then validates and saves.
+    device : {"auto", "cpu", "cuda"}
+        Mixed precision (float16 autocast) is used on CUDA only.
+    resume : bool
+        Continue from ``out_dir/last.pt`` (same ``[model]`` section required).
+    progress : bool
+        Show a rich progress bar.
+
+    Returns
+    -------
+    TrainResult
+    """
+    cfg = config if isinstance(config, Config) else config_from_dict(config)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = resolve_device(device)
+    t_cfg = cfg.train
+    limit = max_minutes if max_minutes is not None else t_cfg.max_minutes
+    if limit is not None and limit <= 0:
+        raise ValueError(f"max_minutes must be > 0, got {limit}")
+
+    torch.manual_seed(t_cfg.seed)
+    rng = np.random.default_rng(t_cfg.seed)
+    loss_gen = torch.Generator().manual_seed(t_cfg.seed)
+    kwargs = model_kwargs(cfg)
+    model = PatchPerPixNet(**kwargs).to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=t_cfg.lr, betas=(t_cfg.beta1, 0.999))
+    use_amp = dev.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    history: dict = {"loss": [], "val": []}
+    start_it, best = 0, None
+    if resume:
+        start_it, best, history = _restore(out / "last.pt", cfg, model, opt, rng, loss_gen)
+
+    train_pairs, val_pairs = load_training_data(cfg)
+    sampler = CropSampler(train_pairs, cfg, rng)
+    assembly = cfg.assembly_params()
+
+    def payload(it: int) -> dict:
+        return {"format_version": FORMAT_VERSION,
+                "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "model_kwargs": kwargs, "config": cfg.to_dict(),
+                "normalize": dataclasses.asdict(cfg.normalize),
+                "assembly": assembly.to_dict(), "iteration": it, "history": history,
+                "best": best}
+
+    def run_validation(it: int) -> None:
+        nonlocal best
+        scores = validate(model, cfg, val_pairs, dev)
+        if scores is not None:
+            history["val"].append({"iteration": it, **scores})
+            bar.update(val=f"{scores['avAP']:.3f}")
+        if scores is None or best is None or scores["avAP"] > best["avAP"]:
+            best = {"iteration": it, "avAP": None if scores is None else scores["avAP"]}
+            _save(out / "best.pt", payload(it))
+
+    t0 = time.perf_counter()
+    it, stopped_early = start_it, False
+    model.train()
+    with _Progress(progress, t_cfg.iterations, start_it) as bar:
+        while it < t_cfg.iterations:
+            if limit is not None and time.perf_counter() - t0 > 60.0 * limit:
+                stopped_early = True
+                break
+            x, targets = sampler.batch(dev)
+            with torch.autocast(dev.type, dtype=torch.float16, enabled=use_amp):
+                outputs = model(x)
+            outputs = tuple(o.float() for o in outputs)
+            loss, _ = total_loss(outputs, targets, cfg.model.variant, decoder=model.decoder,
+                                 generator=loss_gen)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            it += 1
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise RuntimeError(f"loss is {value} at iteration {it}: lower [train] lr")
+            history["loss"].append([it, value])
+            bar.update(loss=f"{value:.4f}")
+            if it % t_cfg.val_every == 0 and it < t_cfg.iterations:
+                run_validation(it)
+                model.train()
+        if not history["val"] or history["val"][-1]["iteration"] != it:
+            run_validation(it)
+    last = payload(it)
+    last.update(optimizer_state=opt.state_dict(), rng_state=_rng_state(rng, loss_gen))
+    _save(out / "last.pt", last)
+
+    seconds = time.perf_counter() - t0
+    notes = tuple(n for n in [_plot_curve(out, history)] if n)
+    result = TrainResult(
+        out_dir=str(out), last_checkpoint=str(out / "last.pt"),
+        best_checkpoint=str(out / "best.pt"), iterations=it,
+        final_loss=history["loss"][-1][1] if history["loss"] else float("nan"),
+        best_avAP=None if best is None else best["avAP"],
+        best_iteration=None if best is None else best["iteration"],
+        seconds=round(seconds, 3), stopped_early=stopped_early, history=history, notes=notes)
+    (out / "metrics.json").write_text(json.dumps(result.to_dict(), indent=1))
+    return result
+
+
+def _rng_state(rng: np.random.Generator, gen: torch.Generator) -> dict:
+    return {"numpy": json.dumps(rng.bit_generator.state), "torch": torch.get_rng_state(),
+            "loss": gen.get_state()}
+
+
+def _restore(path: Path, cfg: Config, model, opt, rng, gen):
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: nothing to resume from")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path}: not a readable checkpoint ({type(err).__name__})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: not a format_version {FORMAT_VERSION} checkpoint")
+    if ckpt["config"].get("model") != cfg.to_dict()["model"]:
+        raise ValueError(f"{path}: its [model] section differs from the configuration's; "
+                         "cannot resume")
+    model.load_state_dict(ckpt["model_state"])
+    if "optimizer_state" in ckpt:
+        opt.load_state_dict(ckpt["optimizer_state"])
+    if "rng_state" in ckpt:
+        rng.bit_generator.state = json.loads(ckpt["rng_state"]["numpy"])
+        torch.set_rng_state(ckpt["rng_state"]["torch"])
+        gen.set_state(ckpt["rng_state"]["loss"])
+    return int(ckpt["iteration"]), ckpt.get("best"), ckpt["history"]
