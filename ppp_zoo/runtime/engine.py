@@ -1,0 +1,139 @@
+"""Inference engines for a model package: ONNX Runtime (default) and TorchScript.
+
+An engine maps the preprocessed input ``(1, C, [Z,] Y, X)`` float32 to the package's
+outputs, as a list of float32 arrays in rdf order (``numinst``, then ``patches`` or
+``codes``). Create one with :func:`create_engine` and release it with ``close()`` or a
+``with`` block. Only the TorchScript engine imports torch, and only when it is created.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+
+from .package import ModelPackage
+
+EngineName = Literal["onnx", "torchscript"]
+Device = Literal["auto", "cpu", "cuda"]
+ENGINES: tuple[str, ...] = ("onnx", "torchscript")
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+
+
+class Engine:
+    """Base class: a loaded network that runs one input tensor."""
+
+    name: str = ""
+    device: str = "cpu"
+
+    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the session (the engine cannot be used afterwards)."""
+
+    def __enter__(self) -> Engine:  # noqa: PYI034
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class OnnxEngine(Engine):
+    """ONNX Runtime session; the CUDA provider when asked for or available (``auto``)."""
+
+    name = "onnx"
+
+    def __init__(self, model: bytes, output_ids: Sequence[str], device: Device = "auto"):
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+        if device == "cuda" and "CUDAExecutionProvider" not in available:
+            raise RuntimeError("--device cuda: this ONNX Runtime has no CUDA provider "
+                               "(install onnxruntime-gpu) ")
+        providers = ["CPUExecutionProvider"]
+        if device in ("auto", "cuda") and "CUDAExecutionProvider" in available:
+            providers.insert(0, "CUDAExecutionProvider")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        try:
+            self._session = ort.InferenceSession(model, sess_options=options, providers=providers)
+        except Exception as err:  # noqa: BLE001 - onnxruntime raises its own types
+            raise ValueError(f"cannot load the ONNX weights ({type(err).__name__}: "
+                             f"{str(err).strip().splitlines()[0] if str(err).strip() else ''})"
+                             ) from None
+        used = self._session.get_providers()
+        self.device = "cuda" if "CUDAExecutionProvider" in used else "cpu"
+        if device == "cuda" and self.device != "cuda":
+            raise RuntimeError("--device cuda: the CUDA provider could not start (no GPU?)")
+        self._input = self._session.get_inputs()[0].name
+        names = [o.name for o in self._session.get_outputs()]
+        # outputs by id when the graph names them so, else in rdf order
+        self._outputs = [i for i in output_ids if i in names] if set(output_ids) <= set(names) \
+            else names[:len(output_ids)]
+
+    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
+        outs = self._session.run(self._outputs, {self._input: np.ascontiguousarray(x, np.float32)})
+        return [np.asarray(o, dtype=np.float32) for o in outs]
+
+    def close(self) -> None:
+        self._session = None
+
+
+class TorchScriptEngine(Engine):
+    """TorchScript module run with torch (imported here, lazily)."""
+
+    name = "torchscript"
+
+    def __init__(self, model: bytes, device: Device = "auto"):
+        try:
+            import torch
+        except ImportError:
+            raise RuntimeError("the torchscript engine needs PyTorch (pip install torch), "
+                               "or use --engine onnx") from None
+        if device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("--device cuda: PyTorch sees no CUDA GPU")
+        self.device = "cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+        self._torch = torch
+        try:
+            self._module = torch.jit.load(io.BytesIO(model), map_location=self.device).eval()
+        except Exception as err:  # noqa: BLE001 - torch raises many types for corrupt files
+            raise ValueError(f"cannot load the TorchScript weights ({type(err).__name__})") from None
+
+    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
+        torch = self._torch
+        with torch.inference_mode():
+            t = torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(self.device)
+            outs = self._module(t)
+        if isinstance(outs, torch.Tensor):
+            outs = (outs,)
+        return [o.detach().float().cpu().numpy() for o in outs]
+
+    def close(self) -> None:
+        self._module = None
+
+
+def create_engine(package: ModelPackage, engine: EngineName = "onnx",
+                  device: Device = "auto") -> Engine:
+    """Load the package's weights for ``engine`` on ``device``.
+
+    Raises
+    ------
+    ValueError
+        Unknown engine or device, missing or unreadable weights.
+    RuntimeError
+        The engine's library or the device is not available.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if engine not in package.weights:
+        raise ValueError(f"{package.source}: the package has no {engine} weights "
+                         f"(it has: {', '.join(sorted(package.weights))})")
+    data = package.read_bytes(package.weights[engine])
+    if engine == "onnx":
+        return OnnxEngine(data, package.output_ids, device)
+    return TorchScriptEngine(data, device)

@@ -1,0 +1,380 @@
+"""Image in, instance labels out, with a model package: the library side of ``ppp-zoo segment``.
+
+Steps (each timed): check the image against the model's input (dimensions, channels,
+values) -> optional resampling by ``scale`` -> the package's preprocessing -> tiled
+inference -> decoding of codes to patches (``ppp+dec``) -> instance assembly with the
+package's parameters (blockwise, with bounded memory, for large images) -> labels back on
+the input's grid (nearest neighbour).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from .engine import Device, Engine, EngineName, create_engine
+from .package import ModelPackage, open_package
+from .preprocess import preprocess, validate_preprocessing
+from .tiling import Progress, run_tiled
+
+MIN_SIZE = 4
+"""Smallest size of a space axis (after scaling) that ``segment`` accepts."""
+BLOCKWISE_PIXELS = {2: 1024 * 1024, 3: 128 * 256 * 256}
+"""Images with more pixels are assembled blockwise."""
+FLOAT16_BYTES = 1 << 30
+"""Network outputs larger than this (as float32) are kept as float16."""
+SCALE_HINT = 1.5
+"""Suggest another ``scale`` when objects differ from the training size by this factor."""
+
+
+class InputError(ValueError):
+    """An image that this model cannot segment."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentResult:
+    """Output of :func:`segment_image`.
+
+    Attributes
+    ----------
+    labels : ndarray
+        Label image on the input's space grid (int32), or a bool ``(N, ...)`` mask stack
+        for a model with overlapping instances.
+    n_instances : int
+    timings : dict
+        Seconds per stage.
+    scale : float
+        The resampling factor used.
+    n_tiles : int
+        Network runs.
+    notes : tuple of str
+        Remarks for the user (blank image, a scale suggestion).
+    suggested_scale : float or None
+        A ``scale`` that would bring the objects to the training size, when they differ
+        from it by more than :data:`SCALE_HINT`.
+    outputs : dict or None
+        Raw network outputs (at the processing scale) when asked for.
+    """
+
+    labels: np.ndarray
+    n_instances: int
+    timings: dict
+    scale: float = 1.0
+    n_tiles: int = 0
+    notes: tuple[str, ...] = ()
+    suggested_scale: float | None = None
+    outputs: dict | None = None
+
+    def summary(self) -> dict:
+        """A JSON-ready dict (without the arrays)."""
+        return {"n_instances": self.n_instances, "shape": list(self.labels.shape),
+                "scale": self.scale, "n_tiles": self.n_tiles,
+                "suggested_scale": self.suggested_scale, "notes": list(self.notes),
+                "timings": {k: round(v, 4) for k, v in self.timings.items()}}
+
+
+# --------------------------------------------------------------------------- input checks
+def as_model_input(image: np.ndarray, package: ModelPackage) -> np.ndarray:
+    """Bring an image to ``(C, [Z,] Y, X)`` as the model's input axes say.
+
+    A model with one channel accepts ``([Z,] Y, X)``, a trailing RGB(A) axis (averaged) or
+    a leading/trailing axis of size 1; a model with C channels accepts the channels first
+    or last.
+
+    Raises
+    ------
+    InputError
+        Empty, non-numeric or non-finite images, wrong dimensions or channels.
+    """
+    image = np.asarray(image)
+    nd, c = package.ndim, package.n_channels
+    want = f"({'Z, ' if nd == 3 else ''}Y, X)"
+    if image.dtype.kind not in "biuf":
+        raise InputError(f"image must be numeric, got dtype {image.dtype}")
+    if image.size == 0:
+        raise InputError(f"empty image (shape {image.shape})")
+    if image.dtype.kind == "b":
+        image = image.astype(np.uint8)
+    if image.ndim == nd:
+        if c != 1:
+            raise InputError(f"the model needs {c} channels, the image of shape {image.shape} "
+                             "has none")
+        out = image[None]
+    elif image.ndim == nd + 1:
+        if c == 1 and image.shape[-1] in (3, 4) and nd == 2:
+            out = image[..., :3].astype(np.float32).mean(axis=-1)[None]
+        elif image.shape[0] == c:
+            out = image
+        elif image.shape[-1] == c:
+            out = np.moveaxis(image, -1, 0)
+        else:
+            raise InputError(f"image of shape {image.shape} has no channel axis of size {c}: "
+                             f"this {nd}D model takes {want} images"
+                             + (f" with {c} channels" if c > 1 else ""))
+    else:
+        raise InputError(f"image of shape {image.shape} has {image.ndim} dimensions: this "
+                         f"{nd}D model takes {want} images"
+                         + (f" with {c} channels" if c > 1 else ""))
+    if out.dtype.kind == "f" and not np.isfinite(out).all():
+        raise InputError("image contains NaN or infinite values")
+    _check_size(out.shape[1:], "image")
+    return out
+
+
+def _check_size(spatial: Sequence[int], what: str) -> None:
+    if min(spatial) < MIN_SIZE:
+        raise InputError(f"{what} of shape {tuple(spatial)} is too small: every space axis "
+                         f"needs at least {MIN_SIZE} pixels")
+
+
+def _rescale(image: np.ndarray, scale: float) -> np.ndarray:
+    """Resample ``(C, ...)`` by ``scale`` on the space axes (linear, anti-aliased down)."""
+    from skimage.transform import rescale
+
+    out = rescale(image.astype(np.float32), scale, order=1, preserve_range=True,
+                  anti_aliasing=scale < 1, channel_axis=0, mode="reflect")
+    return out.astype(np.float32)
+
+
+def _labels_to_grid(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Nearest-neighbour resampling of labels (or a mask stack) to ``shape``."""
+    if labels.shape[-len(shape):] == shape:
+        return labels
+    idx = np.ix_(*[np.minimum((np.arange(t) + 0.5) * s / t, s - 1).astype(np.intp)
+                   for s, t in zip(labels.shape[-len(shape):], shape)])
+    if labels.ndim > len(shape):  # mask stack
+        return np.stack([m[idx] for m in labels]) if len(labels) else \
+            np.zeros((0,) + shape, labels.dtype)
+    return labels[idx]
+
+
+def _median_diameter(labels: np.ndarray) -> float | None:
+    if labels.dtype == bool:
+        sizes = labels.reshape(len(labels), -1).sum(axis=1)
+        nd = labels.ndim - 1
+    else:
+        sizes = np.bincount(labels.ravel())[1:]
+        sizes = sizes[sizes > 0]
+        nd = labels.ndim
+    if len(sizes) < 5:
+        return None
+    v = float(np.median(sizes))
+    return 2 * math.sqrt(v / math.pi) if nd == 2 else 2 * (3 * v / (4 * math.pi)) ** (1 / 3)
+
+
+# --------------------------------------------------------------------------- decoder
+def _load_decoder(package: ModelPackage) -> Callable[[np.ndarray], np.ndarray]:
+    """``codes (C, ...) -> patches (P, ...)`` float32, from the package's decoder.npz."""
+    from ..postprocess import decode as dec
+
+    return dec.load_decoder(package.source)
+
+
+class _DecodedPatches:
+    """Patches decoded on request from stored codes (for the blockwise assembly)."""
+
+    def __init__(self, codes: np.ndarray, decode: Callable[[np.ndarray], np.ndarray],
+                 n_patch: int):
+        self.codes, self.decode = codes, decode
+        self.shape = (n_patch,) + tuple(codes.shape[1:])
+        self.ndim = len(self.shape)
+        self.dtype = np.dtype(np.float32)
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        if key[0] != slice(None):
+            raise IndexError("decoded patches are sliced over space only")
+        return self.decode(np.ascontiguousarray(self.codes[key], dtype=np.float32))
+
+
+# --------------------------------------------------------------------------- segmenter
+class Segmenter:
+    """A model package loaded for inference (package + engine + decoder).
+
+    Create with :func:`load_segmenter`; release with :meth:`close` or a ``with`` block.
+    """
+
+    def __init__(self, package: ModelPackage, engine: Engine):
+        self.package = package
+        self.engine = engine
+        self._decode: Callable[[np.ndarray], np.ndarray] | None = None
+        if package.variant == "ppp+dec":
+            self._decode = _load_decoder(package)
+
+    def close(self) -> None:
+        self.engine.close()
+
+    def __enter__(self) -> Segmenter:  # noqa: PYI034
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _output_channels(self) -> int:
+        """Channels of the second output (patches or codes), from rdf.yaml."""
+        out = self.package.rdf["outputs"][1]
+        names = (out.get("axes") or [{}, {}])[1].get("channel_names") or []
+        return len(names) or math.prod(self.package.patchshape)
+
+    def segment(self, image: np.ndarray, *, tile: Sequence[int] | None = None,
+                scale: float = 1.0, fast: bool = False,
+                block: Sequence[int] | None = None, keep_outputs: bool = False,
+                tile_progress: Progress = None, **assembly_changes: Any) -> SegmentResult:
+        """See :func:`segment_image`."""
+        from ..postprocess import assemble, assemble_blockwise
+
+        pkg = self.package
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        img = as_model_input(image, pkg)
+        in_shape = tuple(img.shape[1:])
+        if not (scale > 0 and math.isfinite(scale)):
+            raise InputError(f"scale must be a positive number, got {scale}")
+        if scale != 1.0:
+            img = _rescale(img, scale)
+            _check_size(img.shape[1:], f"image scaled by {scale}")
+        timings["rescale"] = time.perf_counter() - t0
+        params = pkg.assembly_params(fast=fast or None, **assembly_changes)
+        if float(img.max()) == float(img.min()):
+            shape = ((0,) + in_shape) if params.overlapping else in_shape
+            labels = np.zeros(shape, bool if params.overlapping else np.int32)
+            return SegmentResult(labels, 0, timings, scale, 0,
+                                 ("constant image: no instances",))
+
+        t = time.perf_counter()
+        axes = ("batch", "channel") + pkg.space_axes
+        x = preprocess(img[None], axes, pkg.preprocessing)
+        del img
+        timings["preprocess"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        n_pix = math.prod(x.shape[2:])
+        big = (3 + self._output_channels()) * n_pix * 4 > FLOAT16_BYTES
+        n_tiles = [0]
+
+        def engine(tile_in: np.ndarray) -> list[np.ndarray]:
+            n_tiles[0] += 1
+            return self.engine(tile_in)
+
+        numinst, second = run_tiled(engine, x, min_shape=pkg.min_shape, step=pkg.step,
+                                    halo=pkg.halo, tile=tile,
+                                    dtype=np.float16 if big else np.float32,
+                                    progress=tile_progress)[:2]
+        del x
+        timings["inference"] = time.perf_counter() - t
+
+        blockwise = not params.overlapping and (block is not None or
+                                                n_pix > BLOCKWISE_PIXELS[pkg.ndim])
+        t = time.perf_counter()
+        if self._decode is not None:
+            n_patch = math.prod(pkg.patchshape)
+            patches = _DecodedPatches(second, self._decode, n_patch)
+            if not blockwise:
+                patches = patches[(slice(None),)]
+        else:
+            patches = second
+        timings["decode"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        if blockwise:
+            labels = assemble_blockwise(numinst, patches, params, block_shape=block)
+        else:
+            labels = assemble(numinst, patches, params)
+        timings["assembly"] = time.perf_counter() - t
+
+        notes: list[str] = []
+        suggested = None
+        measured = _median_diameter(labels)
+        if measured is not None and pkg.object_diameter:
+            ratio = pkg.object_diameter / measured
+            if ratio > SCALE_HINT or ratio < 1 / SCALE_HINT:
+                suggested = round(scale * ratio, 2)
+                notes.append(f"objects measure about {measured / scale:.0f} px across, the model "
+                             f"was trained on about {pkg.object_diameter:.0f} px: "
+                             f"try --scale {suggested}")
+        t = time.perf_counter()
+        labels = _labels_to_grid(labels, in_shape)
+        if labels.dtype != bool and scale != 1.0:
+            labels = _consecutive(labels)
+        timings["rescale"] += time.perf_counter() - t
+        n = labels.shape[0] if labels.dtype == bool else int(labels.max(initial=0))
+        if n == 0:
+            notes.append("no instances found")
+        outputs = None
+        if keep_outputs:
+            outputs = {pkg.output_ids[0]: numinst, pkg.output_ids[1]: second}
+        return SegmentResult(labels, n, timings, scale, n_tiles[0], tuple(notes), suggested,
+                             outputs)
+
+
+def _consecutive(labels: np.ndarray) -> np.ndarray:
+    """Renumber ids 1..N (instances may vanish when resampled down)."""
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    if len(ids) == 0 or ids[-1] == len(ids):
+        return labels
+    lut = np.zeros(int(ids[-1]) + 1, labels.dtype)
+    lut[ids] = np.arange(1, len(ids) + 1, dtype=labels.dtype)
+    return lut[labels]
+
+
+def load_segmenter(model: str | os.PathLike | ModelPackage, engine: EngineName = "onnx",
+                   device: Device = "auto") -> Segmenter:
+    """Open a model package and load its weights for ``engine`` on ``device``."""
+    package = model if isinstance(model, ModelPackage) else open_package(model)
+    validate_preprocessing(package.preprocessing)
+    return Segmenter(package, create_engine(package, engine, device))
+
+
+def segment_image(model: str | os.PathLike | ModelPackage | Segmenter, image: np.ndarray, *,
+                  engine: EngineName = "onnx", device: Device = "auto",
+                  tile: Sequence[int] | None = None, scale: float = 1.0, fast: bool = False,
+                  block: Sequence[int] | None = None, keep_outputs: bool = False,
+                  tile_progress: Progress = None, **assembly_changes: Any) -> SegmentResult:
+    """Segment one image into instances with a PatchPerPix model package.
+
+    Parameters
+    ----------
+    model : path, ModelPackage or Segmenter
+        A package (.zip or folder), an opened one, or a loaded :class:`Segmenter` (reused
+        across images without reloading).
+    image : ndarray
+        ``([Z,] Y, X)``, with channels first or last for multi-channel models (a 2D RGB(A)
+        image is averaged for a one-channel model); any numeric dtype.
+    engine : {"onnx", "torchscript"}
+    device : {"auto", "cpu", "cuda"}
+    tile : sequence of int, optional
+        Tile size for inference (rounded to a size the model accepts).
+    scale : float
+        Resample the image by this factor before the model; labels come back on the
+        input's grid.
+    fast : bool
+        Assemble in fast mode.
+    block : sequence of int, optional
+        Assemble blockwise with this block size (default: blockwise above
+        :data:`BLOCKWISE_PIXELS`).
+    keep_outputs : bool
+        Keep the raw network outputs in the result.
+    tile_progress : callable, optional
+        Called with (tiles done, tiles total).
+    **assembly_changes
+        Overrides of the package's assembly parameters.
+
+    Returns
+    -------
+    SegmentResult
+    """
+    if isinstance(model, Segmenter):
+        return model.segment(image, tile=tile, scale=scale, fast=fast, block=block,
+                             keep_outputs=keep_outputs, tile_progress=tile_progress,
+                             **assembly_changes)
+    with load_segmenter(model, engine, device) as seg:
+        return seg.segment(image, tile=tile, scale=scale, fast=fast, block=block,
+                           keep_outputs=keep_outputs, tile_progress=tile_progress,
+                           **assembly_changes)
