@@ -300,6 +300,142 @@ def predict(
         _status(f"wrote {target}: {labels.shape[0] if labels.dtype == bool else int(labels.max(initial=0))} instances")
 
 
+# --------------------------------------------------------------------------- segment / models
+@app.command()
+@reports_errors
+def segment(
+    inputs: Annotated[list[str], typer.Argument(help="Images (tif, png, npy), folders of images, or glob patterns.", show_default=False)],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output folder.")] = Path("segmented"),
+    model: Annotated[Optional[str], typer.Option(help="Model package (.zip or folder) or the name of an embedded model (default: the embedded nuclei model).")] = None,
+    engine: Annotated[str, typer.Option(help="onnx (ONNX Runtime) or torchscript (needs PyTorch).")] = "onnx",
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    tile: Annotated[Optional[str], typer.Option(help="Tile size for inference, e.g. 512x512 (rounded to a size the model accepts).")] = None,
+    scale: Annotated[float, typer.Option(help="Resample the images by this factor before the model (objects larger than in training: < 1); labels come back on the input grid.")] = 1.0,
+    overlay: Annotated[bool, typer.Option(help="Also write <stem>_overlay.png: instance outlines over the image.")] = False,
+    save_outputs: Annotated[bool, typer.Option(help="Also write <stem>_outputs.npz: the raw network outputs.")] = False,
+    fast: Annotated[bool, typer.Option(help="Assemble in fast mode (stride-2 voting).")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the JSON summary to stdout.")] = False,
+):
+    """Segment images with a model package; writes OUTPUT/<stem>_labels.tif per image."""
+    from .postprocess.params import parse_shape
+    from .runtime.batch import segment_files
+    from .runtime.models import resolve_model
+
+    tile_shape = parse_shape(tile) if tile is not None else None
+    with _SegmentProgress(enabled=_interactive()) as progress:
+        report = segment_files(
+            inputs, output, model=resolve_model(model), engine=engine, device=device,
+            tile=tile_shape, scale=scale, fast=fast, overlay=overlay,
+            save_outputs=save_outputs, hooks=progress.hooks(_segment_error, _segment_done))
+    if json_out:
+        typer.echo(json.dumps(report.to_dict()))
+    if not report.ok:
+        raise typer.Exit(code=1)
+
+
+def _segment_error(name: str, message: str) -> list[str]:
+    return [f"error: {name}: {message}"]
+
+
+def _segment_done(name: str, entry: dict) -> list[str]:
+    n = entry["n_instances"]
+    why = " (constant image)" if "constant image: no instances" in entry["notes"] else ""
+    seconds = sum(entry["timings"].values())
+    lines = [f"wrote {entry['labels']}: {n} instance{'' if n == 1 else 's'}{why} ({seconds:.2f} s)"]
+    return lines + [f"note: {name}: {note}" for note in entry["notes"]
+                    if not note.startswith("constant image")]
+
+
+class _SegmentProgress:
+    """Progress bars over images and tiles (rich, on a terminal only)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self._progress = None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            self._progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                      MofNCompleteColumn(), TimeElapsedColumn(),
+                                      console=Console(stderr=True), transient=True)
+            self._progress.start()
+            self._images = self._progress.add_task("images", total=None)
+            self._tiles = self._progress.add_task("tiles", total=None)
+        return self
+
+    def __exit__(self, *exc):
+        if self._progress is not None:
+            self._progress.stop()
+
+    def _emit(self, lines: list[str]) -> None:
+        for line in lines:
+            if self._progress is not None:
+                self._progress.console.print(line, markup=False, highlight=False)
+            else:
+                typer.echo(line, err=True)
+
+    def hooks(self, on_error, on_done):
+        """Hooks that print the lines of ``on_error`` / ``on_done`` and drive the bars."""
+        from .runtime.batch import BatchHooks
+
+        def errors(*a):
+            self._emit(on_error(*a))
+
+        def done(*a):
+            self._emit(on_done(*a))
+
+        if self._progress is None:
+            return BatchHooks(on_error=errors, on_done=done)
+        progress = self._progress
+
+        def on_image(done: int, total: int, name: str) -> None:
+            progress.update(self._images, completed=done, total=total,
+                            description=f"images {Path(name).name}" if name else "images")
+            progress.update(self._tiles, completed=0, total=None)
+
+        def on_tile(done: int, total: int) -> None:
+            progress.update(self._tiles, completed=done, total=total)
+
+        return BatchHooks(on_error=errors, on_done=done, on_image=on_image, on_tile=on_tile)
+
+
+@app.command()
+@reports_errors
+def models(
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+):
+    """List the model packages shipped with ppp-zoo, with their metrics."""
+    from .runtime.models import embedded_models
+
+    entries = embedded_models()
+    if json_out:
+        typer.echo(json.dumps({"models": entries}))
+        return
+    if not entries:
+        raise UserError("no embedded model in this installation (ppp_zoo/models/index.json "
+                        "is missing)")
+    for i, entry in enumerate(entries):
+        default = "  (default)" if i == 0 else ""
+        typer.echo(f"{entry['name']}{default}: {entry.get('description', '')}")
+        typer.echo(f"  file: ppp_zoo/models/{entry['file']}")
+        for data, values in (entry.get("metrics") or {}).items():
+            if isinstance(values, dict):
+                text = ", ".join(f"{k} {v:.3f}" if isinstance(v, (int, float)) else f"{k} {v}"
+                                 for k, v in values.items())
+            else:
+                text = str(values)
+            typer.echo(f"  {data}: {text}")
+
+
 def main() -> None:  # pragma: no cover - entry point
     app()
 
