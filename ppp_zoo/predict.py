@@ -2,8 +2,9 @@
 
 :func:`load_checkpoint` reads a ``.pt`` file written by :func:`ppp_zoo.train.train` into a
 :class:`ModelBundle`; :func:`predict_image` normalises an image, runs the network on the
-whole image (padded to a multiple of the U-Net's ``size_divisor``), turns the outputs into
-probabilities and assembles instances with the checkpoint's assembly parameters.
+whole image (mirror-padded by the network's ``halo``, see :func:`predict_probabilities`),
+turns the outputs into probabilities and assembles instances with the checkpoint's assembly
+parameters.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from .postprocess import AssemblyParams, assemble
 _REQUIRED_KEYS = ("format_version", "model_state", "model_kwargs", "config", "normalize",
                   "assembly")
 _DECODE_CHUNK = 16384
+#: ``eps`` of the normalisation (the exported model's preprocessing uses the same)
+NORMALIZE_EPS = 1e-6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,21 +57,26 @@ class ModelBundle:
 
 # --------------------------------------------------------------------------- normalisation
 def normalize_image(image: np.ndarray, params: NormalizeConfig) -> np.ndarray:
-    """Normalise one image as float32 (percentile: ``p_low -> 0``, ``p_high -> 1``).
+    """Normalise one image as float32, with the formulas of the exported model's preprocessing.
+
+    ``percentile``: ``(x - lo) / (hi - lo + eps)`` with ``lo``, ``hi`` the ``p_low``, ``p_high``
+    percentiles of the image (linear interpolation); ``zero_mean_unit_variance``:
+    ``(x - mean) / (std + eps)``; ``eps = 1e-6``. These are bioimage.io's ``scale_range`` and
+    ``zero_mean_unit_variance`` operations over the spatial axes.
 
     Examples
     --------
     >>> img = np.arange(100, dtype=np.uint16).reshape(10, 10)
     >>> out = normalize_image(img, NormalizeConfig(p_low=0.0, p_high=100.0))
-    >>> float(out.min()), float(out.max())
+    >>> float(out.min()), round(float(out.max()), 6)
     (0.0, 1.0)
     """
     x = np.asarray(image, dtype=np.float32)
     if params.mode == "percentile":
         lo, hi = np.percentile(x, [params.p_low, params.p_high])
-        return ((x - lo) / max(float(hi - lo), 1e-6)).astype(np.float32)
+        return ((x - lo) / (hi - lo + NORMALIZE_EPS)).astype(np.float32)
     if params.mode == "zero_mean_unit_variance":
-        return ((x - x.mean()) / max(float(x.std()), 1e-6)).astype(np.float32)
+        return ((x - x.mean()) / (x.std() + NORMALIZE_EPS)).astype(np.float32)
     raise ValueError(f"unknown normalisation mode {params.mode!r}")
 
 
@@ -123,11 +131,13 @@ def bundle_from_checkpoint(ckpt: dict, device: str | torch.device = "cpu") -> Mo
 
 
 # --------------------------------------------------------------------------- prediction
-def _pad_to_multiple(x: np.ndarray, divisor: int) -> tuple[np.ndarray, tuple[slice, ...]]:
-    pad = [(0, (-s) % divisor) for s in x.shape]
-    crop = tuple(slice(0, s) for s in x.shape)
-    if any(p for _, p in pad):
-        x = np.pad(x, pad, mode="reflect" if min(x.shape) > 1 else "edge")
+def _pad_for_net(x: np.ndarray, halo: int, divisor: int) -> tuple[np.ndarray, tuple[slice, ...]]:
+    """Mirror-pad ``halo`` pixels on every side (numpy ``symmetric``, as bioimage.io tools pad
+    a model's input), then at the end of each axis up to a multiple of ``divisor``."""
+    pad = [(halo, halo + (-s) % divisor) for s in x.shape]
+    crop = tuple(slice(halo, halo + s) for s in x.shape)
+    if any(b for _, b in pad):
+        x = np.pad(x, pad, mode="symmetric")
     return x, crop
 
 
@@ -149,12 +159,16 @@ def predict_probabilities(bundle: ModelBundle, image: np.ndarray,
                           normalized: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Network outputs as probabilities: ``numinst (3, ...)`` and ``patches (P, ...)``.
 
-    ``normalized=True`` skips the normalisation (the image already went through it).
+    The normalised image is mirror-padded by the network's ``halo`` (its receptive field,
+    rounded up to a multiple of ``size_divisor``) before the network runs, exactly as a
+    bioimage.io tool pads the exported model's input, so that this function, the exported
+    model and its tiled prediction agree. ``normalized=True`` skips the normalisation (the
+    image already went through it).
     """
     model = bundle.model
     image = as_grayscale(image, model.ndim)
     x = image.astype(np.float32) if normalized else normalize_image(image, bundle.normalize)
-    x, crop = _pad_to_multiple(x, model.size_divisor)
+    x, crop = _pad_for_net(x, model.halo, model.size_divisor)
     was_training = model.training
     model.eval()
     try:

@@ -81,6 +81,9 @@ class PatchPerPixNet(nn.Module):
         self.variant = variant
         self.unet = UNet(ndim, in_channels, **unet_kwargs)
         self.size_divisor = self.unet.size_divisor
+        # context to add on every side so that tiles agree with the whole image: the
+        # receptive-field radius rounded up to a multiple of size_divisor
+        self.halo = -(-self.unet.context // self.size_divisor) * self.size_divisor
         feats = self.unet.out_channels
         self.numinst_head = conv(feats, 3, 1)
         if variant == "ppp":

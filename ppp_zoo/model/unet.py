@@ -81,6 +81,8 @@ class UNet(nn.Module):
         ``2**(depth - 1)``; every spatial input size must be a multiple of it.
     out_channels : int
         Feature maps of the output (``base_features``).
+    context : int
+        Receptive-field radius in pixels (see :meth:`receptive_field`).
 
     Examples
     --------
@@ -111,6 +113,25 @@ class UNet(nn.Module):
         for i in reversed(range(depth - 1)):
             self.ups.append(_Up(ndim, feats[i + 1], feats[i], up_mode))
             self.up_blocks.append(ConvBlock(ndim, 2 * feats[i], feats[i]))
+        self.up_mode = up_mode
+        self.context = max(max(p - lo, hi - p) for p in range(self.size_divisor)
+                           for lo, hi in [self.receptive_field(p)])
+
+    def receptive_field(self, position: int = 0) -> tuple[int, int]:
+        """First and last input pixel (along one axis) that output pixel ``position`` sees.
+
+        Derived from the layers: every 3x3 convolution widens the interval by one pixel of
+        its level on each side, a pooling maps level-``i`` pixel ``q`` to ``2q, 2q + 1`` of
+        level ``i - 1``, and an upsampling maps pixel ``p`` to ``p // 2`` of the level below.
+        Borders are ignored (an infinite image); the result depends on ``position`` modulo
+        :attr:`size_divisor` only through the pooling grid.
+
+        Examples
+        --------
+        >>> UNet(2, 1, base_features=4, depth=2).receptive_field(0)
+        (-8, 9)
+        """
+        return _decoder_extent(self.depth, 0, self.up_mode, position, position)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []
@@ -123,6 +144,26 @@ class UNet(nn.Module):
         for up, block in zip(self.ups, self.up_blocks):
             x = block(torch.cat([skips.pop(), up(x)], dim=1))
         return x
+
+
+def _encoder_extent(level: int, lo: int, hi: int) -> tuple[int, int]:
+    """Input interval seen by the outputs ``[lo, hi]`` of encoder block ``level``."""
+    lo, hi = lo - 2, hi + 2  # two 3x3 convolutions
+    if level == 0:
+        return lo, hi
+    return _encoder_extent(level - 1, 2 * lo, 2 * hi + 1)  # max pooling
+
+
+def _decoder_extent(depth: int, level: int, up_mode: str, lo: int, hi: int) -> tuple[int, int]:
+    """Input interval seen by the outputs ``[lo, hi]`` of the decoder at ``level``."""
+    if level == depth - 1:
+        return _encoder_extent(level, lo, hi)
+    lo, hi = lo - 2, hi + 2  # the up block's two 3x3 convolutions
+    skip = _encoder_extent(level, lo, hi)
+    if up_mode == "upsample":  # 3x3 convolution after the nearest upsampling
+        lo, hi = lo - 1, hi + 1
+    below = _decoder_extent(depth, level + 1, up_mode, lo // 2, hi // 2)
+    return min(skip[0], below[0]), max(skip[1], below[1])
 
 
 def _validate_unet_args(ndim, in_channels, base_features, depth, growth, padding):

@@ -1,0 +1,82 @@
+"""Export a trained checkpoint as a bioimage.io model package, and validate packages.
+
+Needs the ``train`` extra (torch, onnx, bioimageio.core). :func:`export_model` writes the
+package; :func:`validate_package` runs bioimageio.core's model test for every weight format.
+
+The package layout (read by ``ppp_zoo.runtime`` and :func:`ppp_zoo.postprocess.load_model_params`)
+------------------------------------------------------------------------------------------------
+A bioimage.io model, format 0.5 (bioimageio.spec 0.5.12), stored as a ``.zip`` or a folder,
+with ``rdf.yaml`` at its root.
+
+Input: exactly one tensor, id ``raw``, float32, axes ``batch``, ``channel`` (one channel
+named ``"raw"``), then the space axes (``z``,) ``y``, ``x``. Each space axis is parameterized:
+``size = min + n * step``; ``step`` is the U-Net's ``size_divisor = 2**(depth - 1)`` and
+``min`` a multiple of it (larger than twice the halo, see below), so every declared size is one
+the network accepts as it is. The declared preprocessing is the only normalisation, and it
+is exactly the one used in training:
+
+- ``ensure_dtype`` to float32, then
+- percentile mode: ``scale_range`` over the space axes with ``min_percentile = p_low``,
+  ``max_percentile = p_high``, ``eps = 1e-6``: ``(x - lo) / (hi - lo + eps)``;
+- or zero-mean-unit-variance mode: ``zero_mean_unit_variance`` over the space axes,
+  ``eps = 1e-6``: ``(x - mean) / (std + eps)``.
+
+:func:`ppp_zoo.predict.normalize_image` computes the same formulas.
+
+Outputs (the exported network returns probabilities; every output has the input's space
+size, declared as a size reference to the ``raw`` axis of the same name):
+
+- ``numinst``: axes batch, channel (``"n0", "n1", "n2"``), space; softmax over 0, 1, 2+
+  instances.
+- variant ``"ppp"``: ``patches`` with ``P = prod(patchshape)`` channels, sigmoid; channel
+  ``k`` is the offset ``unravel_index(k, patchshape) - patchshape // 2`` (C order) from the
+  centre pixel.
+- variant ``"ppp+dec"``: ``codes`` with ``C`` channels, the sigmoid of the code logits; the
+  attached decoder turns them into patches.
+
+Every output space axis declares a ``halo``: the receptive-field radius of the U-Net, rounded
+up to a multiple of ``step``. A tool that tiles the input discards that many pixels on each
+side of each tile's output; a tile whose input is padded by the halo (mirror padding, numpy's
+``symmetric``, as bioimage.io tools pad) and starts on a multiple of ``step`` gives the same
+values as the whole image.
+
+Weights: ``torchscript`` (traced) and ``onnx`` (``torch.onnx.export`` with ``dynamo=False``,
+opset 17, one self-contained file, dynamic batch and space axes); the onnx entry names
+``torchscript`` as its parent. ``--formats`` may leave one of them out.
+
+Attachments:
+
+- ``patchperpix.json``: always; the same content as ``config["patchperpix"]``.
+- ``decoder.npz`` (``ppp+dec`` only): the decoder weights keyed like the PyTorch
+  ``state_dict`` of :class:`~ppp_zoo.model.PatchDecoder` (``net.<i>.weight``,
+  ``net.<i>.bias``), plus the int arrays ``code_shape``, ``patchshape`` and ``features``, so
+  that :mod:`ppp_zoo.postprocess.decode` needs nothing else.
+
+``config["patchperpix"]`` (and ``patchperpix.json``)::
+
+    {"format": 1,
+     "variant": "ppp" | "ppp+dec",
+     "ndim": 2 | 3,
+     "patchshape": [...],
+     "assembly": AssemblyParams.to_dict(),  # every assembly parameter, incl. patchshape
+                                            # and overlapping
+     "decoder": null | {"source": "decoder.npz", "code_shape": [...], "features": [...]},
+     "postprocess": {"package": "ppp-zoo", "module": "ppp_zoo.postprocess",
+                     "version": ppp_zoo.__version__},
+     "normalize": {"mode", "p_low", "p_high"},   # for information: rdf.yaml's
+                                                 # preprocessing is authoritative
+     "halo": [per space axis], "min_shape": [...], "step": [...],
+     "training": {"object_diameter": median equivalent-circle (sphere) diameter of the
+                                     training instances in pixels,
+                  "data": short description, "iterations": N},
+     "metrics": {} | {"<data set>": {"ap50": ..., "ap75": ..., "ap90": ..., "avAP": ...}}}
+
+Test tensors (``.npy``, at the minimal size) are the raw input and the outputs of the
+declared preprocessing plus the network on exactly that input (no halo padding), which is
+how bioimageio.core's model test runs them. The sample input is a larger ``.tif``.
+"""
+
+from .package import ExportResult, export_model
+from .validation import ValidationRow, validate_package
+
+__all__ = ["ExportResult", "ValidationRow", "export_model", "validate_package"]

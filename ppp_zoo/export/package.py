@@ -1,0 +1,604 @@
+"""Build a bioimage.io model package from a training checkpoint (see the package docstring).
+
+:func:`export_model` is the one public entry point. It works in a temporary folder next to
+the output, validates the finished package with bioimageio.core's test for every weight
+format, and only then moves it into place: a failed export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tifffile
+import torch
+
+from .. import __version__
+from ..predict import (
+    ModelBundle,
+    load_checkpoint,
+    normalize_image,
+    predict_probabilities,
+)
+from .validation import WEIGHT_FORMATS, ValidationRow, format_table, validate_package
+from .wrapper import (
+    ONNX_OPSET,
+    ExportNet,
+    run_onnx,
+    run_torchscript,
+    save_onnx,
+    save_torchscript,
+)
+
+PATCHPERPIX_DOI = "10.1007/978-3-030-58595-2_18"
+PATCHPERPIX_ARXIV_DOI = "10.48550/arXiv.2001.07626"
+DEFAULT_AUTHORS = ("ppp-zoo developers",)
+#: tolerances stored in the package for bioimageio.core's reproducibility check
+RELATIVE_TOLERANCE = 1e-3
+ABSOLUTE_TOLERANCE = 1e-4
+#: test tensors are at the minimal size; the sample input and cover use at most this size
+SAMPLE_SIZE = {2: 256, 3: 48}
+#: a space axis is at least this large at its minimal declared size (before rounding)
+MIN_SIZE = {2: 16, 3: 8}
+NORMALIZE_EPS = 1e-6
+
+Progress = Callable[[str], None] | None
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportResult:
+    """What :func:`export_model` wrote.
+
+    ``max_abs_diff`` maps ``"torchscript"`` / ``"onnx"`` to the largest absolute difference
+    of its outputs from the eager PyTorch outputs on the test input.
+    """
+
+    path: str
+    size_bytes: int
+    seconds: float
+    variant: str
+    weight_formats: tuple[str, ...]
+    validation: tuple[ValidationRow, ...]
+    max_abs_diff: dict
+
+    @property
+    def size_mb(self) -> float:
+        return self.size_bytes / 1e6
+
+    def table(self) -> str:
+        return format_table(list(self.validation))
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["validation"] = [row.to_dict() for row in self.validation]
+        return d
+
+
+# --------------------------------------------------------------------------- validation
+def _validate_formats(formats: Sequence[str] | str) -> tuple[str, ...]:
+    if isinstance(formats, str):
+        formats = [f.strip() for f in formats.split(",") if f.strip()]
+    formats = tuple(dict.fromkeys(formats))
+    unknown = [f for f in formats if f not in WEIGHT_FORMATS]
+    if unknown or not formats:
+        raise ValueError(f"weight formats must be among {', '.join(WEIGHT_FORMATS)}, "
+                         f"got {', '.join(formats) or 'none'}")
+    return tuple(f for f in WEIGHT_FORMATS if f in formats)
+
+
+def _check_output(output: Path, folder: bool) -> None:
+    """Fail early (before any work) when ``output`` cannot be written."""
+    if output.exists() and output.is_dir() != folder:
+        kind = "a folder" if output.is_dir() else "a file"
+        raise ValueError(f"{output}: exists and is {kind}")
+    if not folder and output.suffix.lower() != ".zip":
+        raise ValueError(f"{output}: a model package file must end in .zip (or use --folder)")
+    parent = output.parent if str(output.parent) else Path(".")
+    if not parent.is_dir():
+        raise FileNotFoundError(f"{parent}: no such folder")
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as err:
+        raise OSError(err.errno, f"cannot write into {parent} ({err.strerror})",
+                      str(output)) from None
+
+
+# --------------------------------------------------------------------------- geometry
+@dataclasses.dataclass(frozen=True)
+class _Geometry:
+    ndim: int
+    step: int
+    halo: int
+    min_size: int
+
+    @property
+    def axes(self) -> list[str]:
+        return ["z", "y", "x"][3 - self.ndim:]
+
+
+def _geometry(bundle: ModelBundle) -> _Geometry:
+    net = bundle.model
+    step, halo = net.size_divisor, net.halo
+    # the smallest size that leaves output after discarding the halo on both sides
+    lowest = max(MIN_SIZE[net.ndim], 2 * halo + 1)
+    return _Geometry(net.ndim, step, halo, -(-lowest // step) * step)
+
+
+# --------------------------------------------------------------------------- data
+def _example_image(bundle: ModelBundle, geometry: _Geometry):
+    """A normalised training or validation image and its labels (or ``None``) for the test
+    input, the sample and the cover; synthetic nuclei when the training data is gone."""
+    from ..config import config_from_dict
+
+    image, target = None, None
+    with contextlib.suppress(Exception):
+        from ..train import load_training_data
+
+        train, val = load_training_data(config_from_dict(bundle.config))
+        image, target = (val or train)[0]
+    if image is None:
+        from ..data.synth import synth_nuclei_dataset
+
+        shape = (SAMPLE_SIZE[geometry.ndim],) * geometry.ndim
+        pair = synth_nuclei_dataset(1, seed=0, shape=shape)[0]
+        image, target = normalize_image(pair[0], bundle.normalize), pair[1]
+    return np.asarray(image, np.float32), target
+
+
+def _fit(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """Centre crop (or mirror pad) ``image`` to ``size``."""
+    pad = [(0, max(0, s - n)) for n, s in zip(image.shape, size)]
+    if any(p for _, p in pad):
+        image = np.pad(image, pad, mode="symmetric")
+    start = [(n - s) // 2 for n, s in zip(image.shape, size)]
+    return np.ascontiguousarray(image[tuple(slice(a, a + s) for a, s in zip(start, size))])
+
+
+def _as_raw(normalized: np.ndarray) -> np.ndarray:
+    """Intensities in a camera-like range: the preprocessing maps them back (it is affine
+    invariant), so the test input exercises the declared normalisation."""
+    return (np.asarray(normalized, np.float32) * 1000.0 + 1000.0).astype(np.float32)
+
+
+def _reference_outputs(model: ExportNet, raw: np.ndarray, normalize) -> tuple:
+    """Test outputs as bioimageio.core's model test computes them: the declared
+    preprocessing, then the network on exactly the test input (no halo padding)."""
+    x = np.stack([normalize_image(b[0], normalize)[None] for b in raw])
+    with torch.no_grad():
+        outs = model(torch.from_numpy(np.ascontiguousarray(x)))
+    return x, tuple(np.ascontiguousarray(o.numpy()) for o in outs)
+
+
+# --------------------------------------------------------------------------- pictures
+def _instance_colours(labels: np.ndarray) -> np.ndarray:
+    rng = np.random.default_rng(1)
+    n = int(labels.max(initial=0))
+    colours = np.concatenate([np.zeros((1, 3)), rng.uniform(0.25, 1.0, size=(n, 3))])
+    return colours[labels]
+
+
+def _write_cover(path: Path, image: np.ndarray, numinst: np.ndarray, labels: np.ndarray) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    if labels.dtype == bool:  # overlapping masks: show each pixel's first instance
+        labels = np.where(labels.any(axis=0), labels.argmax(axis=0) + 1, 0)
+    if image.ndim == 3:  # 3D: the middle slice
+        z = image.shape[0] // 2
+        image, numinst, labels = image[z], numinst[:, z], labels[z]
+    rgb = np.stack([numinst[2], numinst[1], np.zeros_like(numinst[1])], axis=-1)
+    fig = Figure(figsize=(12, 6), dpi=100)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=0.9, wspace=0.04)
+    panels = [("input", image, "gray"), ("numinst: green 1, red 2+", np.clip(rgb, 0, 1), None),
+              (f"instances ({int(labels.max(initial=0))})", _instance_colours(labels), None)]
+    for i, (title, data, cmap) in enumerate(panels):
+        ax = fig.add_subplot(1, 3, i + 1)
+        ax.imshow(data, cmap=cmap, interpolation="nearest")
+        ax.set_title(title)
+        ax.axis("off")
+    fig.savefig(path)
+
+
+def _documentation(name: str, info: dict, geometry: _Geometry, diffs: dict,
+                   formats: Sequence[str]) -> str:
+    ppp = info
+    variant = ppp["variant"]
+    second = "codes" if variant == "ppp+dec" else "patches"
+    shape = "x".join(map(str, ppp["patchshape"]))
+    training = ppp["training"]
+    metrics = ppp["metrics"] or {}
+    lines = [f"# {name}", "",
+             ("PatchPerPix instance segmentation: a U-Net predicts, for every pixel, how many "
+             "instances cover it (`numinst`) and the shape of its instance in a "
+             f"{shape} patch around it (`{second}`). The instances are assembled from these "
+             "patches by the `ppp_zoo.postprocess` package (numpy + numba, no deep learning "
+             "framework needed)."), "",
+             "## Inputs and outputs", "",
+             (f"- `raw` (batch, channel, {', '.join(geometry.axes)}): one grayscale channel; "
+             f"sizes `{geometry.min_size} + n * {geometry.step}` per space axis. The "
+             "preprocessing in `rdf.yaml` "
+             f"({ppp['normalize']['mode']} normalisation) is the one used in training."),
+             "- `numinst`: probabilities of 0, 1, 2+ instances (softmax).",
+             (f"- `patches`: {math.prod(ppp['patchshape'])} channels, sigmoid; channel `k` is "
+              f"the offset `unravel_index(k, {tuple(ppp['patchshape'])}) - "
+              f"{tuple(p // 2 for p in ppp['patchshape'])}` from the centre pixel."
+              if variant == "ppp" else
+              "- `codes`: sigmoid codes; `decoder.npz` (attached) decodes them into patches."),
+             (f"- Tiling: every output declares a halo of {geometry.halo} pixels (the network's "
+             "receptive field); discard it on each side of a tile."), "",
+             "## Postprocessing (instances)", "",
+             ("With the model's outputs saved as `outputs.npz` (arrays `numinst` and "
+             f"`{second}`, batch axis dropped):"), "",
+             "```bash",
+             "pip install ppp-zoo",
+             "ppp-zoo postprocess outputs.npz --model THIS_MODEL.zip -o labels.tif",
+             "```", "",
+             "or in Python:", "",
+             "```python",
+             "from ppp_zoo.postprocess import assemble, load_model_params",
+             "params = load_model_params('THIS_MODEL.zip')",
+             ("patches = params.decode(numinst, codes)  # codes -> patches, foreground only"
+              if variant == "ppp+dec" else "# patches: the `patches` output"),
+             "labels = assemble(numinst, patches, params.assembly)",
+             "```", "",
+             "Every assembly parameter is stored in `config.patchperpix` of `rdf.yaml` (and in "
+             "`patchperpix.json`): "
+             + ", ".join(f"`{k}` = {v}" for k, v in ppp["assembly"].items()) + ".", "",
+             "## Training data", "",
+             (f"{training.get('data') or 'not recorded'}; {training.get('iterations', '?')} "
+             "iterations. Median object diameter in the training labels: "
+             f"{training.get('object_diameter') or 'unknown'} pixels (rescale images whose "
+             "objects differ much in size)."), "",
+             "## Metrics", ""]
+    if metrics:
+        lines += ["| data | " + " | ".join(next(iter(metrics.values()))) + " |",
+                  "|---" * (1 + len(next(iter(metrics.values())))) + "|"]
+        lines += [f"| {k} | " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v)
+                                           for v in m.values()) + " |"
+                  for k, m in metrics.items()]
+    else:
+        lines.append("No test-set metrics were recorded for this export.")
+    lines += ["", "# Validation", "",
+              ("At export, bioimageio.core's model test ran for every weight format "
+              f"({', '.join(formats)}) and passed: the test input gives the test outputs "
+              f"(relative tolerance {RELATIVE_TOLERANCE}, absolute {ABSOLUTE_TOLERANCE}), and "
+              "inference runs at several declared sizes with batch sizes 1 and 2."), "",
+              "Largest absolute difference from eager PyTorch on the test input: "
+              + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()) + ".", "",
+              ("Tiled prediction (tiles of `min + n * step`, the halo discarded, the image "
+              "mirror-padded at its border) gives the same outputs as the whole image, up to "
+              "the normalisation statistics (computed on the whole image when tiling)."), ""]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- description
+def _patchperpix_info(bundle: ModelBundle, ckpt: dict, geometry: _Geometry,
+                      metrics: dict | None) -> dict:
+    net = bundle.model
+    decoder = None
+    if net.decoder is not None:
+        decoder = {"source": "decoder.npz", "code_shape": list(net.decoder.code_shape),
+                   "features": _decoder_features(net.decoder)}
+    training = dict(ckpt.get("training") or {})
+    if training.get("object_diameter") is None:
+        training["object_diameter"] = _object_diameter(bundle)
+    source = bundle.config.get("data", {}).get("source", "unknown")
+    return {
+        "format": 1,
+        "variant": net.variant,
+        "ndim": net.ndim,
+        "patchshape": list(net.patchshape),
+        "assembly": bundle.assembly.to_dict(),
+        "decoder": decoder,
+        "postprocess": {"package": "ppp-zoo", "module": "ppp_zoo.postprocess",
+                        "version": __version__},
+        "normalize": dataclasses.asdict(bundle.normalize),
+        "halo": [geometry.halo] * geometry.ndim,
+        "min_shape": [geometry.min_size] * geometry.ndim,
+        "step": [geometry.step] * geometry.ndim,
+        "training": {"object_diameter": training.get("object_diameter"),
+                     "data": _data_description(bundle.config, source),
+                     "iterations": int(ckpt.get("iteration", bundle.iteration))},
+        "metrics": dict(metrics or {}),
+    }
+
+
+def _decoder_features(decoder) -> list[int]:
+    convs = [m for m in decoder.net if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))]
+    return [int(c.out_channels) for c in convs[:-1:2]]
+
+
+def _object_diameter(bundle: ModelBundle) -> float | None:
+    with contextlib.suppress(Exception):
+        from ..config import config_from_dict
+        from ..train import load_training_data, object_diameter
+
+        cfg = config_from_dict(bundle.config)
+        return object_diameter(load_training_data(cfg)[0], cfg.data.overlapping)
+    return None
+
+
+def _data_description(config: dict, source: str) -> str:
+    data = config.get("data", {})
+    text = {"dsb-sample": "the left half of a Data Science Bowl 2018 nuclei crop",
+            "synth-nuclei": "synthetic touching nuclei",
+            "synth-worms": "synthetic overlapping worms",
+            "folder": f"the images and masks in {data.get('path', 'a folder')}"}.get(source, source)
+    if source in ("synth-nuclei", "synth-worms"):
+        text += f" ({data.get('n_images', '?')} images of {data.get('image_size', '?')})"
+    return text
+
+
+def _describe(name: str, authors: Sequence[str], files: dict, info: dict,
+              geometry: _Geometry, normalize, formats: Sequence[str], second: str,
+              n_second: int, description: str):
+    from bioimageio.spec.model import v0_5 as m
+
+    axes_ids = [m.AxisId(a) for a in geometry.axes]
+    in_axes = [m.BatchAxis(), m.ChannelAxis(channel_names=[m.Identifier("raw")])] + [
+        m.SpaceInputAxis(id=a, size=m.ParameterizedSize(min=geometry.min_size,
+                                                        step=geometry.step))
+        for a in axes_ids]
+    if normalize.mode == "percentile":
+        norm = m.ScaleRangeDescr(kwargs=m.ScaleRangeKwargs(
+            axes=axes_ids, min_percentile=normalize.p_low, max_percentile=normalize.p_high,
+            eps=NORMALIZE_EPS))
+    else:
+        norm = m.ZeroMeanUnitVarianceDescr(kwargs=m.ZeroMeanUnitVarianceKwargs(
+            axes=axes_ids, eps=NORMALIZE_EPS))
+    raw = m.InputTensorDescr(
+        id=m.TensorId("raw"), axes=in_axes, description="raw grayscale image",
+        test_tensor=m.FileDescr(source=files["test_raw"]),
+        sample_tensor=m.FileDescr(source=files["sample_raw"]),
+        data=m.IntervalOrRatioDataDescr(type="float32"),
+        preprocessing=[m.EnsureDtypeDescr(kwargs=m.EnsureDtypeKwargs(dtype="float32")), norm])
+
+    def out_axes(channel_names):
+        return [m.BatchAxis(), m.ChannelAxis(channel_names=channel_names)] + [
+            m.SpaceOutputAxisWithHalo(id=a, halo=geometry.halo,
+                                      size=m.SizeReference(tensor_id=m.TensorId("raw"),
+                                                           axis_id=a))
+            for a in axes_ids]
+
+    numinst = m.OutputTensorDescr(
+        id=m.TensorId("numinst"), description="probabilities of 0, 1, 2+ instances",
+        axes=out_axes([m.Identifier(f"n{i}") for i in range(3)]),
+        test_tensor=m.FileDescr(source=files["test_numinst"]),
+        data=m.IntervalOrRatioDataDescr(type="float32"))
+    second_descr = m.OutputTensorDescr(
+        id=m.TensorId(second),
+        description=("patch probabilities (channel k: offset unravel_index(k, patchshape) - "
+                     "patchshape // 2)" if second == "patches" else
+                     "code probabilities; decoder.npz turns them into patches"),
+        axes=out_axes([m.Identifier(f"{second[0]}{i}") for i in range(n_second)]),
+        test_tensor=m.FileDescr(source=files[f"test_{second}"]),
+        data=m.IntervalOrRatioDataDescr(type="float32"))
+    weights = {}
+    if "torchscript" in formats:
+        weights["torchscript"] = m.TorchscriptWeightsDescr(
+            source=files["torchscript"], pytorch_version=m.Version(torch.__version__.split("+")[0]))
+    if "onnx" in formats:
+        weights["onnx"] = m.OnnxWeightsDescr(
+            source=files["onnx"], opset_version=ONNX_OPSET,
+            parent="torchscript" if "torchscript" in formats else None)
+    attachments = [m.FileDescr(source=files["patchperpix.json"])]
+    if "decoder.npz" in files:
+        attachments.append(m.FileDescr(source=files["decoder.npz"]))
+    source = info["training"]["data"]
+    tags = ["instance-segmentation", "patchperpix", f"{geometry.ndim}d", "unet", "pytorch",
+            "onnx", "torchscript"]
+    tags += ["nuclei"] if "nuclei" in source else ["worms"] if "worms" in source else []
+    tolerance = m.ReproducibilityTolerance(relative_tolerance=RELATIVE_TOLERANCE,
+                                           absolute_tolerance=ABSOLUTE_TOLERANCE)
+    return m.ModelDescr(
+        name=name,
+        description=description,
+        authors=[m.Author(name=a) for a in authors],
+        cite=[m.CiteEntry(text="Hirsch, Mais, Kainmueller: PatchPerPix for Instance "
+                               "Segmentation. ECCV 2020", doi=m.Doi(PATCHPERPIX_DOI)),
+              m.CiteEntry(text="Mais, Hirsch, Kainmueller: PatchPerPix for Instance "
+                               "Segmentation. arXiv:2001.07626",
+                          doi=m.Doi(PATCHPERPIX_ARXIV_DOI))],
+        license=m.LicenseId("MIT"),
+        tags=tags,
+        version=m.Version("0.1.0"),
+        documentation=m.FileDescr(source=files["README.md"]),
+        covers=[m.FileDescr(source=files["cover.png"])],
+        attachments=attachments,
+        inputs=[raw],
+        outputs=[numinst, second_descr],
+        weights=m.WeightsDescr(**weights),
+        config=m.Config(bioimageio=m.BioimageioConfig(reproducibility_tolerance=[tolerance]),
+                        patchperpix=info),
+    )
+
+
+# --------------------------------------------------------------------------- export
+def _load(checkpoint: Path) -> tuple[ModelBundle, dict]:
+    bundle = load_checkpoint(checkpoint)
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    return bundle, {k: ckpt.get(k) for k in ("training", "iteration", "best")}
+
+
+def _write_files(bundle: ModelBundle, extra: dict, folder: Path, formats: Sequence[str],
+                 name: str, metrics: dict | None, progress: Progress) -> tuple[dict, dict, dict]:
+    from ..postprocess import assemble
+
+    say = progress or (lambda _msg: None)
+    net = bundle.model.cpu().eval()
+    model = ExportNet(net).eval()
+    geometry = _geometry(bundle)
+    second = "codes" if net.decoder is not None else "patches"
+    files: dict[str, Path] = {}
+
+    say("test tensors")
+    image, _ = _example_image(bundle, geometry)
+    test_raw = _as_raw(_fit(image, (geometry.min_size,) * geometry.ndim))[None, None]
+    net_input, (ref_numinst, ref_second) = _reference_outputs(model, test_raw,
+                                                              bundle.normalize)
+    sample_size = [min(SAMPLE_SIZE[geometry.ndim], max(geometry.min_size,
+                                                       s // geometry.step * geometry.step))
+                   for s in image.shape]
+    sample_raw = _as_raw(_fit(image, sample_size))
+    for key, arr in (("test_raw", test_raw), ("test_numinst", ref_numinst),
+                     (f"test_{second}", ref_second)):
+        files[key] = folder / f"{key}.npy"
+        np.save(files[key], np.ascontiguousarray(arr, np.float32), allow_pickle=False)
+    files["sample_raw"] = folder / "sample_raw.tif"  # sample tensors are image files
+    tifffile.imwrite(files["sample_raw"], sample_raw, photometric="minisblack")
+
+    example = torch.from_numpy(np.ascontiguousarray(net_input))
+    diffs = {}
+    if "torchscript" in formats:
+        say("torchscript")
+        files["torchscript"] = save_torchscript(model, example, folder / "weights_torchscript.pt")
+    if "onnx" in formats:
+        say("onnx")
+        files["onnx"] = save_onnx(model, example, folder / "weights.onnx", ("numinst", second))
+    with torch.no_grad():
+        eager = [o.numpy() for o in model(example)]
+    for wf, run in (("torchscript", run_torchscript), ("onnx", run_onnx)):
+        if wf in files:
+            diffs[wf] = max(float(np.abs(a - b).max()) for a, b in zip(run(files[wf], net_input),
+                                                                       eager))
+
+    info = _patchperpix_info(bundle, extra, geometry, metrics)
+    if net.decoder is not None:
+        files["decoder.npz"] = folder / "decoder.npz"
+        np.savez(files["decoder.npz"], **net.decoder.to_arrays(),
+                 code_shape=np.asarray(net.decoder.code_shape, np.int64),
+                 patchshape=np.asarray(net.patchshape, np.int64),
+                 features=np.asarray(info["decoder"]["features"], np.int64))
+    files["patchperpix.json"] = folder / "patchperpix.json"
+    files["patchperpix.json"].write_text(json.dumps(info, indent=2), encoding="utf-8")
+
+    say("cover")
+    numinst, patches = predict_probabilities(bundle, sample_raw)
+    labels = assemble(numinst, patches, bundle.assembly)
+    files["cover.png"] = folder / "cover.png"
+    _write_cover(files["cover.png"], normalize_image(sample_raw, bundle.normalize), numinst,
+                 labels)
+    files["README.md"] = folder / "README.md"
+    files["README.md"].write_text(_documentation(name, info, geometry, diffs, formats),
+                                  encoding="utf-8")
+    return files, info, diffs
+
+
+def export_model(checkpoint: str | os.PathLike, output: str | os.PathLike, *,
+                 name: str | None = None, authors: Sequence[str] | None = None,
+                 formats: Sequence[str] | str = WEIGHT_FORMATS, folder: bool = False,
+                 metrics: dict | None = None, description: str | None = None,
+                 progress: Progress = None) -> ExportResult:
+    """Export a training checkpoint as a validated bioimage.io model package.
+
+    Parameters
+    ----------
+    checkpoint : path-like
+        ``best.pt`` or ``last.pt`` written by :func:`ppp_zoo.train.train`.
+    output : path-like
+        The package: a ``.zip`` file, or a folder with ``folder=True``. Replaced if it
+        exists, but only once the new package has passed validation.
+    name : str or None
+        Model name (default: from the variant, dimensions and training data).
+    authors : sequence of str or None
+        Author names (default: "ppp-zoo developers").
+    formats : sequence of {"torchscript", "onnx"} or str
+        Weight formats (a comma-separated string works too).
+    folder : bool
+        Write an unpacked folder instead of a zip.
+    metrics : dict or None
+        Measured test metrics to record, e.g. ``{"dsb_test_half": {"ap50": 0.8, ...}}``.
+    description : str or None
+        One-paragraph description (default: generated).
+    progress : callable or None
+        Called with the name of each step.
+
+    Returns
+    -------
+    ExportResult
+        Path, size, seconds and the validation table.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        A missing or unreadable checkpoint, an unsupported checkpoint version, bad
+        arguments.
+    OSError
+        The output cannot be written.
+    RuntimeError
+        The package failed bioimageio.core's test (nothing is written then).
+    """
+    t0 = time.perf_counter()
+    formats = _validate_formats(formats)
+    output = Path(output)
+    _check_output(output, folder)
+    authors = tuple(a.strip() for a in (authors or DEFAULT_AUTHORS) if a and a.strip())
+    if not authors:
+        raise ValueError("give at least one author name")
+    bundle, extra = _load(Path(checkpoint))
+    net = bundle.model
+    source = bundle.config.get("data", {}).get("source", "custom")
+    variant_name = "ppp+dec" if net.decoder is not None else "ppp"
+    name = name or f"PatchPerPix {variant_name} {net.ndim}D {source}"
+    description = description or (
+        f"PatchPerPix ({variant_name}) instance segmentation, {net.ndim}D, trained on "
+        f"{_data_description(bundle.config, source)}. Outputs numinst and "
+        f"{'codes' if net.decoder is not None else 'patches'}; instances are assembled by "
+        "ppp_zoo.postprocess with the parameters in config.patchperpix.")
+
+    from bioimageio.spec import (
+        save_bioimageio_package,
+        save_bioimageio_package_as_folder,
+    )
+
+    parent = output.parent if str(output.parent) else Path(".")
+    with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=parent) as tmp:
+        src = Path(tmp) / "src"
+        src.mkdir()
+        files, info, diffs = _write_files(bundle, extra, src, formats, name, metrics, progress)
+        descr = _describe(name, authors, files, info, _geometry(bundle), bundle.normalize,
+                          formats, "codes" if net.decoder is not None else "patches",
+                          net.out_channels, description)
+        staged = Path(tmp) / ("package" if folder else "package.zip")
+        if progress:
+            progress("package")
+        if folder:
+            save_bioimageio_package_as_folder(descr, output_path=staged)
+        else:
+            save_bioimageio_package(descr, output_path=staged)
+        if progress:
+            progress("validation")
+        rows = tuple(validate_package(staged, formats))
+        failed = [r for r in rows if not r.passed]
+        if failed:
+            r = failed[0]
+            raise RuntimeError(f"the exported package failed bioimageio.core's test for "
+                               f"{r.weight_format} ({r.status}: {r.error}); nothing written")
+        if folder:
+            if output.exists():
+                shutil.rmtree(output)
+            os.replace(staged, output)
+            size = sum(p.stat().st_size for p in output.rglob("*") if p.is_file())
+        else:
+            os.replace(staged, output)
+            size = output.stat().st_size
+    return ExportResult(path=str(output), size_bytes=int(size),
+                        seconds=round(time.perf_counter() - t0, 2), variant=net.variant,
+                        weight_formats=formats, validation=rows, max_abs_diff=diffs)
+
+
+def _json_default(value: Any):  # pragma: no cover - used by the CLI for --json
+    return str(value)

@@ -1,0 +1,86 @@
+"""The network as exported: probabilities out, output size == input size, traced and ONNX.
+
+:class:`ExportNet` wraps a :class:`~ppp_zoo.model.PatchPerPixNet`. The exported input sizes
+are multiples of the U-Net's ``size_divisor`` (declared as ``min + n * step``), on which the
+same-padded U-Net keeps the input size, so the wrapper needs no padding of its own and its
+graph holds no size-dependent operation: one trace serves every declared size.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..model import PatchPerPixNet
+
+#: ONNX opset of the exported file (readable by ONNX Runtime builds that stop at opset 18)
+ONNX_OPSET = 17
+
+
+class ExportNet(nn.Module):
+    """``raw (B, 1, [Z,] Y, X)`` -> ``(numinst, patches or codes)`` probabilities.
+
+    Softmax over the three numinst channels, sigmoid on the patch (or code) channels. Every
+    spatial size of ``raw`` must be a multiple of ``net.size_divisor``; the outputs keep it.
+    The ``ppp+dec`` decoder is not part of it (it ships as ``decoder.npz``).
+    """
+
+    def __init__(self, net: PatchPerPixNet):
+        super().__init__()
+        self.unet = net.unet
+        self.numinst_head = net.numinst_head
+        self.patch_head = net.patch_head
+
+    def forward(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = self.unet(raw)
+        return (torch.softmax(self.numinst_head(feats), dim=1),
+                torch.sigmoid(self.patch_head(feats)))
+
+
+def _space_names(ndim: int) -> list[str]:
+    return ["z", "y", "x"][3 - ndim:]
+
+
+def save_torchscript(model: ExportNet, example: torch.Tensor, path: str | os.PathLike) -> Path:
+    """Trace ``model`` on ``example`` and save the TorchScript file."""
+    path = Path(path)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit deprecation notices
+        traced = torch.jit.trace(model, example, check_trace=False)
+        traced.save(str(path))
+    return path
+
+
+def save_onnx(model: ExportNet, example: torch.Tensor, path: str | os.PathLike,
+              output_names: tuple[str, str]) -> Path:
+    """Export ``model`` to one self-contained ONNX file, opset 17, dynamic batch and space axes."""
+    path = Path(path)
+    ndim = example.ndim - 2
+    axes = {0: "batch"} | {2 + i: name for i, name in enumerate(_space_names(ndim))}
+    names = ("raw",) + tuple(output_names)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=ONNX_OPSET,
+                          input_names=[names[0]], output_names=list(names[1:]),
+                          dynamic_axes={n: axes for n in names})
+    return path
+
+
+def run_torchscript(path: str | os.PathLike, x: np.ndarray) -> list[np.ndarray]:
+    """Outputs of a saved TorchScript model on ``x``."""
+    module = torch.jit.load(str(path), map_location="cpu")
+    with torch.no_grad():
+        return [o.numpy() for o in module(torch.from_numpy(x))]
+
+
+def run_onnx(path: str | os.PathLike, x: np.ndarray) -> list[np.ndarray]:
+    """Outputs of an ONNX model on ``x`` with ONNX Runtime (CPU)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})
