@@ -91,7 +91,17 @@ class TrainConfig:
     """``[train]``: optimisation. ``crop_size`` entries must be multiples of ``2**(depth-1)``.
 
     ``max_minutes`` (absent: no limit) stops training early; ``min_foreground`` and
-    ``max_resample`` control the rejection of nearly empty crops.
+    ``max_resample`` control the rejection of nearly empty crops. ``lr_schedule``
+    ``"cosine"`` decays the learning rate to ``lr_min`` over the run (its progress is the
+    larger of the iteration and the time fraction used). Augmentation: ``rotate`` (maximum
+    angle in degrees of a random rotation in the Y/X plane; 0 turns it off),
+    ``elastic_spacing``/``elastic_jitter`` (a random displacement with standard deviation
+    ``elastic_jitter`` pixels on a control grid of this spacing, smoothly interpolated; a
+    jitter of 0 turns it off), mirrors and transposes, intensity scale and shift.
+    ``overlap_fraction``: for overlapping instances, the fraction of crops centred on an
+    overlap pixel. ``tune_thresholds``: after training, choose the assembly thresholds
+    (``patch_threshold``, ``fc_threshold`` and the numinst threshold) that maximise the
+    validation avAP and store them in ``best.pt``.
     """
 
     iterations: int = 1000
@@ -104,6 +114,13 @@ class TrainConfig:
     max_minutes: Optional[float] = None
     min_foreground: float = 0.05
     max_resample: int = 10
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    lr_min: float = 1e-5
+    rotate: float = 0.0
+    elastic_spacing: int = 10
+    elastic_jitter: float = 0.0
+    overlap_fraction: float = 0.0
+    tune_thresholds: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,6 +276,13 @@ def _validate_config(cfg: Config) -> None:
         raise ValueError(f"[train] lr must be > 0 and beta1 in [0, 1), got {t.lr}, {t.beta1}")
     if t.max_minutes is not None and t.max_minutes <= 0:
         raise ValueError(f"[train] max_minutes must be > 0, got {t.max_minutes}")
+    if not 0 <= t.overlap_fraction <= 1:
+        raise ValueError(f"[train] overlap_fraction must lie in [0, 1], got {t.overlap_fraction}")
+    if t.rotate < 0 or t.elastic_jitter < 0 or t.elastic_spacing < 2:
+        raise ValueError("[train] rotate and elastic_jitter must be >= 0 and elastic_spacing "
+                         ">= 2")
+    if t.lr_min < 0:
+        raise ValueError(f"[train] lr_min must be >= 0, got {t.lr_min}")
     if not 0 <= t.min_foreground < 1:
         raise ValueError(f"[train] min_foreground must lie in [0, 1), got {t.min_foreground}")
     if not 0 <= n.p_low < n.p_high <= 100:

@@ -29,8 +29,8 @@ from .data import FolderDataset, dsb_split, instance_targets, load_dsb_sample
 from .data.synth import synth_nuclei_dataset, synth_worms_dataset
 from .evaluate import evaluate_image
 from .model import PatchPerPixNet, total_loss
+from .postprocess import AssemblyParams, assemble
 from .predict import ModelBundle, as_grayscale, normalize_image, predict_probabilities
-from .postprocess import assemble
 
 Device = Literal["auto", "cpu", "cuda"]
 Pair = tuple[np.ndarray, np.ndarray]
@@ -107,6 +107,24 @@ def load_training_data(cfg: Config) -> tuple[list[Pair], list[Pair]]:
     return [prepare(p) for p in train], [prepare(p) for p in val]
 
 
+def object_diameter(pairs: list[Pair], overlapping: bool) -> float | None:
+    """Median equivalent diameter (circle in 2D, sphere in 3D) of the instances, in pixels."""
+    sizes = []
+    for _, target in pairs:
+        if overlapping:
+            sizes.extend(int(m.sum()) for m in target)
+        else:
+            sizes.extend(np.bincount(np.asarray(target).ravel().astype(np.int64))[1:].tolist())
+    sizes = [v for v in sizes if v > 0]
+    if not sizes:
+        return None
+    ndim = pairs[0][0].ndim
+    area = float(np.median(sizes))
+    if ndim == 2:
+        return round(2.0 * math.sqrt(area / math.pi), 2)
+    return round(2.0 * (3.0 * area / (4.0 * math.pi)) ** (1 / 3), 2)
+
+
 def _foreground(target: np.ndarray, overlapping: bool) -> np.ndarray:
     return target.any(axis=0) if overlapping else target > 0
 
@@ -121,8 +139,36 @@ def _pad_to(image: np.ndarray, target: np.ndarray, crop: tuple[int, ...],
     return image, target
 
 
+def _overlap_pixels(target: np.ndarray) -> np.ndarray:
+    """Coordinates ``(n, ndim)`` of the pixels covered by two or more masks of a stack."""
+    return np.argwhere(target.sum(axis=0, dtype=np.int32) >= 2)
+
+
+def elastic_displacement(shape: tuple[int, ...], spacing: int, jitter: float,
+                         rng: np.random.Generator) -> np.ndarray:
+    """A smooth random displacement field ``(ndim, *shape)`` in pixels.
+
+    Normal displacements with standard deviation ``jitter`` on a control grid of spacing
+    ``spacing``, interpolated (cubic) to every pixel.
+    """
+    from scipy.ndimage import zoom
+
+    grid = tuple(max(2, math.ceil(s / spacing) + 1) for s in shape)
+    field = rng.normal(0.0, jitter, size=(len(shape),) + grid)
+    factors = [s / g for s, g in zip(shape, grid)]
+    return np.stack([zoom(f, factors, order=3, mode="nearest", grid_mode=True)[
+        tuple(slice(0, s) for s in shape)] for f in field])
+
+
 class CropSampler:
-    """Random augmented training crops with their GT targets (deterministic given ``rng``)."""
+    """Random augmented training crops with their GT targets (deterministic given ``rng``).
+
+    A crop is drawn at a random position (for overlapping data a fraction
+    ``overlap_fraction`` of them centred on an overlap pixel), resampled through a random
+    rotation and elastic displacement when these are enabled (image linear, labels
+    nearest; outside the image counts as background), redrawn when it holds too little
+    foreground, then mirrored/transposed and its intensities scaled and shifted.
+    """
 
     def __init__(self, pairs: list[Pair], cfg: Config, rng: np.random.Generator):
         if not pairs:
@@ -132,12 +178,55 @@ class CropSampler:
         self.overlapping = cfg.data.overlapping
         self.crop = cfg.train.crop_size
         self.pairs = [_pad_to(img, tgt, self.crop, self.overlapping) for img, tgt in pairs]
+        self.overlaps = ([_overlap_pixels(t) for _, t in self.pairs]
+                         if self.overlapping and cfg.train.overlap_fraction > 0 else None)
+        t = cfg.train
+        self.warp = t.rotate > 0 or t.elastic_jitter > 0
+
+    def _centre(self, index: int) -> np.ndarray:
+        img = self.pairs[index][0]
+        if self.overlaps is not None and len(self.overlaps[index]) and \
+                self.rng.random() < self.cfg.train.overlap_fraction:
+            return self.overlaps[index][self.rng.integers(len(self.overlaps[index]))].astype(float)
+        low = [c / 2 for c in self.crop]
+        return np.array([self.rng.uniform(lo, s - lo) if s > 2 * lo else s / 2
+                         for lo, s in zip(low, img.shape)])
 
     def _random_crop(self) -> Pair:
-        img, tgt = self.pairs[self.rng.integers(len(self.pairs))]
-        start = [int(self.rng.integers(0, s - c + 1)) for s, c in zip(img.shape, self.crop)]
-        window = tuple(slice(a, a + c) for a, c in zip(start, self.crop))
-        return img[window], tgt[((slice(None),) if self.overlapping else ()) + window]
+        index = int(self.rng.integers(len(self.pairs)))
+        img, tgt = self.pairs[index]
+        centre = self._centre(index)
+        if not self.warp:
+            start = [int(np.clip(round(c - k / 2), 0, s - k))
+                     for c, k, s in zip(centre, self.crop, img.shape)]
+            window = tuple(slice(a, a + k) for a, k in zip(start, self.crop))
+            return img[window], tgt[((slice(None),) if self.overlapping else ()) + window]
+        return self._warped_crop(img, tgt, centre)
+
+    def _warped_crop(self, img: np.ndarray, tgt: np.ndarray, centre: np.ndarray) -> Pair:
+        from scipy.ndimage import map_coordinates
+
+        t = self.cfg.train
+        grid = np.indices(self.crop, dtype=np.float64)
+        grid -= np.array([(k - 1) / 2 for k in self.crop]).reshape((-1,) + (1,) * len(self.crop))
+        if t.rotate > 0:
+            angle = math.radians(self.rng.uniform(-t.rotate, t.rotate))
+            c, s = math.cos(angle), math.sin(angle)
+            y, x = grid[-2].copy(), grid[-1].copy()
+            grid[-2], grid[-1] = c * y - s * x, s * y + c * x
+        if t.elastic_jitter > 0:
+            grid += elastic_displacement(self.crop, t.elastic_spacing, t.elastic_jitter, self.rng)
+        grid += centre.reshape((-1,) + (1,) * len(self.crop))
+        out_img = map_coordinates(img, grid, order=1, mode="constant",
+                                  cval=float(np.percentile(img, 1))).astype(np.float32)
+        if self.overlapping:
+            out_tgt = np.stack([map_coordinates(m.astype(np.uint8), grid, order=0,
+                                                mode="constant", cval=0) for m in tgt]) > 0
+            out_tgt = out_tgt[out_tgt.reshape(len(out_tgt), -1).any(axis=1)] \
+                if out_tgt.any() else out_tgt[:0]
+        else:
+            out_tgt = map_coordinates(tgt, grid, order=0, mode="constant", cval=0)
+        return out_img, out_tgt
 
     def _crop_with_foreground(self) -> Pair:
         t = self.cfg.train
@@ -160,6 +249,8 @@ class CropSampler:
     def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One ``(image (1, ...), numinst (3, ...), patches (P, ...))`` training example."""
         img, tgt = self._augment(*self._crop_with_foreground())
+        if self.overlapping and len(tgt) == 0:
+            tgt = np.zeros((1,) + img.shape, dtype=bool)
         numinst, patches = instance_targets(tgt, self.cfg.model.patchshape,
                                             overlapping=self.overlapping)
         return np.ascontiguousarray(img)[None], numinst, patches
@@ -209,6 +300,39 @@ def validate(model: PatchPerPixNet, cfg: Config, val: list[Pair],
     return scores
 
 
+TUNE_GRID = {"patch_threshold": (0.5, 0.6, 0.7, 0.8, 0.9),
+             "fc_threshold": (0.5, 0.7, 0.9),
+             "numinst_t1": (0.5, 0.7, 0.9)}
+
+
+def tune_thresholds(model: PatchPerPixNet, cfg: Config, val: list[Pair],
+                    device: torch.device, grid: dict = TUNE_GRID) -> tuple[dict, dict]:
+    """The assembly thresholds in ``grid`` with the best validation avAP (fast mode).
+
+    Returns ``(changes, scores)``: the :class:`~ppp_zoo.postprocess.AssemblyParams` fields
+    to replace and the validation scores they reach. The network runs once per image;
+    ties keep the earlier (configured) setting.
+    """
+    bundle = ModelBundle(model=model, normalize=cfg.normalize,
+                         assembly=cfg.assembly_params(fast=True), config={}, device=device)
+    outputs = [predict_probabilities(bundle, image, normalized=True) for image, _ in val]
+    base = cfg.assembly_params(fast=True)
+    t2 = base.numinst_thresholds[1]
+    candidates = [{}] + [
+        {"patch_threshold": th, "fc_threshold": fc, "numinst_thresholds": (t1, t2)}
+        for th in grid["patch_threshold"] for fc in grid["fc_threshold"]
+        for t1 in grid["numinst_t1"]]
+    best_changes, best_scores = {}, None
+    for changes in candidates:
+        params = base.replace(**changes)
+        per_image = [_score(assemble(ni, pa, params), target, cfg.data.overlapping)
+                     for (ni, pa), (_, target) in zip(outputs, val)]
+        scores = {k: float(np.mean([r[k] for r in per_image])) for k in ("avAP", "ap50", "ap90")}
+        if best_scores is None or scores["avAP"] > best_scores["avAP"]:
+            best_changes, best_scores = changes, scores
+    return best_changes, best_scores
+
+
 def _score(pred: np.ndarray, target: np.ndarray, overlapping: bool) -> dict:
     """avAP, AP@0.5 and AP@0.9 of one image."""
     r = evaluate_image(pred, target, overlapping=overlapping)
@@ -255,8 +379,13 @@ class _Progress:
     def __init__(self, enabled: bool, total: int, done: int):
         self.bar = None
         if enabled:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeRemainingColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
 
             self.bar = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(),
                                 TextColumn("loss {task.fields[loss]}"),
@@ -281,7 +410,8 @@ class _Progress:
 
 # --------------------------------------------------------------------------- training
 def train(config: Config | dict, out_dir: str | os.PathLike, *, max_minutes: float | None = None,
-          device: Device = "auto", resume: bool = False, progress: bool = True) -> TrainResult:
+          device: Device = "auto", resume: bool = False, progress: bool = True,
+          snapshot_minutes: float | None = None) -> TrainResult:
     """Train a PatchPerPix network and write checkpoints, ``metrics.json`` and ``curve.png``.
 
     Parameters
@@ -299,6 +429,9 @@ def train(config: Config | dict, out_dir: str | os.PathLike, *, max_minutes: flo
         Continue from ``out_dir/last.pt`` (same ``[model]`` section required).
     progress : bool
         Show a rich progress bar.
+    snapshot_minutes : float, optional
+        Also save the weights every this many minutes of training as
+        ``out_dir/snapshots/minute_MMM.M.pt`` (for curves of quality versus training time).
 
     Returns
     -------
@@ -329,6 +462,9 @@ def train(config: Config | dict, out_dir: str | os.PathLike, *, max_minutes: flo
     train_pairs, val_pairs = load_training_data(cfg)
     sampler = CropSampler(train_pairs, cfg, rng)
     assembly = cfg.assembly_params()
+    training_info = {"object_diameter": object_diameter(train_pairs, cfg.data.overlapping),
+                     "source": cfg.data.source, "n_train_images": len(train_pairs),
+                     "n_val_images": len(val_pairs)}
 
     def payload(it: int) -> dict:
         return {"format_version": FORMAT_VERSION,
@@ -336,7 +472,7 @@ def train(config: Config | dict, out_dir: str | os.PathLike, *, max_minutes: flo
                 "model_kwargs": kwargs, "config": cfg.to_dict(),
                 "normalize": dataclasses.asdict(cfg.normalize),
                 "assembly": assembly.to_dict(), "iteration": it, "history": history,
-                "best": best}
+                "best": best, "training": training_info}
 
     def run_validation(it: int) -> None:
         nonlocal best
@@ -349,13 +485,21 @@ def train(config: Config | dict, out_dir: str | os.PathLike, *, max_minutes: flo
             _save(out / "best.pt", payload(it))
 
     t0 = time.perf_counter()
-    it, stopped_early = start_it, False
+    it, stopped_early, snapshots = start_it, False, []
     model.train()
     with _Progress(progress, t_cfg.iterations, start_it) as bar:
         while it < t_cfg.iterations:
             if limit is not None and time.perf_counter() - t0 > 60.0 * limit:
                 stopped_early = True
                 break
+            if t_cfg.lr_schedule == "cosine":
+                done = it / t_cfg.iterations
+                if limit is not None:
+                    done = max(done, (time.perf_counter() - t0) / (60.0 * limit))
+                lr = t_cfg.lr_min + 0.5 * (t_cfg.lr - t_cfg.lr_min) * (
+                    1.0 + math.cos(math.pi * min(done, 1.0)))
+                for group in opt.param_groups:
+                    group["lr"] = lr
             x, targets = sampler.batch(dev)
             with torch.autocast(dev.type, dtype=torch.float16, enabled=use_amp):
                 outputs = model(x)
@@ -371,6 +515,12 @@ def train(config: Config | dict, out_dir: str | os.PathLike, *, max_minutes: flo
             if not math.isfinite(value):
                 raise RuntimeError(f"loss is {value} at iteration {it}: lower [train] lr")
             history["loss"].append([it, value])
+            if snapshot_minutes and time.perf_counter() - t0 >= 60.0 * snapshot_minutes * (
+                    len(snapshots) + 1):
+                snapshots.append(it)
+                (out / "snapshots").mkdir(exist_ok=True)
+                minutes = snapshot_minutes * len(snapshots)
+                _save(out / "snapshots" / f"minute_{minutes:05.1f}.pt", payload(it))
             bar.update(loss=f"{value:.4f}")
             if it % t_cfg.val_every == 0 and it < t_cfg.iterations:
                 run_validation(it)
@@ -380,6 +530,8 @@ def train(config: Config | dict, out_dir: str | os.PathLike, *, max_minutes: flo
     last = payload(it)
     last.update(optimizer_state=opt.state_dict(), rng_state=_rng_state(rng, loss_gen))
     _save(out / "last.pt", last)
+    if t_cfg.tune_thresholds and val_pairs:
+        history["tuned"] = _tune_best(out / "best.pt", cfg, val_pairs, dev)
 
     seconds = time.perf_counter() - t0
     notes = tuple(n for n in [_plot_curve(out, history)] if n)
@@ -392,6 +544,21 @@ def train(config: Config | dict, out_dir: str | os.PathLike, *, max_minutes: flo
         seconds=round(seconds, 3), stopped_early=stopped_early, history=history, notes=notes)
     (out / "metrics.json").write_text(json.dumps(result.to_dict(), indent=1))
     return result
+
+
+def _tune_best(path: Path, cfg: Config, val: list[Pair], device: torch.device) -> dict:
+    """Tune the thresholds of the weights in ``best.pt`` and store them there."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    model = PatchPerPixNet(**ckpt["model_kwargs"])
+    model.load_state_dict(ckpt["model_state"])
+    model.to(device).eval()
+    changes, scores = tune_thresholds(model, cfg, val, device)
+    assembly = AssemblyParams.from_dict(ckpt["assembly"]).replace(**changes)
+    ckpt["assembly"] = assembly.to_dict()
+    ckpt["tuned"] = {"changes": {k: list(v) if isinstance(v, tuple) else v
+                                 for k, v in changes.items()}, "val": scores}
+    _save(path, ckpt)
+    return ckpt["tuned"]
 
 
 def _rng_state(rng: np.random.Generator, gen: torch.Generator) -> dict:

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from ppp_zoo.cli import app
 from ppp_zoo.config import Config, config_from_dict, load_config, load_preset, parse_config, preset_names
 from ppp_zoo.predict import load_checkpoint, predict_image, predict_probabilities
-from ppp_zoo.train import CropSampler, load_training_data, train
+from ppp_zoo.train import CropSampler, load_training_data, object_diameter, train
 
 TINY = {
     "data": {"source": "synth-nuclei", "n_images": 3, "image_size": [64, 64],
@@ -145,6 +145,71 @@ def test_crops_have_foreground_and_match_targets():
     assert numinst[1:].sum() > 0.05 * 32 * 32
     # the patch centre channel is the foreground mask
     np.testing.assert_array_equal(patches[24], numinst[1])
+
+
+def test_warped_crops_keep_image_and_targets_aligned():
+    """Rotation + elastic resample the image and the labels through the same map.
+
+    The image of a synthetic nuclei set is bright exactly on its nuclei, so after warping
+    the bright pixels must coincide with the foreground of the warped targets.
+    """
+    cfg = config_from_dict(dict(TINY, train=dict(TINY["train"], rotate=45.0,
+                                                 elastic_jitter=2.0, elastic_spacing=8)))
+    labels = np.zeros((64, 64), np.int32)
+    labels[10:30, 12:40] = 1
+    labels[36:56, 20:50] = 2
+    image = (labels > 0).astype(np.float32)
+    sampler = CropSampler([(image, labels)], cfg, np.random.default_rng(3))
+    for _ in range(5):
+        img, tgt = sampler._random_crop()
+        assert img.shape == (32, 32) and tgt.shape == (32, 32)
+        inside = img > 0.5
+        fg = tgt > 0
+        # linear vs nearest interpolation differ by at most a pixel along the edges
+        assert (inside != fg).mean() < 0.15
+        assert set(np.unique(tgt)) <= {0, 1, 2}
+
+
+def test_warped_crops_of_overlapping_masks():
+    cfg = config_from_dict({
+        "data": {"source": "synth-worms", "overlapping": True, "n_images": 2,
+                 "image_size": [96, 96], "val_fraction": 0.0,
+                 "synth": {"n_worms": [4, 4], "length": [60.0, 70.0]}},
+        "model": {"patchshape": [9, 9], "base_features": 4, "depth": 2},
+        "train": {"crop_size": [32, 32], "rotate": 30.0, "overlap_fraction": 1.0}})
+    train_pairs, _ = load_training_data(cfg)
+    sampler = CropSampler(train_pairs, cfg, np.random.default_rng(0))
+    assert sum(len(o) for o in sampler.overlaps) > 0
+    n_overlap = 0
+    for _ in range(6):
+        image, numinst, patches = sampler.sample()
+        assert image.shape == (1, 32, 32) and patches.shape == (81, 32, 32)
+        n_overlap += int(numinst[2].sum() > 0)
+    # crops centred on overlap pixels show overlaps (rotation keeps the centre in place)
+    assert n_overlap >= 5
+
+
+def test_object_diameter_of_disks():
+    yy, xx = np.mgrid[:64, :64]
+    labels = np.zeros((64, 64), np.int32)
+    labels[(yy - 20) ** 2 + (xx - 20) ** 2 <= 100] = 1
+    labels[(yy - 45) ** 2 + (xx - 45) ** 2 <= 100] = 5
+    d = object_diameter([(labels.astype(np.float32), labels)], overlapping=False)
+    assert abs(d - 20.0) < 0.6
+
+
+def test_threshold_tuning_never_lowers_validation_score(tmp_path):
+    cfg = dict(TINY, train=dict(TINY["train"], iterations=20, val_every=20,
+                                tune_thresholds=True))
+    result = train(cfg, tmp_path, device="cpu", progress=False, snapshot_minutes=1e-4)
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    tuned = best["tuned"]
+    assert tuned["val"]["avAP"] >= result.best_avAP - 1e-9
+    for key, value in tuned["changes"].items():
+        assert best["assembly"][key] == value
+    # snapshots were written and load as checkpoints
+    snaps = sorted((tmp_path / "snapshots").glob("minute_*.pt"))
+    assert snaps and load_checkpoint(snaps[0]).iteration >= 1
 
 
 # --------------------------------------------------------------------------- training
