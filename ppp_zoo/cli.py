@@ -126,15 +126,20 @@ def postprocess(
     overlapping: Annotated[bool, typer.Option(help="Write an (N, [Z,] Y, X) stack of instance masks.")] = False,
     block: Annotated[Optional[str], typer.Option(help="Assemble in blocks of this core size (e.g. 256x256) and stitch: bounded memory for large images.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary to stdout.")] = False,
+    model: Annotated[Optional[Path], typer.Option("--model", help="Exported model package (.zip or folder): every parameter, and the decoder for 'codes', come from it; the options above override them.")] = None,
 ):
-    """Assemble instances from PatchPerPix outputs (numinst + patches)."""
+    """Assemble instances from PatchPerPix outputs (numinst + patches, or codes with --model)."""
     import time
 
     from .io import write_labels
     from .postprocess import AssemblyParams, assemble, assemble_blockwise, parse_shape
 
-    numinst, patches, shape = _load_outputs(outputs, patchshape)
-    params = AssemblyParams(patchshape=shape).replace(
+    if model is not None:
+        numinst, patches, base = _load_outputs_for_model(outputs, model, patchshape)
+    else:
+        numinst, patches, shape = _load_outputs(outputs, patchshape)
+        base = AssemblyParams(patchshape=shape)
+    params = base.replace(
         patch_threshold=patch_threshold, fc_threshold=fc_threshold, partition=partition,
         min_size=min_size, fast=fast or None, overlapping=overlapping or None,
     )
@@ -161,6 +166,39 @@ def postprocess(
     else:
         _status(f"wrote {output}: {summary['n_instances']} instances "
                 f"({sum(summary['timings'].values()):.2f} s)")
+
+
+def _load_outputs_for_model(path: Path, model: Path, patchshape: Optional[str]):
+    """numinst, patches (decoded from codes when needed) and the package's parameters."""
+    from .postprocess import load_model_params, parse_shape
+
+    params = load_model_params(model)
+    assembly = params.assembly
+    if patchshape is not None and parse_shape(patchshape) != assembly.patchshape:
+        raise UserError(f"--patchshape {patchshape} differs from the model's patchshape "
+                        f"{'x'.join(map(str, assembly.patchshape))}")
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except Exception as err:
+        raise UserError(f"{path}: cannot read as .npz ({type(err).__name__}: {err})") from None
+    ndim = assembly.ndim
+    # the model's raw outputs may still carry their batch axis of size 1
+    arrays = {k: (v[0] if v.ndim == ndim + 2 and v.shape[0] == 1 else v)
+              for k, v in arrays.items()}
+    numinst = arrays.get("numinst")
+    if "patches" in arrays:
+        return numinst, arrays["patches"], assembly
+    if "codes" not in arrays:
+        raise UserError(f"{path}: no 'patches' or 'codes' array (found: "
+                        f"{', '.join(sorted(arrays)) or 'nothing'})")
+    if params.decoder is None:
+        raise UserError(f"{path} holds 'codes' but {model} is a ppp model without a decoder")
+    if numinst is None:
+        raise UserError(f"{path}: decoding 'codes' needs the 'numinst' array too")
+    return numinst, params.decode(numinst, arrays["codes"]), assembly
 
 
 def _interactive() -> bool:
@@ -434,6 +472,61 @@ def models(
             else:
                 text = str(values)
             typer.echo(f"  {data}: {text}")
+
+
+# --------------------------------------------------------------------------- export / validate
+@app.command("export")
+@reports_errors
+def export_command(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Checkpoint (.pt) written by 'ppp-zoo train'.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Model package to write (.zip, or a folder with --folder).")],
+    name: Annotated[Optional[str], typer.Option(help="Model name (default: from variant, dimensions and data).")] = None,
+    author: Annotated[Optional[list[str]], typer.Option("--author", help="Author name; repeat for several.")] = None,
+    formats: Annotated[str, typer.Option(help="Weight formats, comma-separated.")] = "torchscript,onnx",
+    folder: Annotated[bool, typer.Option(help="Write an unpacked folder instead of a zip.")] = False,
+    metrics: Annotated[Optional[Path], typer.Option(help="JSON file of measured test metrics to record, e.g. {\"dsb_test_half\": {\"avAP\": 0.7}}.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary to stdout.")] = False,
+):
+    """Export a checkpoint as a bioimage.io model package (TorchScript + ONNX), validated."""
+    from .export import export_model
+
+    recorded = _read_metrics(metrics) if metrics is not None else None
+    result = export_model(checkpoint, output, name=name, authors=author, formats=formats,
+                          folder=folder, metrics=recorded,
+                          progress=_step_progress if _interactive() else None)
+    if json_out:
+        typer.echo(json.dumps(result.to_dict()))
+        return
+    typer.echo(f"wrote {result.path}: {result.size_mb:.2f} MB, exported and validated in "
+               f"{result.seconds:.1f} s")
+    typer.echo(result.table())
+
+
+def _read_metrics(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path}: metrics must be a JSON object")
+    return value
+
+
+@app.command()
+@reports_errors
+def validate(
+    model: Annotated[Path, typer.Argument(help="Model package (.zip, folder or rdf.yaml).")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
+):
+    """Run bioimageio.core's model test for every weight format; exit 1 unless all pass."""
+    from .export.validation import format_table, validate_package
+
+    rows = validate_package(model)
+    typer.echo(json.dumps([r.to_dict() for r in rows]) if json_out else format_table(rows))
+    if not all(r.passed for r in rows):
+        raise typer.Exit(code=1)
 
 
 def main() -> None:  # pragma: no cover - entry point

@@ -1,0 +1,431 @@
+"""bioimage.io export, validation, the numpy decoder and package-driven postprocessing.
+
+One tiny checkpoint per variant (ppp, ppp+dec: a 4-feature, depth-2 U-Net with 7x7 patches,
+trained for a few steps on synthetic nuclei) is exported once; the tests read those packages.
+The checkpoints barely learn anything, so their assembly thresholds are loosened
+(``numinst_thresholds = (0.2, 0.95)`` in the checkpoint, and a ``patch_threshold`` chosen
+from the predicted patches by the ``thresholds`` fixture) to give several instances to compare.
+
+Network: the exports and their validation run with ``socket`` connections and name lookups
+replaced by a function that records the attempt and fails; ``test_no_network_access`` checks
+that nothing was attempted.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from ppp_zoo.cli import app
+from ppp_zoo.data.synth import synth_nuclei_dataset
+from ppp_zoo.export import export_model
+from ppp_zoo.export.wrapper import ExportNet, run_onnx, run_torchscript
+from ppp_zoo.model import PatchDecoder, UNet
+from ppp_zoo.postprocess import assemble, load_model_params
+from ppp_zoo.postprocess.decode import decode_codes, decoder_from_arrays
+from ppp_zoo.predict import load_checkpoint, predict_image, predict_probabilities
+from ppp_zoo.train import train
+
+VARIANTS = ("ppp", "ppp+dec")
+#: TorchScript / ONNX Runtime / eager PyTorch outputs (probabilities in [0, 1]) agree to this
+FORMAT_ATOL = 1e-5
+#: tiled vs untiled bioimageio.core prediction: the untiled path computes the percentiles
+#: on the halo-padded image, the tiled one on the image itself
+TILING_ATOL = 2e-3
+
+
+def _tiny_config(variant: str) -> dict:
+    return {
+        "data": {"source": "synth-nuclei", "n_images": 2, "image_size": [64, 64],
+                 "val_fraction": 0.5, "seed": 1, "synth": {"n_nuclei": 8}},
+        "model": {"variant": variant, "patchshape": [7, 7], "base_features": 4, "depth": 2},
+        "train": {"iterations": 20, "batch_size": 2, "crop_size": [32, 32], "lr": 3e-3,
+                  "val_every": 20, "seed": 0},
+        "postprocess": {"numinst_thresholds": [0.2, 0.95]},
+    }
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def network_attempts():
+    return []
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, network_attempts):
+    """``{variant: (checkpoint path, ExportResult)}``, exported with the network blocked."""
+    torch.set_num_threads(1)
+
+    def blocked(*args, **kwargs):
+        network_attempts.append(args)
+        raise OSError("network access blocked in this test")
+
+    out = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BIOIMAGEIO_HTTP_TIMEOUT", "1")
+        mp.setattr(socket.socket, "connect", blocked)
+        mp.setattr(socket, "create_connection", blocked)
+        mp.setattr(socket, "getaddrinfo", blocked)
+        for variant in VARIANTS:
+            folder = tmp_path_factory.mktemp(variant.replace("+", ""))
+            result = train(_tiny_config(variant), folder / "run", device="cpu", progress=False)
+            ckpt = result.last_checkpoint
+            out[variant] = (ckpt, export_model(ckpt, folder / "model.zip"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def image():
+    """A 96x96 raw image: larger than one tile, a multiple of the step (2)."""
+    return synth_nuclei_dataset(1, seed=5, shape=(96, 96))[0][0].astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def thresholds(exported, image):
+    """Per variant, a patch threshold with which the checkpoint's labels hold several
+    instances (a barely trained net's patches are nearly uniform)."""
+    out = {}
+    for variant, (ckpt, _) in exported.items():
+        bundle = load_checkpoint(ckpt)
+        numinst, patches = predict_probabilities(bundle, image)
+        t1, t2 = bundle.assembly.numinst_thresholds
+        voting = (numinst[1] > t1) & ~(numinst[2] > t2)
+        for q in (80, 90, 70, 95, 60, 50):
+            th = round(float(np.percentile(patches[:, voting], q)), 3)
+            if 4 <= predict_image(bundle, image, patch_threshold=th).max() <= 400:
+                out[variant] = th
+                break
+        else:
+            pytest.fail(f"no patch threshold gives a few instances for {variant}")
+    return out
+
+
+def _predict(package, image, tiled: bool):
+    from bioimageio.core import predict
+
+    out = predict(model=str(package), inputs={"raw": image[None, None]},
+                  blocksize_parameter=5 if tiled else None)
+    return {str(k): v.data.values[0] for k, v in out.members.items()}
+
+
+# --------------------------------------------------------------------------- export
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_export_passes_bioimageio_test(exported, variant):
+    _, result = exported[variant]
+    assert [(r.weight_format, r.status) for r in result.validation] == [
+        ("torchscript", "passed"), ("onnx", "passed")]
+    assert result.size_bytes > 0 and result.seconds > 0
+    assert all(d <= FORMAT_ATOL for d in result.max_abs_diff.values())
+    with zipfile.ZipFile(result.path) as zf:
+        names = set(zf.namelist())
+        rdf = zf.read("rdf.yaml").decode()
+        info = json.loads(zf.read("patchperpix.json"))
+    expected = {"rdf.yaml", "README.md", "cover.png", "patchperpix.json", "test_raw.npy",
+                "test_numinst.npy", "weights_torchscript.pt", "weights.onnx",
+                "sample_raw.tif"}
+    second = "codes" if variant == "ppp+dec" else "patches"
+    assert expected | {f"test_{second}.npy"} <= names
+    assert ("decoder.npz" in names) == (variant == "ppp+dec")
+    assert "maintainers" not in rdf and "github_user" not in rdf
+    assert info["variant"] == variant and info["patchshape"] == [7, 7]
+    assert info["assembly"]["numinst_thresholds"] == [0.2, 0.95]
+    assert info["postprocess"]["module"] == "ppp_zoo.postprocess"
+
+
+def test_package_description(exported):
+    from bioimageio.spec import load_model_description
+
+    descr = load_model_description(exported["ppp+dec"][1].path, perform_io_checks=False)
+    assert descr.config.model_extra["patchperpix"] == load_model_params(
+        exported["ppp+dec"][1].path).info
+    assert [str(t.id) for t in descr.outputs] == ["numinst", "codes"]
+    axis = descr.outputs[0].axes[-1]
+    assert axis.halo == 10 and descr.inputs[0].axes[-1].size.step == 2
+    assert descr.weights.onnx.parent == "torchscript" and descr.weights.onnx.opset_version == 17
+    assert {str(c.doi) for c in descr.cite} >= {"10.1007/978-3-030-58595-2_18"}
+    assert [p.id for p in descr.inputs[0].preprocessing][:2] == ["ensure_dtype", "scale_range"]
+    assert descr.documentation is not None and descr.covers
+
+
+def test_no_network_access(exported, network_attempts):
+    assert exported and network_attempts == []
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_torchscript_onnx_eager_agree(exported, variant, tmp_path):
+    ckpt, result = exported[variant]
+    with zipfile.ZipFile(result.path) as zf:
+        zf.extract("weights_torchscript.pt", tmp_path)
+        zf.extract("weights.onnx", tmp_path)
+    x = np.random.default_rng(0).normal(size=(2, 1, 26, 30)).astype(np.float32)
+    with torch.no_grad():
+        eager = [o.numpy() for o in ExportNet(load_checkpoint(ckpt).model)(torch.from_numpy(x))]
+    for outputs in (run_torchscript(tmp_path / "weights_torchscript.pt", x),
+                    run_onnx(tmp_path / "weights.onnx", x)):
+        for got, ref in zip(outputs, eager):
+            assert got.shape == ref.shape
+            np.testing.assert_allclose(got, ref, rtol=0, atol=FORMAT_ATOL)
+
+
+def test_tiled_prediction_equals_untiled_and_checkpoint(exported, image):
+    ckpt, result = exported["ppp"]
+    tiled = _predict(result.path, image, tiled=True)
+    untiled = _predict(result.path, image, tiled=False)
+    numinst, patches = predict_probabilities(load_checkpoint(ckpt), image)
+    for key in ("numinst", "patches"):
+        assert tiled[key].shape == untiled[key].shape
+        np.testing.assert_allclose(tiled[key], untiled[key], rtol=0, atol=TILING_ATOL)
+    # same statistics and padding: the tiles match the checkpoint's whole-image prediction
+    np.testing.assert_allclose(tiled["numinst"], numinst, rtol=0, atol=FORMAT_ATOL)
+    np.testing.assert_allclose(tiled["patches"], patches, rtol=0, atol=FORMAT_ATOL)
+
+
+def _torch_decode(bundle, codes: np.ndarray) -> np.ndarray:
+    """Patches from code probabilities with the checkpoint's PyTorch decoder."""
+    flat = torch.from_numpy(codes.reshape(codes.shape[0], -1).T.copy())
+    with torch.no_grad():
+        patches = torch.sigmoid(bundle.model.decoder(flat)).numpy()
+    return np.ascontiguousarray(patches.T.reshape((-1,) + codes.shape[1:]))
+
+
+def _assert_same_instances(labels, expected, variant):
+    """Identical for ppp. For ppp+dec the numpy decoder differs from PyTorch by ~1e-7, which
+    can reorder near-tied patch scores of these barely trained nets: the instances must
+    still match (AP at IoU 0.5 >= 0.9, >= 98% of the pixels labelled alike)."""
+    from ppp_zoo.evaluate import evaluate_image
+
+    assert expected.max() > 3
+    if variant == "ppp":
+        np.testing.assert_array_equal(labels, expected)
+        return
+    assert evaluate_image(labels, expected).to_dict()["ap"]["0.5"] >= 0.9
+    assert ((labels > 0) == (expected > 0)).mean() >= 0.98
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_package_outputs_give_checkpoint_labels(exported, image, thresholds, variant):
+    """bioimageio.core (tiled) -> ppp_zoo.postprocess with the package's parameters gives
+    the labels of the checkpoint's own prediction."""
+    ckpt, result = exported[variant]
+    bundle = load_checkpoint(ckpt)
+    out = _predict(result.path, image, tiled=True)
+    params = load_model_params(result.path)
+    assembly = params.assembly.replace(patch_threshold=thresholds[variant])
+    expected = predict_image(bundle, image, patch_threshold=thresholds[variant])
+    if variant == "ppp":
+        labels = assemble(out["numinst"], out["patches"], assembly)
+    else:  # the package's outputs are exactly the checkpoint's ...
+        exact = assemble(out["numinst"], _torch_decode(bundle, out["codes"]), assembly)
+        np.testing.assert_array_equal(exact, expected)
+        # ... and the numpy decoder of the package gives the same instances
+        labels = assemble(out["numinst"], params.decode(out["numinst"], out["codes"]), assembly)
+    _assert_same_instances(labels, expected, variant)
+
+
+# --------------------------------------------------------------------------- receptive field
+@pytest.mark.parametrize("depth, up_mode", [(2, "transpose"), (3, "transpose"),
+                                            (3, "upsample")])
+def test_receptive_field_bounds_the_context(depth, up_mode):
+    """Input pixels outside UNet.receptive_field never influence the output pixel."""
+    torch.manual_seed(0)
+    net = UNet(2, 1, base_features=2, depth=depth, up_mode=up_mode).double().eval()
+    with torch.no_grad():  # positive weights and inputs: every ReLU passes the gradient
+        for param in net.parameters():
+            param.abs_()
+    size = 8 * net.size_divisor + 4 * net.context
+    for position in range(net.size_divisor):
+        base = size // 2 - size // 2 % net.size_divisor  # on the pooling grid
+        p = base + position
+        x = torch.rand(1, 1, size, size, dtype=torch.float64, requires_grad=True)
+        net(x)[0, :, p, p].sum().backward()
+        rows = torch.nonzero(x.grad[0, 0].abs().sum(dim=1)).squeeze(1) - base
+        lo, hi = net.receptive_field(position)
+        assert len(rows) and lo <= int(rows.min()) and int(rows.max()) <= hi
+        assert hi - lo - (int(rows.max()) - int(rows.min())) <= 2 * (depth - 1)  # tight
+    assert net.context <= 2 * 2 ** depth * depth
+
+
+# --------------------------------------------------------------------------- decoder
+@pytest.mark.parametrize("ndim, code_shape, patchshape", [(2, (16, 4, 4), (25, 25)),
+                                                          (2, (4, 2, 2), (7, 7)),
+                                                          (3, (8, 3, 3, 3), (9, 9, 9))])
+def test_numpy_decoder_matches_torch(ndim, code_shape, patchshape):
+    torch.manual_seed(1)
+    dec = PatchDecoder(ndim, code_shape, patchshape).eval()
+    arrays = dec.to_arrays() | {"code_shape": np.array(code_shape),
+                                "patchshape": np.array(patchshape)}
+    codes = np.random.default_rng(2).random((23, dec.code_channels)).astype(np.float32)
+    with torch.no_grad():
+        expected = torch.sigmoid(dec(torch.from_numpy(codes))).numpy()
+    got = decode_codes(decoder_from_arrays(arrays), codes)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+
+
+def test_decode_only_voting_pixels_in_chunks(exported):
+    params = load_model_params(exported["ppp+dec"][1].path)
+    rng = np.random.default_rng(3)
+    numinst = rng.dirichlet([1, 1, 1], size=(12, 10)).transpose(2, 0, 1).astype(np.float32)
+    codes = rng.random((params.decoder.code_channels, 12, 10)).astype(np.float32)
+    patches = params.decode(numinst, codes, memory_budget=1)  # one pixel per chunk
+    t1, t2 = params.assembly.numinst_thresholds
+    voting = (numinst[1] > t1) & ~(numinst[2] > t2)
+    assert voting.any() and not voting.all()
+    assert not patches[:, ~voting].any()
+    flat = codes.reshape(codes.shape[0], -1).T[voting.ravel()]
+    np.testing.assert_allclose(patches[:, voting].T, decode_codes(params.decoder, flat),
+                               atol=1e-6)
+
+
+def test_load_model_params_from_zip_folder_and_rdf(exported, tmp_path):
+    path = exported["ppp+dec"][1].path
+    with zipfile.ZipFile(path) as zf:
+        zf.extractall(tmp_path / "pkg")
+    from_zip = load_model_params(path)
+    for source in (tmp_path / "pkg", tmp_path / "pkg" / "rdf.yaml"):
+        other = load_model_params(source)
+        assert other.assembly == from_zip.assembly and other.info == from_zip.info
+        assert other.decoder.code_shape == from_zip.decoder.code_shape
+    assert from_zip.variant == "ppp+dec" and load_model_params(
+        exported["ppp"][1].path).decoder is None
+
+
+# --------------------------------------------------------------------------- CLI
+runner = CliRunner()
+
+
+def _error_line(result) -> str:
+    text = (result.stderr if hasattr(result, "stderr") else result.output).strip()
+    assert result.exit_code == 1, text
+    assert text.startswith("error: ") and "\n" not in text, text
+    return text
+
+
+def test_cli_export_folder_and_validate(exported, tmp_path):
+    ckpt, _ = exported["ppp"]
+    out = tmp_path / "model"
+    result = runner.invoke(app, ["export", "--checkpoint", ckpt, "-o", str(out), "--folder",
+                                 "--formats", "onnx", "--author", "A. Person",
+                                 "--name", "tiny test model"])
+    assert result.exit_code == 0, result.output
+    assert "MB" in result.output and " s" in result.output
+    assert "onnx          | passed" in result.output
+    assert (out / "rdf.yaml").is_file() and not (out / "weights_torchscript.pt").exists()
+    assert "A. Person" in (out / "rdf.yaml").read_text()
+    result = runner.invoke(app, ["validate", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "weight format | status" in result.output and "onnx          | passed" in result.output
+
+
+def test_cli_validate_fails_on_wrong_test_outputs(exported, tmp_path):
+    broken = tmp_path / "broken"
+    with zipfile.ZipFile(exported["ppp"][1].path) as zf:
+        zf.extractall(broken)
+    np.save(broken / "test_numinst.npy", np.zeros((1, 3, 22, 22), np.float32))
+    result = runner.invoke(app, ["validate", str(broken)])
+    assert result.exit_code == 1
+    assert "passed" not in result.output.replace("status", "")
+
+
+@pytest.mark.parametrize("variant, key", [("ppp", "patches"), ("ppp+dec", "codes")])
+def test_cli_postprocess_with_model(exported, image, thresholds, tmp_path, variant, key):
+    ckpt, result = exported[variant]
+    out = _predict(result.path, image, tiled=True)
+    npz = tmp_path / "outputs.npz"
+    np.savez(npz, numinst=out["numinst"][None], **{key: out[key][None]})  # with batch axis
+    labels_path = tmp_path / "labels.npy"
+    th = thresholds[variant]
+    res = runner.invoke(app, ["postprocess", str(npz), "--model", result.path,
+                              "--patch-threshold", str(th), "-o", str(labels_path)])
+    assert res.exit_code == 0, res.output
+    expected = predict_image(load_checkpoint(ckpt), image, patch_threshold=th)
+    _assert_same_instances(np.load(labels_path), expected, variant)
+
+
+def test_export_refuses_a_failing_package(exported, tmp_path, monkeypatch):
+    import ppp_zoo.export.package as package
+    from ppp_zoo.export import ValidationRow
+
+    monkeypatch.setattr(package, "validate_package", lambda source, formats: [
+        ValidationRow("torchscript", "valid-format", "inference failed")])
+    target = tmp_path / "model.zip"
+    with pytest.raises(RuntimeError, match="valid-format"):
+        export_model(exported["ppp"][0], target)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _bad_checkpoints(tmp_path, ckpt):
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint at all")
+    old = tmp_path / "old.pt"
+    payload = torch.load(ckpt, weights_only=True)
+    payload["format_version"] = 999
+    torch.save(payload, old)
+    return {"missing": (tmp_path / "nope.pt", "no such file"),
+            "corrupt": (corrupt, "not a readable checkpoint"),
+            "old": (old, "format_version 999")}
+
+
+@pytest.mark.parametrize("case", ["missing", "corrupt", "old"])
+def test_cli_export_bad_checkpoint(exported, tmp_path, case):
+    path, message = _bad_checkpoints(tmp_path, exported["ppp"][0])[case]
+    target = tmp_path / "out" / "model.zip"
+    (tmp_path / "out").mkdir()
+    result = runner.invoke(app, ["export", "--checkpoint", str(path), "-o", str(target)])
+    assert message in _error_line(result)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize("target, message", [
+    ("file.txt/model.zip", "no such folder"),
+    ("/proc/ppp-zoo-model.zip", "cannot write"),
+    ("model.tif", "must end in .zip"),
+])
+def test_cli_export_unwritable_output(exported, tmp_path, target, message):
+    (tmp_path / "file.txt").write_text("x")
+    out = target if target.startswith("/") else str(tmp_path / target)
+    result = runner.invoke(app, ["export", "--checkpoint", exported["ppp"][0], "-o", out])
+    assert message in _error_line(result)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
+
+
+def test_cli_export_bad_format(exported, tmp_path):
+    result = runner.invoke(app, ["export", "--checkpoint", exported["ppp"][0],
+                                 "-o", str(tmp_path / "m.zip"), "--formats", "keras"])
+    assert "weight formats must be among torchscript, onnx" in _error_line(result)
+
+
+@pytest.mark.parametrize("command", ["validate", "postprocess"])
+def test_cli_corrupt_package(exported, tmp_path, command):
+    bad = tmp_path / "bad.zip"
+    bad.write_bytes(b"PK\x03\x04 broken")
+    npz = tmp_path / "o.npz"
+    np.savez(npz, patches=np.zeros((49, 8, 8), np.float32))
+    args = (["validate", str(bad)] if command == "validate" else
+            ["postprocess", str(npz), "--model", str(bad), "-o", str(tmp_path / "l.tif")])
+    line = _error_line(runner.invoke(app, args))
+    assert "bad.zip" in line
+    assert not (tmp_path / "l.tif").exists()
+
+
+def test_cli_postprocess_codes_need_a_decoder(exported, tmp_path):
+    npz = tmp_path / "o.npz"
+    np.savez(npz, numinst=np.zeros((3, 8, 8), np.float32),
+             codes=np.zeros((64, 8, 8), np.float32))
+    shutil.copy(exported["ppp"][1].path, tmp_path / "ppp.zip")
+    result = runner.invoke(app, ["postprocess", str(npz), "--model", str(tmp_path / "ppp.zip"),
+                                 "-o", str(tmp_path / "l.tif")])
+    assert "without a decoder" in _error_line(result)
