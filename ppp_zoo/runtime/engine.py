@@ -9,6 +9,7 @@ outputs, as a list of float32 arrays in rdf order (``numinst``, then ``patches``
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Sequence
 from typing import Literal
 
@@ -98,7 +99,9 @@ class TorchScriptEngine(Engine):
         self.device = "cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
         self._torch = torch
         try:
-            self._module = torch.jit.load(io.BytesIO(model), map_location=self.device).eval()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit notices
+                self._module = torch.jit.load(io.BytesIO(model), map_location=self.device).eval()
         except Exception as err:  # noqa: BLE001 - torch raises many types for corrupt files
             raise ValueError(f"cannot load the TorchScript weights ({type(err).__name__})") from None
 
