@@ -323,17 +323,20 @@ def predict(
     images: Annotated[list[Path], typer.Argument(help="Images to segment.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Folder for <stem>_labels.tif.")],
     fast: Annotated[bool, typer.Option(help="Assemble in fast mode (stride-2 voting).")] = False,
+    tile: Annotated[Optional[str], typer.Option(help="Run the network in tiles of this size (e.g. 512x512); large images are tiled anyway.")] = None,
 ):
     """Segment images with a trained checkpoint; writes OUTPUT/<stem>_labels.tif per image."""
     from .io import read_image, write_labels
+    from .postprocess.params import parse_shape
     from .predict import load_checkpoint, predict_image
 
+    tile_shape = parse_shape(tile) if tile is not None else None
     bundle = load_checkpoint(checkpoint)
     loaded = [(path, read_image(path)) for path in images]
     output.mkdir(parents=True, exist_ok=True)
     for path, image in loaded:
         target = output / f"{path.stem}_labels.tif"
-        labels = predict_image(bundle, image, fast=fast)
+        labels = predict_image(bundle, image, fast=fast, tile=tile_shape)
         write_labels(target, labels)
         _status(f"wrote {target}: {labels.shape[0] if labels.dtype == bool else int(labels.max(initial=0))} instances")
 

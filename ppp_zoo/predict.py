@@ -154,17 +154,34 @@ def _decode_dense(model: PatchPerPixNet, code_probs: torch.Tensor) -> torch.Tens
     return out.T.reshape((-1,) + tuple(spatial))
 
 
+TILE_PIXELS = 1024 * 1024
+"""Images with more (padded) pixels than this run through the network in tiles."""
+
+
 @torch.no_grad()
-def predict_probabilities(bundle: ModelBundle, image: np.ndarray,
-                          normalized: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def _run_network(bundle: ModelBundle, x: np.ndarray) -> list[np.ndarray]:
+    """``(1, 1, ...)`` float32 -> ``[numinst (1, 3, ...), patches or codes (1, C, ...)]``."""
+    model = bundle.model
+    t = torch.from_numpy(np.ascontiguousarray(x)).to(bundle.device)
+    numinst, second = model.probabilities(model(t))
+    return [numinst.float().cpu().numpy(), second.float().cpu().numpy()]
+
+
+@torch.no_grad()
+def predict_probabilities(bundle: ModelBundle, image: np.ndarray, normalized: bool = False,
+                          tile: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Network outputs as probabilities: ``numinst (3, ...)`` and ``patches (P, ...)``.
 
     The normalised image is mirror-padded by the network's ``halo`` (its receptive field,
     rounded up to a multiple of ``size_divisor``) before the network runs, exactly as a
     bioimage.io tool pads the exported model's input, so that this function, the exported
     model and its tiled prediction agree. ``normalized=True`` skips the normalisation (the
-    image already went through it).
+    image already went through it). Large images (more than :data:`TILE_PIXELS`, or any
+    image when ``tile`` is given) run in tiles that overlap by twice the halo; only their
+    cores are kept, so the result equals the untiled one.
     """
+    from .runtime.tiling import run_tiled
+
     model = bundle.model
     image = as_grayscale(image, model.ndim)
     x = image.astype(np.float32) if normalized else normalize_image(image, bundle.normalize)
@@ -172,18 +189,27 @@ def predict_probabilities(bundle: ModelBundle, image: np.ndarray,
     was_training = model.training
     model.eval()
     try:
-        t = torch.from_numpy(np.ascontiguousarray(x))[None, None].to(bundle.device)
-        numinst, second = model.probabilities(model(t))
-        patches = second[0] if model.decoder is None else _decode_dense(model, second[0])
+        if tile is None and x.size <= TILE_PIXELS:
+            numinst, second = _run_network(bundle, x[None, None])
+            numinst, second = numinst[0], second[0]
+        else:
+            default = (512,) * model.ndim if model.ndim == 2 else (64, 128, 128)
+            d = model.size_divisor
+            numinst, second = run_tiled(
+                lambda t: _run_network(bundle, t), x[None, None], min_shape=(d,) * model.ndim,
+                step=(d,) * model.ndim, halo=(model.halo,) * model.ndim,
+                tile=tuple(tile) if tile is not None else default)
+        if model.decoder is not None:
+            second = _decode_dense(model, torch.from_numpy(second).to(bundle.device))
+            second = second.float().cpu().numpy()
     finally:
         model.train(was_training)
     full = (slice(None),) + crop
-    return (np.ascontiguousarray(numinst[0].float().cpu().numpy()[full]),
-            np.ascontiguousarray(patches.float().cpu().numpy()[full]))
+    return np.ascontiguousarray(numinst[full]), np.ascontiguousarray(second[full])
 
 
 def predict_image(model_bundle: ModelBundle, image: np.ndarray, fast: bool = False,
-                  **assembly_changes: Any) -> np.ndarray:
+                  tile: tuple[int, ...] | None = None, **assembly_changes: Any) -> np.ndarray:
     """Segment one image into instances.
 
     Parameters
@@ -194,6 +220,8 @@ def predict_image(model_bundle: ModelBundle, image: np.ndarray, fast: bool = Fal
         Raw image; it is normalised as in training.
     fast : bool
         Assemble in fast mode (stride-grid voting).
+    tile : tuple of int, optional
+        Run the network in tiles of this size (see :func:`predict_probabilities`).
     **assembly_changes
         Overrides of the checkpoint's :class:`~ppp_zoo.postprocess.AssemblyParams`.
 
@@ -203,6 +231,6 @@ def predict_image(model_bundle: ModelBundle, image: np.ndarray, fast: bool = Fal
         int32 label image of the image's spatial shape, or a bool ``(N, ...)`` mask stack
         for a model trained on overlapping instances.
     """
-    numinst, patches = predict_probabilities(model_bundle, image)
+    numinst, patches = predict_probabilities(model_bundle, image, tile=tile)
     params = model_bundle.assembly.replace(fast=fast or None, **assembly_changes)
     return assemble(numinst, patches, params)

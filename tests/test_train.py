@@ -266,6 +266,17 @@ def test_resume_continues_the_same_run(tmp_path):
                                [l for _, l in fresh.history["loss"]], rtol=1e-5)
 
 
+def test_tiled_checkpoint_prediction_equals_untiled(tiny_run):
+    result, _ = tiny_run
+    bundle = load_checkpoint(result.best_checkpoint)
+    image = np.random.default_rng(1).random((90, 130)).astype(np.float32)
+    whole = predict_probabilities(bundle, image)
+    tiled = predict_probabilities(bundle, image, tile=(48, 48))
+    for a, b in zip(whole, tiled):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
 def test_predict_image_shape_and_dtype(tiny_run):
     result, _ = tiny_run
     bundle = load_checkpoint(result.best_checkpoint)

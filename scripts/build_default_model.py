@@ -1,0 +1,140 @@
+"""Build the embedded default model ``ppp-nuclei2d`` reproducibly (prints its test metrics).
+
+Steps:
+  1. train the ``nuclei2d-cpu`` preset (seed 0) on the left half of the real DSB 2018 sample
+     (its last 48 columns are the validation strip; the right half is never read), or take
+     an existing checkpoint of that preset with ``--checkpoint``;
+  2. score ``best.pt`` on the right half (57 nuclei) with the checkpoint's own prediction;
+  3. export it (TorchScript + ONNX, validated by bioimageio.core) with those metrics;
+  4. segment the right half again through the exported package with ONNX Runtime (the path
+     a user takes) and check that it gives the same AP;
+  5. write ``ppp_zoo/models/ppp-nuclei2d.zip`` + ``ppp_zoo/models/index.json`` (shipped as
+     package data) and ``model_specs/ppp-nuclei2d/`` (rdf.yaml, cover, build record).
+
+Usage:
+  python scripts/build_default_model.py [--minutes 10] [--seed 0] [--checkpoint best.pt]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NAME = "ppp-nuclei2d"
+PRESET = "nuclei2d-cpu"
+
+
+def _scores(labels, gt) -> dict:
+    from ppp_zoo.evaluate import evaluate_image
+
+    r = evaluate_image(labels, gt)
+    return {"ap50": round(r.ap["0.5"], 4), "ap75": round(r.ap["0.75"], 4),
+            "ap90": round(r.ap["0.9"], 4), "avAP": round(r.avAP, 4), "n_pred": r.n_pred,
+            "n_gt": r.n_gt}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=10.0, help="training time limit")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="use this nuclei2d-cpu checkpoint instead of training")
+    parser.add_argument("--work", type=Path, default=Path("runs") / NAME)
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from ppp_zoo.config import config_from_dict, load_preset, merge_config_dicts
+    from ppp_zoo.data import dsb_split, load_dsb_sample
+    from ppp_zoo.export import export_model
+    from ppp_zoo.predict import load_checkpoint, predict_image
+    from ppp_zoo.runtime.segment import segment_image
+    from ppp_zoo.train import train
+
+    torch.set_num_threads(args.threads)
+    args.work.mkdir(parents=True, exist_ok=True)
+    record: dict = {"name": NAME, "preset": PRESET, "seed": args.seed}
+    if args.checkpoint is None:
+        cfg = config_from_dict(merge_config_dicts(load_preset(PRESET).to_dict(),
+                                                  {"train": {"seed": args.seed}}))
+        print(f"training {PRESET} for {args.minutes} min (seed {args.seed})", flush=True)
+        result = train(cfg, args.work / "train", max_minutes=args.minutes, device="cpu",
+                       progress=sys.stderr.isatty())
+        checkpoint = Path(result.best_checkpoint)
+        record["training"] = {"minutes": args.minutes, "seconds": result.seconds,
+                              "iterations": result.iterations,
+                              "best_iteration": result.best_iteration,
+                              "best_val_avAP": result.best_avAP}
+    else:
+        checkpoint = args.checkpoint
+        record["training"] = {"checkpoint": str(checkpoint)}
+    bundle = load_checkpoint(checkpoint)
+    if bundle.config.get("data", {}).get("source") != "dsb-sample":
+        raise SystemExit(f"{checkpoint}: not trained on the DSB sample (preset {PRESET})")
+
+    image, gt = dsb_split(*load_dsb_sample())["test"]
+    test = _scores(predict_image(bundle, image), gt)
+    print(f"checkpoint on the test half: AP@0.5 {test['ap50']:.3f}  AP@0.75 {test['ap75']:.3f}  "
+          f"AP@0.9 {test['ap90']:.3f}", flush=True)
+    metrics = {"dsb2018_sample_test_half": {**test, "split": "DSB 2018 sample (stardist "
+                                            "img2d.tif), right half, columns 256-511"}}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        package = Path(tmp) / f"{NAME}.zip"
+        t0 = time.perf_counter()
+        exported = export_model(
+            checkpoint, package, name="PatchPerPix nuclei 2D (DSB 2018 sample, CPU-trained)",
+            metrics=metrics,
+            description=("PatchPerPix (ppp) nuclei instance segmentation for 2D fluorescence "
+                         "images, trained for minutes on a CPU on the left half of the DSB "
+                         "2018 sample shipped with stardist; a small demonstration model, "
+                         "not a generalist."))
+        print(f"exported {exported.size_bytes / 1e6:.2f} MB in {time.perf_counter() - t0:.1f} s; "
+              + ", ".join(f"{r.weight_format}: {r.status}" for r in exported.validation),
+              flush=True)
+        via_package = _scores(segment_image(package, image, engine="onnx", device="cpu").labels,
+                              gt)
+        print(f"package (ONNX Runtime) on the test half: AP@0.5 {via_package['ap50']:.3f}  "
+              f"AP@0.75 {via_package['ap75']:.3f}", flush=True)
+        if abs(via_package["ap50"] - test["ap50"]) > 0.02:
+            raise SystemExit("the exported package does not reproduce the checkpoint's AP")
+
+        models = ROOT / "ppp_zoo" / "models"
+        models.mkdir(exist_ok=True)
+        shutil.copyfile(package, models / f"{NAME}.zip")
+        spec = ROOT / "model_specs" / NAME
+        spec.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(package) as zf:
+            for member in zf.namelist():
+                if member == "rdf.yaml" or member.endswith(".png") or member.endswith(".md"):
+                    (spec / Path(member).name).write_bytes(zf.read(member))
+        digest = hashlib.sha256(package.read_bytes()).hexdigest()
+
+    record.update(test_checkpoint=test, test_package_onnx=via_package,
+                  package={"file": f"ppp_zoo/models/{NAME}.zip", "sha256": digest,
+                           "size_bytes": exported.size_bytes,
+                           "weight_formats": list(exported.weight_formats)})
+    (spec / "build.json").write_text(json.dumps(record, indent=1) + "\n")
+    index = {"models": [{
+        "name": NAME, "file": f"{NAME}.zip",
+        "description": "2D fluorescence nuclei (PatchPerPix ppp, 17x17 patches), trained on "
+                       "the left half of the DSB 2018 sample",
+        "metrics": {"dsb2018_sample_test_half": {k: via_package[k]
+                                                 for k in ("ap50", "ap75", "ap90", "avAP")}},
+    }]}
+    (models / "index.json").write_text(json.dumps(index, indent=1) + "\n")
+    print(f"wrote {models / (NAME + '.zip')}, {models / 'index.json'} and {spec}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
