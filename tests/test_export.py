@@ -356,8 +356,7 @@ def test_cli_postprocess_with_model(exported, image, thresholds, tmp_path, varia
 
 
 def test_export_refuses_a_failing_package(exported, tmp_path, monkeypatch):
-    import ppp_zoo.export.package as package
-    from ppp_zoo.export import ValidationRow
+    from ppp_zoo.export import ValidationRow, package
 
     monkeypatch.setattr(package, "validate_package", lambda source, formats: [
         ValidationRow("torchscript", "valid-format", "inference failed")])

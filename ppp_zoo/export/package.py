@@ -137,8 +137,9 @@ def _geometry(bundle: ModelBundle) -> _Geometry:
 
 # --------------------------------------------------------------------------- data
 def _example_image(bundle: ModelBundle, geometry: _Geometry):
-    """A normalised training or validation image and its labels (or ``None``) for the test
-    input, the sample and the cover; synthetic nuclei when the training data is gone."""
+    """The validation or training image whose smallest side is largest (normalised) and its
+    labels, for the test input, the sample and the cover; synthetic nuclei when the training
+    data cannot be loaded any more."""
     from ..config import config_from_dict
 
     image, target = None, None
@@ -146,7 +147,7 @@ def _example_image(bundle: ModelBundle, geometry: _Geometry):
         from ..train import load_training_data
 
         train, val = load_training_data(config_from_dict(bundle.config))
-        image, target = (val or train)[0]
+        image, target = max(val + train, key=lambda pair: min(pair[0].shape))
     if image is None:
         from ..data.synth import synth_nuclei_dataset
 
@@ -243,7 +244,7 @@ def _documentation(name: str, info: dict, geometry: _Geometry, diffs: dict,
              ("With the model's outputs saved as `outputs.npz` (arrays `numinst` and "
              f"`{second}`, batch axis dropped):"), "",
              "```bash",
-             "pip install ppp-zoo",
+             "# with ppp-zoo installed (its core install needs no deep learning framework)",
              "ppp-zoo postprocess outputs.npz --model THIS_MODEL.zip -o labels.tif",
              "```", "",
              "or in Python:", "",
