@@ -13,7 +13,7 @@ import dataclasses
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,8 @@ FLOAT16_BYTES = 1 << 30
 """Network outputs larger than this (as float32) are kept as float16."""
 SCALE_HINT = 1.5
 """Suggest another ``scale`` when objects differ from the training size by this factor."""
+MIN_DIAMETER = 4.0
+"""Objects measured smaller than this (pixels) give no ``scale`` suggestion."""
 
 
 class InputError(ValueError):
@@ -169,28 +171,35 @@ def _median_diameter(labels: np.ndarray) -> float | None:
 
 
 # --------------------------------------------------------------------------- decoder
-def _load_decoder(package: ModelPackage) -> Callable[[np.ndarray], np.ndarray]:
-    """``codes (C, ...) -> patches (P, ...)`` float32, from the package's decoder.npz."""
-    from ..postprocess import decode as dec
+def _load_decoder(package: ModelPackage):
+    """The package's numpy patch decoder (``ppp+dec``), from its decoder.npz."""
+    from ..postprocess.decode import load_decoder
 
-    return dec.load_decoder(package.source)
+    info = package.config.get("decoder") or {}
+    decoder = load_decoder(package.read_bytes(info.get("source", "decoder.npz")))
+    if decoder.patchshape != package.patchshape:
+        raise ValueError(f"{package.source}: decoder patchshape {decoder.patchshape} differs "
+                         f"from the package's patchshape {package.patchshape}")
+    return decoder
 
 
 class _DecodedPatches:
-    """Patches decoded on request from stored codes (for the blockwise assembly)."""
+    """Patches decoded on request from stored numinst and codes (blockwise assembly)."""
 
-    def __init__(self, codes: np.ndarray, decode: Callable[[np.ndarray], np.ndarray],
-                 n_patch: int):
-        self.codes, self.decode = codes, decode
-        self.shape = (n_patch,) + tuple(codes.shape[1:])
+    def __init__(self, numinst: np.ndarray, codes: np.ndarray, decoder, params):
+        self.numinst, self.codes, self.decoder, self.params = numinst, codes, decoder, params
+        self.shape = (decoder.n_patch,) + tuple(codes.shape[1:])
         self.ndim = len(self.shape)
         self.dtype = np.dtype(np.float32)
 
     def __getitem__(self, key):
+        from ..postprocess.decode import decode
+
         key = key if isinstance(key, tuple) else (key,)
         if key[0] != slice(None):
             raise IndexError("decoded patches are sliced over space only")
-        return self.decode(np.ascontiguousarray(self.codes[key], dtype=np.float32))
+        return decode(np.asarray(self.numinst[key], np.float32),
+                      np.asarray(self.codes[key], np.float32), self.decoder, self.params)
 
 
 # --------------------------------------------------------------------------- segmenter
@@ -203,9 +212,7 @@ class Segmenter:
     def __init__(self, package: ModelPackage, engine: Engine):
         self.package = package
         self.engine = engine
-        self._decode: Callable[[np.ndarray], np.ndarray] | None = None
-        if package.variant == "ppp+dec":
-            self._decode = _load_decoder(package)
+        self._decoder = _load_decoder(package) if package.variant == "ppp+dec" else None
 
     def close(self) -> None:
         self.engine.close()
@@ -272,9 +279,8 @@ class Segmenter:
         blockwise = not params.overlapping and (block is not None or
                                                 n_pix > BLOCKWISE_PIXELS[pkg.ndim])
         t = time.perf_counter()
-        if self._decode is not None:
-            n_patch = math.prod(pkg.patchshape)
-            patches = _DecodedPatches(second, self._decode, n_patch)
+        if self._decoder is not None:
+            patches = _DecodedPatches(numinst, second, self._decoder, params)
             if not blockwise:
                 patches = patches[(slice(None),)]
         else:
@@ -291,7 +297,8 @@ class Segmenter:
         notes: list[str] = []
         suggested = None
         measured = _median_diameter(labels)
-        if measured is not None and pkg.object_diameter:
+        # fragments of a few pixels say more about a failed segmentation than about scale
+        if measured is not None and measured >= MIN_DIAMETER and pkg.object_diameter:
             ratio = pkg.object_diameter / measured
             if ratio > SCALE_HINT or ratio < 1 / SCALE_HINT:
                 suggested = round(scale * ratio, 2)
