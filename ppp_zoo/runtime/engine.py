@@ -47,7 +47,8 @@ class OnnxEngine(Engine):
 
     name = "onnx"
 
-    def __init__(self, model: bytes, output_ids: Sequence[str], device: Device = "auto"):
+    def __init__(self, model: bytes, output_ids: Sequence[str], device: Device = "auto",
+                 threads: int | None = None):
         import onnxruntime as ort
 
         available = ort.get_available_providers()
@@ -59,6 +60,8 @@ class OnnxEngine(Engine):
             providers.insert(0, "CUDAExecutionProvider")
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = int(threads)
         try:
             self._session = ort.InferenceSession(model, sess_options=options, providers=providers)
         except Exception as err:  # noqa: BLE001 - onnxruntime raises its own types
@@ -119,8 +122,11 @@ class TorchScriptEngine(Engine):
 
 
 def create_engine(package: ModelPackage, engine: EngineName = "onnx",
-                  device: Device = "auto") -> Engine:
+                  device: Device = "auto", threads: int | None = None) -> Engine:
     """Load the package's weights for ``engine`` on ``device``.
+
+    ``threads`` limits ONNX Runtime's intra-op threads (default: one per core); the
+    TorchScript engine follows ``torch.set_num_threads``.
 
     Raises
     ------
@@ -138,5 +144,5 @@ def create_engine(package: ModelPackage, engine: EngineName = "onnx",
                          f"(it has: {', '.join(sorted(package.weights))})")
     data = package.read_bytes(package.weights[engine])
     if engine == "onnx":
-        return OnnxEngine(data, package.output_ids, device)
+        return OnnxEngine(data, package.output_ids, device, threads)
     return TorchScriptEngine(data, device)
