@@ -73,7 +73,9 @@ def save_onnx(model: ExportNet, example: torch.Tensor, path: str | os.PathLike,
 
 def run_torchscript(path: str | os.PathLike, x: np.ndarray) -> list[np.ndarray]:
     """Outputs of a saved TorchScript model on ``x``."""
-    module = torch.jit.load(str(path), map_location="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit deprecation notices
+        module = torch.jit.load(str(path), map_location="cpu")
     with torch.no_grad():
         return [o.numpy() for o in module(torch.from_numpy(x))]
 
