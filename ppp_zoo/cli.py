@@ -351,7 +351,7 @@ def segment(
     engine: Annotated[str, typer.Option(help="onnx (ONNX Runtime) or torchscript (needs PyTorch).")] = "onnx",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     tile: Annotated[Optional[str], typer.Option(help="Tile size for inference, e.g. 512x512 (rounded to a size the model accepts).")] = None,
-    scale: Annotated[float, typer.Option(help="Resample the images by this factor before the model (objects larger than in training: < 1); labels come back on the input grid.")] = 1.0,
+    scale: Annotated[float, typer.Option(min=0.01, max=100.0, help="Resample the images by this factor before the model (objects larger than in training: < 1); labels come back on the input grid.")] = 1.0,
     overlay: Annotated[bool, typer.Option(help="Also write <stem>_overlay.png: instance outlines over the image.")] = False,
     save_outputs: Annotated[bool, typer.Option(help="Also write <stem>_outputs.npz: the raw network outputs.")] = False,
     fast: Annotated[bool, typer.Option(help="Assemble in fast mode (stride-2 voting).")] = False,

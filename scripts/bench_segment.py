@@ -118,9 +118,10 @@ def eager_network(package):
 
 def _windows(shape, package, tile):
     """The input windows of the runtime's tiling for an image of ``shape``."""
-    from ppp_zoo.runtime.tiling import DEFAULT_TILE, axis_tiles, tile_size, valid_size
+    from ppp_zoo.runtime.segment import default_tile, output_channels
+    from ppp_zoo.runtime.tiling import axis_tiles, tile_size, valid_size
 
-    tile = tile or DEFAULT_TILE[len(shape)]
+    tile = tile or default_tile(len(shape), output_channels(package))
     padded = [valid_size(s, m, st) for s, m, st in zip(shape, package.min_shape, package.step)]
     tiles = [tile_size(t, m, st, h, p) for t, m, st, h, p in
              zip(tile, package.min_shape, package.step, package.halo, padded)]

@@ -199,7 +199,7 @@ def segment_files(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLik
                 entry = _segment_one(seg, path, out_dir, tile=tile, scale=scale, fast=fast,
                                      overlay=overlay, save_outputs=save_outputs,
                                      on_tile=hooks.on_tile)
-            except (ValueError, OSError) as err:
+            except (ValueError, OSError, RuntimeError) as err:
                 message = str(err).strip().splitlines()[0] if str(err).strip() else \
                     type(err).__name__
                 fail(str(path), message.removeprefix(f"{path}: "))

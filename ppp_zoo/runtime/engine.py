@@ -60,6 +60,7 @@ class OnnxEngine(Engine):
             providers.insert(0, "CUDAExecutionProvider")
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        options.enable_cpu_mem_arena = False  # the arena keeps its peak for the session
         if threads:
             options.intra_op_num_threads = int(threads)
         try:

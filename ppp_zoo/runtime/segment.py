@@ -31,6 +31,8 @@ FLOAT16_BYTES = 1 << 30
 """Network outputs larger than this (as float32) are kept as float16."""
 SCALE_HINT = 1.5
 """Suggest another ``scale`` when objects differ from the training size by this factor."""
+TILE_BYTES = 96 * 2**20
+"""Default tiles hold at most about this many bytes of network output."""
 MIN_DIAMETER = 4.0
 """Objects measured smaller than this (pixels) give no ``scale`` suggestion."""
 
@@ -223,12 +225,6 @@ class Segmenter:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _output_channels(self) -> int:
-        """Channels of the second output (patches or codes), from rdf.yaml."""
-        out = self.package.rdf["outputs"][1]
-        names = (out.get("axes") or [{}, {}])[1].get("channel_names") or []
-        return len(names) or math.prod(self.package.patchshape)
-
     def segment(self, image: np.ndarray, *, tile: Sequence[int] | None = None,
                 scale: float = 1.0, fast: bool = False,
                 block: Sequence[int] | None = None, keep_outputs: bool = False,
@@ -262,13 +258,15 @@ class Segmenter:
 
         t = time.perf_counter()
         n_pix = math.prod(x.shape[2:])
-        big = (3 + self._output_channels()) * n_pix * 4 > FLOAT16_BYTES
+        big = output_channels(pkg) * n_pix * 4 > FLOAT16_BYTES
         n_tiles = [0]
 
         def engine(tile_in: np.ndarray) -> list[np.ndarray]:
             n_tiles[0] += 1
             return self.engine(tile_in)
 
+        if tile is None:
+            tile = default_tile(pkg.ndim, output_channels(pkg))
         numinst, second = run_tiled(engine, x, min_shape=pkg.min_shape, step=pkg.step,
                                     halo=pkg.halo, tile=tile,
                                     dtype=np.float16 if big else np.float32,
@@ -318,6 +316,28 @@ class Segmenter:
             outputs = {pkg.output_ids[0]: numinst, pkg.output_ids[1]: second}
         return SegmentResult(labels, n, timings, scale, n_tiles[0], tuple(notes), suggested,
                              outputs)
+
+
+def output_channels(package: ModelPackage) -> int:
+    """Channels of the package's outputs together (numinst + patches or codes)."""
+    total = 0
+    for out in package.rdf["outputs"]:
+        axes = out.get("axes") or []
+        names = axes[1].get("channel_names") if len(axes) > 1 else None
+        total += len(names) if names else math.prod(package.patchshape)
+    return total
+
+
+def default_tile(ndim: int, channels: int) -> tuple[int, ...]:
+    """Tile side for ``channels`` output channels: the largest of 512 (2D) or 128 (3D) whose
+    output stays within :data:`TILE_BYTES`, but at least 128 (2D) or 32 (3D).
+
+    >>> default_tile(2, 8), default_tile(2, 292), default_tile(3, 130)
+    ((512, 512), (293, 293), (57, 57, 57))
+    """
+    lo, hi = (128, 512) if ndim == 2 else (32, 128)
+    side = int((TILE_BYTES / (4 * max(channels, 1))) ** (1 / ndim))
+    return (min(hi, max(lo, side)),) * ndim
 
 
 def _consecutive(labels: np.ndarray) -> np.ndarray:
