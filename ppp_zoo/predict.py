@@ -131,13 +131,21 @@ def bundle_from_checkpoint(ckpt: dict, device: str | torch.device = "cpu") -> Mo
 
 
 # --------------------------------------------------------------------------- prediction
-def _pad_for_net(x: np.ndarray, halo: int, divisor: int) -> tuple[np.ndarray, tuple[slice, ...]]:
-    """Mirror-pad ``halo`` pixels on every side (numpy ``symmetric``, as bioimage.io tools pad
-    a model's input), then at the end of each axis up to a multiple of ``divisor``."""
-    pad = [(halo, halo + (-s) % divisor) for s in x.shape]
-    crop = tuple(slice(halo, halo + s) for s in x.shape)
+def _pad_for_net(x: np.ndarray, halo: int, divisor: int,
+                 border: str) -> tuple[np.ndarray, tuple[slice, ...]]:
+    """Pad for the network: ``border="mirror"`` first mirror-pads ``halo`` pixels on every
+    side (numpy ``symmetric``, as bioimage.io tools pad a model's input); then each axis is
+    padded at its end (reflect) up to a multiple of ``divisor``."""
+    if border not in BORDERS:
+        raise ValueError(f"border must be one of {BORDERS}, got {border!r}")
+    if border == "mirror" and halo:
+        x = np.pad(x, halo, mode="symmetric")
+    else:
+        halo = 0
+    crop = tuple(slice(halo, s - halo) for s in x.shape)
+    pad = [(0, (-s) % divisor) for s in x.shape]
     if any(b for _, b in pad):
-        x = np.pad(x, pad, mode="symmetric")
+        x = np.pad(x, pad, mode="reflect" if min(x.shape) > 1 else "edge")
     return x, crop
 
 
@@ -156,6 +164,7 @@ def _decode_dense(model: PatchPerPixNet, code_probs: torch.Tensor) -> torch.Tens
 
 TILE_PIXELS = 1024 * 1024
 """Images with more (padded) pixels than this run through the network in tiles."""
+BORDERS = ("none", "mirror")
 
 
 @torch.no_grad()
@@ -169,23 +178,27 @@ def _run_network(bundle: ModelBundle, x: np.ndarray) -> list[np.ndarray]:
 
 @torch.no_grad()
 def predict_probabilities(bundle: ModelBundle, image: np.ndarray, normalized: bool = False,
-                          tile: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                          tile: tuple[int, ...] | None = None,
+                          border: str = "none") -> tuple[np.ndarray, np.ndarray]:
     """Network outputs as probabilities: ``numinst (3, ...)`` and ``patches (P, ...)``.
 
-    The normalised image is mirror-padded by the network's ``halo`` (its receptive field,
-    rounded up to a multiple of ``size_divisor``) before the network runs, exactly as a
-    bioimage.io tool pads the exported model's input, so that this function, the exported
-    model and its tiled prediction agree. ``normalized=True`` skips the normalisation (the
-    image already went through it). Large images (more than :data:`TILE_PIXELS`, or any
-    image when ``tile`` is given) run in tiles that overlap by twice the halo; only their
-    cores are kept, so the result equals the untiled one.
+    ``border`` says what the network sees beyond the image border: ``"none"`` (the
+    default, also what ``ppp-zoo segment`` does) lets the convolutions zero-pad, as they do
+    at the border of every training crop; ``"mirror"`` mirror-pads the normalised image by
+    the network's ``halo`` (its receptive field rounded up to a multiple of
+    ``size_divisor``), exactly as bioimage.io tools (bioimageio.core) pad the exported
+    model's input, and reproduces their outputs. They differ only within ``halo`` pixels of
+    the border. ``normalized=True`` skips the normalisation (the image already went through
+    it). Large images (more than :data:`TILE_PIXELS`, or any image when ``tile`` is given)
+    run in tiles that overlap by twice the halo; only their cores are kept, so the result
+    equals the untiled one.
     """
     from .runtime.tiling import run_tiled
 
     model = bundle.model
     image = as_grayscale(image, model.ndim)
     x = image.astype(np.float32) if normalized else normalize_image(image, bundle.normalize)
-    x, crop = _pad_for_net(x, model.halo, model.size_divisor)
+    x, crop = _pad_for_net(x, model.halo, model.size_divisor, border)
     was_training = model.training
     model.eval()
     try:
@@ -209,7 +222,8 @@ def predict_probabilities(bundle: ModelBundle, image: np.ndarray, normalized: bo
 
 
 def predict_image(model_bundle: ModelBundle, image: np.ndarray, fast: bool = False,
-                  tile: tuple[int, ...] | None = None, **assembly_changes: Any) -> np.ndarray:
+                  tile: tuple[int, ...] | None = None, border: str = "none",
+                  **assembly_changes: Any) -> np.ndarray:
     """Segment one image into instances.
 
     Parameters
@@ -222,6 +236,8 @@ def predict_image(model_bundle: ModelBundle, image: np.ndarray, fast: bool = Fal
         Assemble in fast mode (stride-grid voting).
     tile : tuple of int, optional
         Run the network in tiles of this size (see :func:`predict_probabilities`).
+    border : {"none", "mirror"}
+        What the network sees beyond the border (see :func:`predict_probabilities`).
     **assembly_changes
         Overrides of the checkpoint's :class:`~ppp_zoo.postprocess.AssemblyParams`.
 
@@ -231,6 +247,6 @@ def predict_image(model_bundle: ModelBundle, image: np.ndarray, fast: bool = Fal
         int32 label image of the image's spatial shape, or a bool ``(N, ...)`` mask stack
         for a model trained on overlapping instances.
     """
-    numinst, patches = predict_probabilities(model_bundle, image, tile=tile)
+    numinst, patches = predict_probabilities(model_bundle, image, tile=tile, border=border)
     params = model_bundle.assembly.replace(fast=fast or None, **assembly_changes)
     return assemble(numinst, patches, params)

@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         package = Path(tmp) / f"{NAME}.zip"
         t0 = time.perf_counter()
         exported = export_model(
-            checkpoint, package, name="PatchPerPix nuclei 2D (DSB 2018 sample, CPU-trained)",
+            checkpoint, package, name="PatchPerPix nuclei 2D (DSB 2018 sample - CPU-trained)",
             metrics=metrics,
             description=("PatchPerPix (ppp) nuclei instance segmentation for 2D fluorescence "
                          "images, trained for minutes on a CPU on the left half of the DSB "

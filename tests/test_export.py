@@ -101,12 +101,13 @@ def thresholds(exported, image):
     out = {}
     for variant, (ckpt, _) in exported.items():
         bundle = load_checkpoint(ckpt)
-        numinst, patches = predict_probabilities(bundle, image)
+        numinst, patches = predict_probabilities(bundle, image, border="mirror")
         t1, t2 = bundle.assembly.numinst_thresholds
         voting = (numinst[1] > t1) & ~(numinst[2] > t2)
         for q in (80, 90, 70, 95, 60, 50):
             th = round(float(np.percentile(patches[:, voting], q)), 3)
-            if 4 <= predict_image(bundle, image, patch_threshold=th).max() <= 400:
+            if 4 <= predict_image(bundle, image, patch_threshold=th,
+                                 border="mirror").max() <= 400:
                 out[variant] = th
                 break
         else:
@@ -185,7 +186,7 @@ def test_tiled_prediction_equals_untiled_and_checkpoint(exported, image):
     ckpt, result = exported["ppp"]
     tiled = _predict(result.path, image, tiled=True)
     untiled = _predict(result.path, image, tiled=False)
-    numinst, patches = predict_probabilities(load_checkpoint(ckpt), image)
+    numinst, patches = predict_probabilities(load_checkpoint(ckpt), image, border="mirror")
     for key in ("numinst", "patches"):
         assert tiled[key].shape == untiled[key].shape
         np.testing.assert_allclose(tiled[key], untiled[key], rtol=0, atol=TILING_ATOL)
@@ -225,7 +226,8 @@ def test_package_outputs_give_checkpoint_labels(exported, image, thresholds, var
     out = _predict(result.path, image, tiled=True)
     params = load_model_params(result.path)
     assembly = params.assembly.replace(patch_threshold=thresholds[variant])
-    expected = predict_image(bundle, image, patch_threshold=thresholds[variant])
+    expected = predict_image(bundle, image, patch_threshold=thresholds[variant],
+                             border="mirror")
     if variant == "ppp":
         labels = assemble(out["numinst"], out["patches"], assembly)
     else:  # the package's outputs are exactly the checkpoint's ...
@@ -351,7 +353,7 @@ def test_cli_postprocess_with_model(exported, image, thresholds, tmp_path, varia
     res = runner.invoke(app, ["postprocess", str(npz), "--model", result.path,
                               "--patch-threshold", str(th), "-o", str(labels_path)])
     assert res.exit_code == 0, res.output
-    expected = predict_image(load_checkpoint(ckpt), image, patch_threshold=th)
+    expected = predict_image(load_checkpoint(ckpt), image, patch_threshold=th, border="mirror")
     _assert_same_instances(np.load(labels_path), expected, variant)
 
 

@@ -85,6 +85,11 @@ class ExportResult:
 
 
 # --------------------------------------------------------------------------- validation
+NAME_CHARACTERS = ("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+                   "_+- ()")
+"""Characters bioimage.io allows in a model name."""
+
+
 def _validate_formats(formats: Sequence[str] | str) -> tuple[str, ...]:
     if isinstance(formats, str):
         formats = [f.strip() for f in formats.split(",") if f.strip()]
@@ -546,6 +551,11 @@ def export_model(checkpoint: str | os.PathLike, output: str | os.PathLike, *,
     formats = _validate_formats(formats)
     output = Path(output)
     _check_output(output, folder)
+    if name is not None:
+        bad = sorted(set(name) - set(NAME_CHARACTERS))
+        if bad or not 5 <= len(name) <= 128:
+            raise ValueError(f"model name {name!r}: use 5-128 letters, digits and the "
+                             f"characters _+- () only (found {''.join(bad) or 'a bad length'})")
     authors = tuple(a.strip() for a in (authors or DEFAULT_AUTHORS) if a and a.strip())
     if not authors:
         raise ValueError("give at least one author name")
