@@ -345,7 +345,7 @@ def predict(
 @app.command()
 @reports_errors
 def segment(
-    inputs: Annotated[list[str], typer.Argument(help="Images (tif, png, npy), folders of images, or glob patterns.", show_default=False)],
+    inputs: Annotated[Optional[list[str]], typer.Argument(help="Images (tif, png, npy), folders of images, or glob patterns.", show_default=False)] = None,
     output: Annotated[Path, typer.Option("-o", "--output", help="Output folder.")] = Path("segmented"),
     model: Annotated[Optional[str], typer.Option(help="Model package (.zip or folder) or the name of an embedded model (default: the embedded nuclei model).")] = None,
     engine: Annotated[str, typer.Option(help="onnx (ONNX Runtime) or torchscript (needs PyTorch).")] = "onnx",
@@ -356,16 +356,23 @@ def segment(
     save_outputs: Annotated[bool, typer.Option(help="Also write <stem>_outputs.npz: the raw network outputs.")] = False,
     fast: Annotated[bool, typer.Option(help="Assemble in fast mode (stride-2 voting).")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the JSON summary to stdout.")] = False,
+    demo: Annotated[bool, typer.Option(help="Segment the model's own sample image (written to OUTPUT/demo_input.tif).")] = False,
 ):
     """Segment images with a model package; writes OUTPUT/<stem>_labels.tif per image."""
     from .postprocess.params import parse_shape
-    from .runtime.batch import segment_files
+    from .runtime.batch import segment_files, write_demo_input
     from .runtime.models import resolve_model
 
     tile_shape = parse_shape(tile) if tile is not None else None
+    model_path = resolve_model(model)
+    inputs = list(inputs or [])
+    if demo:
+        inputs.append(str(write_demo_input(model_path, output)))
+    if not inputs:
+        raise UserError("give INPUT images, folders or patterns (or --demo)")
     with _SegmentProgress(enabled=_interactive()) as progress:
         report = segment_files(
-            inputs, output, model=resolve_model(model), engine=engine, device=device,
+            inputs, output, model=model_path, engine=engine, device=device,
             tile=tile_shape, scale=scale, fast=fast, overlay=overlay,
             save_outputs=save_outputs, hooks=progress.hooks(_segment_error, _segment_done))
     if json_out:

@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import tifffile
 import torch
 import yaml
 from torch import nn
@@ -74,6 +75,9 @@ def write_package(net, folder: Path, *, halo: int, assembly: AssemblyParams,
         config["decoder"] = {"source": "decoder.npz", "code_shape": list(net.decoder.code_shape),
                              "features": feats}
     (folder / "patchperpix.json").write_text(json.dumps(config))
+    rng = np.random.default_rng(0)
+    sample = rng.poisson(50, (1, 1) + (2 * min_size,) * ndim).astype(np.float32)
+    tifffile.imwrite(folder / "sample_raw.tif", sample)
 
     def out_axes(names):
         return [{"type": "batch"}, {"type": "channel", "channel_names": names}] + [
@@ -85,7 +89,8 @@ def write_package(net, folder: Path, *, halo: int, assembly: AssemblyParams,
         "inputs": [{"id": "raw", "axes": [{"type": "batch"},
                                           {"type": "channel", "channel_names": ["raw"]}] + [
             {"type": "space", "id": a, "size": {"min": min_size, "step": step}} for a in space],
-            "data": {"type": "float32"}, "preprocessing": preprocessing}],
+            "data": {"type": "float32"}, "preprocessing": preprocessing,
+            "sample_tensor": {"source": "sample_raw.tif"}}],
         "outputs": [{"id": "numinst", "axes": out_axes(["n0", "n1", "n2"])},
                     {"id": second, "axes": out_axes([f"c{i}" for i in range(n_second)])}],
         "weights": {"torchscript": {"source": "weights.pt", "pytorch_version": "2.13"},

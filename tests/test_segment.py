@@ -176,3 +176,13 @@ def test_no_embedded_model_is_one_error_line(tmp_path, monkeypatch):
                                "(ppp_zoo/models/index.json is missing): pass --model PACKAGE.zip")]
     result = runner.invoke(app, ["models"])
     assert result.exit_code == 1 and len(_errors(result)) == 1
+
+
+def test_demo_segments_the_package_sample(package, tmp_path):
+    result = runner.invoke(app, ["segment", "--demo", "--model", str(package),
+                                 "-o", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    labels = tifffile.imread(tmp_path / "demo_input_labels.tif")
+    assert labels.shape == tifffile.imread(tmp_path / "demo_input.tif").shape == (68, 68)
+    result = runner.invoke(app, ["segment", "--model", str(package), "-o", str(tmp_path)])
+    assert result.exit_code == 1 and "give INPUT images" in result.stderr

@@ -157,6 +157,37 @@ def _write_json(path: Path, data: dict) -> None:
         tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
+def write_demo_input(model: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """Write the model package's sample image (its ``sample_tensor``) into ``out_dir``.
+
+    Raises
+    ------
+    ValueError
+        If the package ships no sample image.
+    """
+    import io
+
+    import tifffile
+
+    from .package import open_package
+
+    package = open_package(model)
+    entry = package.rdf["inputs"][0].get("sample_tensor") or {}
+    source = entry.get("source") if isinstance(entry, dict) else entry
+    if not source or not str(source).lower().endswith((".tif", ".tiff", ".npy")):
+        raise ValueError(f"{package.source}: the package has no sample image for --demo")
+    data = package.read_bytes(str(source))
+    try:
+        image = (np.load(io.BytesIO(data), allow_pickle=False) if str(source).endswith(".npy")
+                 else tifffile.imread(io.BytesIO(data)))
+    except Exception as err:  # noqa: BLE001 - decoders raise many types
+        raise ValueError(f"{package.source}: cannot read its sample image ({err})") from None
+    while image.ndim > package.ndim and image.shape[0] == 1:  # batch, single channel
+        image = image[0]
+    check_output_folder(Path(out_dir))
+    return write_image(Path(out_dir) / "demo_input.tif", image)
+
+
 def segment_files(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
                   model: str | os.PathLike, engine: str = "onnx", device: str = "auto",
                   tile: Sequence[int] | None = None, scale: float = 1.0, fast: bool = False,
