@@ -248,8 +248,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             for r in results:
                 print(_report(r))
-            print("peak RSS per megapixel: " + ", ".join(
-                f"{r['image'][0]}: {r['rss_peak_mb'] / (r['image'][0] * r['image'][1] / 1e6):.0f} MB"
+            print("peak RSS above the start, per megapixel: " + ", ".join(
+                f"{r['image'][0]}: "
+                f"{(r['rss_peak_mb'] - r['rss_start_mb']) / (r['image'][0] * r['image'][1] / 1e6):.0f} MB"
                 for r in results))
         return 0
     result = bench(args.model, args.size, args.threads, args.device, tile, args.repeat,

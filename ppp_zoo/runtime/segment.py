@@ -25,7 +25,7 @@ from .tiling import Progress, run_tiled
 
 MIN_SIZE = 4
 """Smallest size of a space axis (after scaling) that ``segment`` accepts."""
-BLOCKWISE_PIXELS = {2: 1024 * 1024, 3: 128 * 256 * 256}
+BLOCKWISE_PIXELS = {2: 512 * 512, 3: 96 * 96 * 96}
 """Images with more pixels are assembled blockwise."""
 FLOAT16_BYTES = 1 << 30
 """Network outputs larger than this (as float32) are kept as float16."""
@@ -230,11 +230,9 @@ class Segmenter:
                 block: Sequence[int] | None = None, keep_outputs: bool = False,
                 tile_progress: Progress = None, **assembly_changes: Any) -> SegmentResult:
         """See :func:`segment_image`."""
-        from ..postprocess import assemble, assemble_blockwise
-
         pkg = self.package
         timings: dict[str, float] = {}
-        t0 = time.perf_counter()
+        t = time.perf_counter()
         img = as_model_input(image, pkg)
         in_shape = tuple(img.shape[1:])
         if not (scale > 0 and math.isfinite(scale)):
@@ -242,7 +240,7 @@ class Segmenter:
         if scale != 1.0:
             img = _rescale(img, scale)
             _check_size(img.shape[1:], f"image scaled by {scale}")
-        timings["rescale"] = time.perf_counter() - t0
+        timings["rescale"] = time.perf_counter() - t
         params = pkg.assembly_params(fast=fast or None, **assembly_changes)
         if float(img.max()) == float(img.min()):
             shape = ((0,) + in_shape) if params.overlapping else in_shape
@@ -251,58 +249,22 @@ class Segmenter:
                                  ("constant image: no instances",))
 
         t = time.perf_counter()
-        axes = ("batch", "channel") + pkg.space_axes
-        x = preprocess(img[None], axes, pkg.preprocessing)
+        x = preprocess(img[None], ("batch", "channel") + pkg.space_axes, pkg.preprocessing)
         del img
         timings["preprocess"] = time.perf_counter() - t
 
         t = time.perf_counter()
+        numinst, second, n_tiles = self._infer(x, tile, tile_progress)
         n_pix = math.prod(x.shape[2:])
-        big = output_channels(pkg) * n_pix * 4 > FLOAT16_BYTES
-        n_tiles = [0]
-
-        def engine(tile_in: np.ndarray) -> list[np.ndarray]:
-            n_tiles[0] += 1
-            return self.engine(tile_in)
-
-        if tile is None:
-            tile = default_tile(pkg.ndim, output_channels(pkg))
-        numinst, second = run_tiled(engine, x, min_shape=pkg.min_shape, step=pkg.step,
-                                    halo=pkg.halo, tile=tile,
-                                    dtype=np.float16 if big else np.float32,
-                                    progress=tile_progress)[:2]
         del x
         timings["inference"] = time.perf_counter() - t
 
-        blockwise = not params.overlapping and (block is not None or
-                                                n_pix > BLOCKWISE_PIXELS[pkg.ndim])
-        t = time.perf_counter()
-        if self._decoder is not None:
-            patches = _DecodedPatches(numinst, second, self._decoder, params)
-            if not blockwise:
-                patches = patches[(slice(None),)]
-        else:
-            patches = second
-        timings["decode"] = time.perf_counter() - t
+        labels = self._assemble(numinst, second, params, timings,
+                                blockwise=not params.overlapping and (
+                                    block is not None or n_pix > BLOCKWISE_PIXELS[pkg.ndim]),
+                                block=block)
+        suggested, notes = _scale_hint(labels, scale, pkg.object_diameter)
 
-        t = time.perf_counter()
-        if blockwise:
-            labels = assemble_blockwise(numinst, patches, params, block_shape=block)
-        else:
-            labels = assemble(numinst, patches, params)
-        timings["assembly"] = time.perf_counter() - t
-
-        notes: list[str] = []
-        suggested = None
-        measured = _median_diameter(labels)
-        # fragments of a few pixels say more about a failed segmentation than about scale
-        if measured is not None and measured >= MIN_DIAMETER and pkg.object_diameter:
-            ratio = pkg.object_diameter / measured
-            if ratio > SCALE_HINT or ratio < 1 / SCALE_HINT:
-                suggested = round(scale * ratio, 2)
-                notes.append(f"objects measure about {measured / scale:.0f} px across, the model "
-                             f"was trained on about {pkg.object_diameter:.0f} px: "
-                             f"try --scale {suggested}")
         t = time.perf_counter()
         labels = _labels_to_grid(labels, in_shape)
         if labels.dtype != bool and scale != 1.0:
@@ -311,11 +273,63 @@ class Segmenter:
         n = labels.shape[0] if labels.dtype == bool else int(labels.max(initial=0))
         if n == 0:
             notes.append("no instances found")
-        outputs = None
-        if keep_outputs:
-            outputs = {pkg.output_ids[0]: numinst, pkg.output_ids[1]: second}
-        return SegmentResult(labels, n, timings, scale, n_tiles[0], tuple(notes), suggested,
+        outputs = {pkg.output_ids[0]: numinst, pkg.output_ids[1]: second} if keep_outputs \
+            else None
+        return SegmentResult(labels, n, timings, scale, n_tiles, tuple(notes), suggested,
                              outputs)
+
+    def _infer(self, x: np.ndarray, tile, progress: Progress):
+        """Tiled inference: numinst, patches or codes (float16 when large), tiles run."""
+        pkg = self.package
+        channels = output_channels(pkg)
+        big = channels * math.prod(x.shape[2:]) * 4 > FLOAT16_BYTES
+        n_tiles = 0
+
+        def engine(tile_in: np.ndarray) -> list[np.ndarray]:
+            nonlocal n_tiles
+            n_tiles += 1
+            return self.engine(tile_in)
+
+        numinst, second = run_tiled(engine, x, min_shape=pkg.min_shape, step=pkg.step,
+                                    halo=pkg.halo, tile=tile or default_tile(pkg.ndim, channels),
+                                    dtype=np.float16 if big else np.float32,
+                                    progress=progress)[:2]
+        return numinst, second, n_tiles
+
+    def _assemble(self, numinst, second, params, timings: dict, *, blockwise: bool, block):
+        """Decode codes (``ppp+dec``) and assemble; blockwise decoding happens per block,
+        inside the assembly's time."""
+        from ..postprocess import assemble, assemble_blockwise
+
+        t = time.perf_counter()
+        patches = second
+        if self._decoder is not None:
+            patches = _DecodedPatches(numinst, second, self._decoder, params)
+            if not blockwise:
+                patches = patches[(slice(None),)]
+        timings["decode"] = time.perf_counter() - t
+        t = time.perf_counter()
+        if blockwise:
+            labels = assemble_blockwise(numinst, patches, params, block_shape=block)
+        else:
+            labels = assemble(numinst, patches, params)
+        timings["assembly"] = time.perf_counter() - t
+        return labels
+
+
+def _scale_hint(labels: np.ndarray, scale: float,
+                trained: float | None) -> tuple[float | None, list[str]]:
+    """A ``scale`` suggestion when the objects found differ from the training size."""
+    measured = _median_diameter(labels)
+    # fragments of a few pixels say more about a failed segmentation than about scale
+    if measured is None or measured < MIN_DIAMETER or not trained:
+        return None, []
+    ratio = trained / measured
+    if 1 / SCALE_HINT <= ratio <= SCALE_HINT:
+        return None, []
+    suggested = round(scale * ratio, 2)
+    return suggested, [(f"objects measure about {measured / scale:.0f} px across, the model was "
+                       f"trained on about {trained:.0f} px: try --scale {suggested}")]
 
 
 def output_channels(package: ModelPackage) -> int:
