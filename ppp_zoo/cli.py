@@ -477,7 +477,7 @@ def models(
         typer.echo(f"  file: ppp_zoo/models/{entry['file']}")
         for data, values in (entry.get("metrics") or {}).items():
             if isinstance(values, dict):
-                text = ", ".join(f"{k} {v:.3f}" if isinstance(v, (int, float)) else f"{k} {v}"
+                text = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
                                  for k, v in values.items())
             else:
                 text = str(values)
