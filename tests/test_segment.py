@@ -186,3 +186,12 @@ def test_demo_segments_the_package_sample(package, tmp_path):
     assert labels.shape == tifffile.imread(tmp_path / "demo_input.tif").shape == (68, 68)
     result = runner.invoke(app, ["segment", "--model", str(package), "-o", str(tmp_path)])
     assert result.exit_code == 1 and "give INPUT images" in result.stderr
+
+
+def test_folder_input_skips_results_of_an_earlier_run(package, image, tmp_path):
+    np.save(tmp_path / "a.npy", image)
+    args = ["segment", str(tmp_path), "-o", str(tmp_path), "--model", str(package), "--overlay"]
+    assert runner.invoke(app, args).exit_code == 0
+    result = runner.invoke(app, args + ["--json"])
+    assert result.exit_code == 0, result.output
+    assert [e["input"] for e in json.loads(result.stdout)["images"]] == [str(tmp_path / "a.npy")]

@@ -63,9 +63,18 @@ class BatchHooks:
     on_tile: Callable[[int, int], None] | None = None
 
 
+OUTPUT_SUFFIXES = ("_labels", "_overlay")
+
+
+def _is_output(path: Path) -> bool:
+    """A file written by an earlier run (skipped when a folder is expanded)."""
+    return path.stem.endswith(OUTPUT_SUFFIXES)
+
+
 def expand_inputs(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[tuple[str, str]]]:
     """Files named by ``inputs`` (files, folders of images, glob patterns), and the inputs
-    that name nothing, with a reason.
+    that name nothing, with a reason. Folders are not searched recursively, and their
+    ``*_labels`` / ``*_overlay`` images (results of an earlier run) are left out.
 
     >>> expand_inputs(["no/such/file.tif"])
     ([], [('no/such/file.tif', 'no such file or folder')])
@@ -78,7 +87,7 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list
         if path.is_dir():
             found = sorted(p for p in path.iterdir()
                            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                           and not p.name.startswith("."))
+                           and not p.name.startswith(".") and not _is_output(p))
             if not found:
                 missing.append((text, f"folder has no image files ({', '.join(IMAGE_SUFFIXES)})"))
             files += found
