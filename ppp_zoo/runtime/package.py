@@ -254,6 +254,9 @@ def _parse_rdf(source: Path, rdf: Any) -> ModelPackage:
     if config.get("assembly") is not None:
         AssemblyParams.from_dict(config["assembly"])  # raises on bad parameters
 
+    cfg_halo = config.get("halo")
+    if isinstance(cfg_halo, list) and len(cfg_halo) == len(halo):  # rdf.yaml may omit it
+        halo = [max(h, int(c)) for h, c in zip(halo, cfg_halo)]
     preprocessing = tuple({"id": str(p["id"]), "kwargs": dict(p.get("kwargs") or {})}
                           for p in inp.get("preprocessing") or [])
     return ModelPackage(
