@@ -399,3 +399,17 @@ def test_exported_packages_segment(exported, synth512):
         np.testing.assert_array_equal(tiled.labels, whole.labels, err_msg=variant)
     blocks = segment_image(exported["ppp+dec"], image, block=(64, 64))
     assert blocks.labels.shape == image.shape and blocks.labels.dtype == np.int32
+
+
+def test_overlapping_model_gives_a_mask_stack(tiny2d, synth512):
+    """A package assembling overlapping instances returns (N, Y, X) masks, also rescaled."""
+    import dataclasses
+
+    pkg = open_package(tiny2d[0])
+    cfg = dict(pkg.config, assembly=dict(pkg.config["assembly"], overlapping=True))
+    overlapping = dataclasses.replace(pkg, config=cfg)
+    image = synth512[0][:128, :160]
+    for scale in (1.0, 0.75):
+        result = segment_image(overlapping, image, scale=scale)
+        assert result.labels.dtype == bool and result.labels.shape[1:] == image.shape
+        assert result.n_instances == result.labels.shape[0] > 0
