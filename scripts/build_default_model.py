@@ -76,8 +76,14 @@ def main(argv: list[str] | None = None) -> int:
                               "best_val_avAP": result.best_avAP}
     else:
         checkpoint = args.checkpoint
-        record["training"] = {"checkpoint": str(checkpoint)}
+        record["training"] = {"checkpoint": checkpoint.name}
     bundle = load_checkpoint(checkpoint)
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    record["seed"] = bundle.config.get("train", {}).get("seed")
+    record["training"].update(
+        checkpoint_iteration=bundle.iteration,
+        iterations_run=len(ckpt.get("history", {}).get("loss", [])),
+        tuned_thresholds=ckpt.get("tuned"), config=bundle.config)
     if bundle.config.get("data", {}).get("source") != "dsb-sample":
         raise SystemExit(f"{checkpoint}: not trained on the DSB sample (preset {PRESET})")
 
