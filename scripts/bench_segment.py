@@ -11,7 +11,7 @@ outputs are compared as a check. ``--sizes 512,1024,2048`` runs each size in a f
 process to show how memory grows with the area.
 
 Usage:
-  python scripts/bench_segment.py [--model PACKAGE] [--size 2048] [--threads 2]
+  python scripts/bench_segment.py [--model PACKAGE] [--size 2048] [--threads 2] [--fast]
                                   [--device cpu|cuda] [--repeat 1] [--json]
 """
 
@@ -172,7 +172,7 @@ def compare_engines(package, image, threads: int, device: str, tile, repeat: int
 
 
 def bench(model: str | None, size: int, threads: int, device: str, tile, repeat: int,
-          engines: bool) -> dict:
+          engines: bool, fast: bool = False) -> dict:
     from ppp_zoo.runtime import Segmenter, create_engine, open_package, resolve_model
 
     path = resolve_model(model)
@@ -183,11 +183,11 @@ def bench(model: str | None, size: int, threads: int, device: str, tile, repeat:
     segmenter = Segmenter(package, create_engine(package, "onnx", device, threads=threads))
     with PeakRSS() as mem:
         t0 = time.perf_counter()
-        result = segmenter.segment(image, tile=tile)
+        result = segmenter.segment(image, tile=tile, fast=fast)
         total = time.perf_counter() - t0
     out = {
         "model": str(path), "image": list(image.shape), "device": segmenter.engine.device,
-        "threads": threads, "n_instances": result.n_instances, "n_tiles": result.n_tiles,
+        "threads": threads, "fast": fast, "n_instances": result.n_instances, "n_tiles": result.n_tiles,
         "seconds": {k: round(v, 3) for k, v in result.timings.items()} | {"total": round(total, 3)},
         "rss_start_mb": round(mem.start / 2**20, 1), "rss_peak_mb": round(mem.peak / 2**20, 1),
         "ru_maxrss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -203,7 +203,8 @@ def bench(model: str | None, size: int, threads: int, device: str, tile, repeat:
 
 def _report(r: dict) -> str:
     lines = [f"model {r['model']}", (f"image {r['image'][0]} x {r['image'][1]}, device "
-             f"{r['device']}, {r['threads']} threads: {r['n_instances']} instances, "
+             f"{r['device']}, {r['threads']} threads{', fast' if r.get('fast') else ''}: "
+             f"{r['n_instances']} instances, "
              f"{r['n_tiles']} tiles")]
     lines += [f"  {k:<11} {v:8.2f} s" for k, v in r["seconds"].items()]
     lines.append(f"  peak RSS {r['rss_peak_mb']:.0f} MB (start {r['rss_start_mb']:.0f} MB, "
@@ -229,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     parser.add_argument("--tile", default=None, help="tile, e.g. 512x512")
     parser.add_argument("--repeat", type=int, default=1, help="engine timing repeats (best)")
+    parser.add_argument("--fast", action="store_true", help="assemble in fast mode")
     parser.add_argument("--no-engines", action="store_true",
                         help="skip the ONNX Runtime vs eager PyTorch comparison")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -239,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         for size in (int(s) for s in args.sizes.split(",")):
             cmd = [sys.executable, str(Path(__file__).resolve()), "--size", str(size),
                    "--threads", str(args.threads), "--device", args.device, "--json",
-                   "--no-engines"] + (["--model", args.model] if args.model else []) + \
+                   "--no-engines"] + (["--fast"] if args.fast else []) + \
+                  (["--model", args.model] if args.model else []) + \
                   (["--tile", args.tile] if args.tile else [])
             done = subprocess.run(cmd, check=True, capture_output=True, text=True)
             results.append(json.loads(done.stdout.strip().splitlines()[-1]))
@@ -254,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
                 for r in results))
         return 0
     result = bench(args.model, args.size, args.threads, args.device, tile, args.repeat,
-                   not args.no_engines)
+                   not args.no_engines, args.fast)
     print(json.dumps(result) if args.json else _report(result))
     return 0
 
