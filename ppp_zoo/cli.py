@@ -322,7 +322,7 @@ def predict(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (.pt) written by 'ppp-zoo train'.")],
     images: Annotated[list[Path], typer.Argument(help="Images to segment.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Folder for <stem>_labels.tif.")],
-    fast: Annotated[bool, typer.Option(help="Assemble in fast mode (stride-2 voting).")] = False,
+    fast: Annotated[Optional[bool], typer.Option("--fast/--exact", help="Assemble in fast mode (stride-2 voting) or exact mode (default: as the checkpoint says).", show_default=False)] = None,
     tile: Annotated[Optional[str], typer.Option(help="Run the network in tiles of this size (e.g. 512x512); large images are tiled anyway.")] = None,
 ):
     """Segment images with a trained checkpoint; writes OUTPUT/<stem>_labels.tif per image."""
@@ -354,7 +354,7 @@ def segment(
     scale: Annotated[float, typer.Option(min=0.01, max=100.0, help="Resample the images by this factor before the model (objects larger than in training: < 1); labels come back on the input grid.")] = 1.0,
     overlay: Annotated[bool, typer.Option(help="Also write <stem>_overlay.png: instance outlines over the image.")] = False,
     save_outputs: Annotated[bool, typer.Option(help="Also write <stem>_outputs.npz: the raw network outputs.")] = False,
-    fast: Annotated[bool, typer.Option(help="Assemble in fast mode (stride-2 voting).")] = False,
+    fast: Annotated[Optional[bool], typer.Option("--fast/--exact", help="Assemble in fast mode (stride-2 voting) or exact mode (default: as the model package says).", show_default=False)] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the JSON summary to stdout.")] = False,
     demo: Annotated[bool, typer.Option(help="Segment the model's own sample image (written to OUTPUT/demo_input.tif).")] = False,
 ):

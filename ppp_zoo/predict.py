@@ -221,7 +221,7 @@ def predict_probabilities(bundle: ModelBundle, image: np.ndarray, normalized: bo
     return np.ascontiguousarray(numinst[full]), np.ascontiguousarray(second[full])
 
 
-def predict_image(model_bundle: ModelBundle, image: np.ndarray, fast: bool = False,
+def predict_image(model_bundle: ModelBundle, image: np.ndarray, fast: bool | None = None,
                   tile: tuple[int, ...] | None = None, border: str = "none",
                   **assembly_changes: Any) -> np.ndarray:
     """Segment one image into instances.
@@ -232,8 +232,9 @@ def predict_image(model_bundle: ModelBundle, image: np.ndarray, fast: bool = Fal
         From :func:`load_checkpoint`.
     image : ndarray, shape ([Z,] Y, X) (or (Y, X, C) RGB)
         Raw image; it is normalised as in training.
-    fast : bool
-        Assemble in fast mode (stride-grid voting).
+    fast : bool or None
+        Assemble in fast mode (stride-grid voting) or exact mode; None: as the checkpoint's
+        assembly parameters say.
     tile : tuple of int, optional
         Run the network in tiles of this size (see :func:`predict_probabilities`).
     border : {"none", "mirror"}
@@ -248,5 +249,5 @@ def predict_image(model_bundle: ModelBundle, image: np.ndarray, fast: bool = Fal
         for a model trained on overlapping instances.
     """
     numinst, patches = predict_probabilities(model_bundle, image, tile=tile, border=border)
-    params = model_bundle.assembly.replace(fast=fast or None, **assembly_changes)
+    params = model_bundle.assembly.replace(fast=fast, **assembly_changes)
     return assemble(numinst, patches, params)

@@ -226,7 +226,7 @@ class Segmenter:
         self.close()
 
     def segment(self, image: np.ndarray, *, tile: Sequence[int] | None = None,
-                scale: float = 1.0, fast: bool = False,
+                scale: float = 1.0, fast: bool | None = None,
                 block: Sequence[int] | None = None, keep_outputs: bool = False,
                 tile_progress: Progress = None, **assembly_changes: Any) -> SegmentResult:
         """See :func:`segment_image`."""
@@ -241,7 +241,7 @@ class Segmenter:
             img = _rescale(img, scale)
             _check_size(img.shape[1:], f"image scaled by {scale}")
         timings["rescale"] = time.perf_counter() - t
-        params = pkg.assembly_params(fast=fast or None, **assembly_changes)
+        params = pkg.assembly_params(fast=fast, **assembly_changes)
         if float(img.max()) == float(img.min()):
             shape = ((0,) + in_shape) if params.overlapping else in_shape
             labels = np.zeros(shape, bool if params.overlapping else np.int32)
@@ -375,7 +375,8 @@ def load_segmenter(model: str | os.PathLike | ModelPackage, engine: EngineName =
 
 def segment_image(model: str | os.PathLike | ModelPackage | Segmenter, image: np.ndarray, *,
                   engine: EngineName = "onnx", device: Device = "auto",
-                  tile: Sequence[int] | None = None, scale: float = 1.0, fast: bool = False,
+                  tile: Sequence[int] | None = None, scale: float = 1.0,
+                  fast: bool | None = None,
                   block: Sequence[int] | None = None, keep_outputs: bool = False,
                   tile_progress: Progress = None, **assembly_changes: Any) -> SegmentResult:
     """Segment one image into instances with a PatchPerPix model package.
@@ -395,8 +396,8 @@ def segment_image(model: str | os.PathLike | ModelPackage | Segmenter, image: np
     scale : float
         Resample the image by this factor before the model; labels come back on the
         input's grid.
-    fast : bool
-        Assemble in fast mode.
+    fast : bool or None
+        Assemble in fast (True) or exact (False) mode; None: as the package says.
     block : sequence of int, optional
         Assemble blockwise with this block size (default: blockwise above
         :data:`BLOCKWISE_PIXELS`).
