@@ -24,7 +24,7 @@ Examples
 >>> parse_config("[model]\\npatchsize = 9")
 Traceback (most recent call last):
 ...
-ValueError: [model]: unknown key 'patchsize' (known: base_features, depth, growth, patchshape, variant)
+ValueError: [model]: unknown key 'patchsize' (known: base_features, code_shape, decoder_features, depth, growth, patchshape, variant)
 """
 
 from __future__ import annotations
@@ -77,13 +77,20 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """``[model]``: :class:`~ppp_zoo.model.PatchPerPixNet` settings."""
+    """``[model]``: :class:`~ppp_zoo.model.PatchPerPixNet` settings.
+
+    ``ppp+dec`` only: ``code_shape`` ``[c0, grid...]`` (default 16x4x4 in 2D, 8x3x3x3 in 3D)
+    and ``decoder_features`` (feature maps per decoder level, default 64, 32, ...) size the
+    patch decoder; see :mod:`ppp_zoo.model.decoder`.
+    """
 
     variant: VariantName = "ppp"
     patchshape: tuple[int, ...] = (25, 25)
     base_features: int = 16
     depth: int = 3
     growth: int = 2
+    code_shape: Optional[tuple[int, ...]] = None
+    decoder_features: Optional[tuple[int, ...]] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +105,8 @@ class TrainConfig:
     ``elastic_spacing``/``elastic_jitter`` (a random displacement with standard deviation
     ``elastic_jitter`` pixels on a control grid of this spacing, smoothly interpolated; a
     jitter of 0 turns it off), mirrors and transposes, intensity scale and shift.
-    ``overlap_fraction``: for overlapping instances, the fraction of crops centred on an
+    ``decode_samples``: ``ppp+dec`` only, the numinst == 1 pixels per batch whose codes
+    are decoded for the loss (the paper: 1024). ``overlap_fraction``: for overlapping instances, the fraction of crops centred on an
     overlap pixel. ``tune_thresholds``: after training, choose the assembly thresholds
     (``patch_threshold``, ``fc_threshold`` and the numinst threshold) that maximise the
     validation avAP and store them in ``best.pt``.
@@ -121,6 +129,7 @@ class TrainConfig:
     elastic_jitter: float = 0.0
     overlap_fraction: float = 0.0
     tune_thresholds: bool = False
+    decode_samples: int = 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,11 +274,23 @@ def _validate_config(cfg: Config) -> None:
     if len(t.crop_size) != len(m.patchshape):
         raise ValueError(f"[train] crop_size {t.crop_size} and [model] patchshape "
                          f"{m.patchshape} differ in dimensions")
+    if m.variant == "ppp" and (m.code_shape is not None or m.decoder_features is not None):
+        raise ValueError("[model] code_shape and decoder_features need variant = 'ppp+dec'")
+    if m.variant == "ppp+dec":
+        try:
+            from .model.decoder import decoder_levels
+
+            levels = decoder_levels(len(m.patchshape), m.code_shape, m.patchshape)
+        except ValueError as err:
+            raise ValueError(f"[model] {err}") from None
+        if m.decoder_features is not None and len(m.decoder_features) != levels:
+            raise ValueError(f"[model] decoder_features needs {levels} entries (one per "
+                             f"decoder level), got {list(m.decoder_features)}")
     divisor = 2 ** (m.depth - 1)
     if any(c % divisor for c in t.crop_size):
         raise ValueError(f"[train] crop_size {t.crop_size} must be multiples of {divisor} "
                          f"(2**(depth-1) for depth {m.depth})")
-    for key in ("iterations", "batch_size", "val_every", "max_resample"):
+    for key in ("iterations", "batch_size", "val_every", "max_resample", "decode_samples"):
         if getattr(t, key) < 1:
             raise ValueError(f"[train] {key} must be >= 1, got {getattr(t, key)}")
     if t.lr <= 0 or not 0 <= t.beta1 < 1:

@@ -276,9 +276,14 @@ def resolve_device(device: str) -> torch.device:
 def model_kwargs(cfg: Config) -> dict:
     """Constructor arguments of :class:`~ppp_zoo.model.PatchPerPixNet` for ``cfg``."""
     m = cfg.model
-    return {"ndim": cfg.ndim, "in_channels": 1, "patchshape": list(m.patchshape),
-            "variant": m.variant, "base_features": m.base_features, "depth": m.depth,
-            "growth": m.growth}
+    kwargs = {"ndim": cfg.ndim, "in_channels": 1, "patchshape": list(m.patchshape),
+              "variant": m.variant, "base_features": m.base_features, "depth": m.depth,
+              "growth": m.growth}
+    if m.code_shape is not None:
+        kwargs["code_shape"] = list(m.code_shape)
+    if m.decoder_features is not None:
+        kwargs["decoder_features"] = list(m.decoder_features)
+    return kwargs
 
 
 def validate(model: PatchPerPixNet, cfg: Config, val: list[Pair],
@@ -517,7 +522,7 @@ def train(config: Config | dict, out_dir: str | os.PathLike, *, max_minutes: flo
                 outputs = model(x)
             outputs = tuple(o.float() for o in outputs)
             loss, _ = total_loss(outputs, targets, cfg.model.variant, decoder=model.decoder,
-                                 generator=loss_gen)
+                                 max_samples=t_cfg.decode_samples, generator=loss_gen)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)

@@ -7,6 +7,7 @@ whole file takes seconds on a CPU.
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -344,3 +345,24 @@ def test_cli_train_config_error(tmp_path):
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "[model]: unknown key 'width'" in lines[0]
+
+
+def test_ppp_dec_with_a_configured_decoder_trains_and_reloads(tmp_path):
+    cfg = dict(TINY, model=dict(TINY["model"], variant="ppp+dec", code_shape=[2, 2, 2],
+                                decoder_features=[8, 4]),
+               train=dict(TINY["train"], iterations=6, val_every=6, decode_samples=64))
+    result = train(cfg, tmp_path, device="cpu", progress=False)
+    bundle = load_checkpoint(result.last_checkpoint)
+    assert bundle.model.decoder.code_shape == (2, 2, 2)
+    assert bundle.model.out_channels == 8
+    numinst, patches = predict_probabilities(bundle, np.random.default_rng(0).random((40, 40)))
+    assert numinst.shape == (3, 40, 40) and patches.shape == (49, 40, 40)
+
+
+@pytest.mark.parametrize("model, message", [
+    ({"code_shape": [4, 5, 5]}, "need variant = 'ppp+dec'"),
+    ({"variant": "ppp+dec", "decoder_features": [16, 8]}, "decoder_features needs 1 entries"),
+])
+def test_decoder_config_errors(model, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        config_from_dict(dict(TINY, model=dict(TINY["model"], **model)))

@@ -105,6 +105,13 @@ class PatchDecoder(nn.Module):
                 for k, v in self.state_dict().items()}
 
 
+def decoder_levels(ndim: int, code_shape, patchshape) -> int:
+    """Upsampling levels of the decoder for ``code_shape`` (``None``: the default) and
+    ``patchshape``; raises ``ValueError`` for inconsistent shapes."""
+    code_shape = default_code_shape(ndim) if code_shape is None else tuple(map(int, code_shape))
+    return _validate_decoder_args(ndim, code_shape, tuple(map(int, patchshape)))
+
+
 def _validate_decoder_args(ndim, code_shape, patchshape) -> int:
     """Check the shapes and return the number of upsampling levels."""
     if ndim not in (2, 3):
