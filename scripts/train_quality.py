@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--snapshot", type=float, default=2.0, help="minutes between snapshots")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--test-images", type=int, default=4, help="worms: held-out images")
+    parser.add_argument("--test-images", type=int, default=12, help="worms: held-out images")
     parser.add_argument("--test-seed", type=int, default=1000, help="worms: their seed")
     parser.add_argument("--out", type=Path, default=Path("runs/quality"))
     args = parser.parse_args(argv)
