@@ -172,7 +172,7 @@ def compare_engines(package, image, threads: int, device: str, tile, repeat: int
 
 
 def bench(model: str | None, size: int, threads: int, device: str, tile, repeat: int,
-          engines: bool, fast: bool = False) -> dict:
+          engines: bool, fast: bool | None = None) -> dict:
     from ppp_zoo.runtime import Segmenter, create_engine, open_package, resolve_model
 
     path = resolve_model(model)
@@ -230,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     parser.add_argument("--tile", default=None, help="tile, e.g. 512x512")
     parser.add_argument("--repeat", type=int, default=1, help="engine timing repeats (best)")
-    parser.add_argument("--fast", action="store_true", help="assemble in fast mode")
+    parser.add_argument("--fast", action="store_true", default=None,
+                        help="assemble in fast mode (default: the package's mode)")
     parser.add_argument("--no-engines", action="store_true",
                         help="skip the ONNX Runtime vs eager PyTorch comparison")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
