@@ -82,16 +82,21 @@ def targets(
 
 
 # --------------------------------------------------------------------------- postprocess
-def _load_outputs(path: Path, patchshape: Optional[str]):
-    from .postprocess.params import parse_shape
-
+def _read_npz(path: Path) -> dict:
+    """All arrays of an ``.npz`` file; a missing or unreadable file is one clear error."""
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
     try:
         with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
+            return {k: npz[k] for k in npz.files}
     except Exception as err:
         raise UserError(f"{path}: cannot read as .npz ({type(err).__name__}: {err})") from None
+
+
+def _load_outputs(path: Path, patchshape: Optional[str]):
+    from .postprocess.params import parse_shape
+
+    arrays = _read_npz(path)
     if "patches" not in arrays:
         raise UserError(
             f"{path}: no 'patches' array (found: {', '.join(sorted(arrays)) or 'nothing'}); "
@@ -177,13 +182,7 @@ def _load_outputs_for_model(path: Path, model: Path, patchshape: Optional[str]):
     if patchshape is not None and parse_shape(patchshape) != assembly.patchshape:
         raise UserError(f"--patchshape {patchshape} differs from the model's patchshape "
                         f"{'x'.join(map(str, assembly.patchshape))}")
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except Exception as err:
-        raise UserError(f"{path}: cannot read as .npz ({type(err).__name__}: {err})") from None
+    arrays = _read_npz(path)
     ndim = assembly.ndim
     # the model's raw outputs may still carry their batch axis of size 1
     arrays = {k: (v[0] if v.ndim == ndim + 2 and v.shape[0] == 1 else v)

@@ -178,6 +178,8 @@ class CropSampler:
         self.overlapping = cfg.data.overlapping
         self.crop = cfg.train.crop_size
         self.pairs = [_pad_to(img, tgt, self.crop, self.overlapping) for img, tgt in pairs]
+        # intensity outside the image for warped crops: the image's background level
+        self.background = [float(np.percentile(img, 1)) for img, _ in self.pairs]
         self.overlaps = ([_overlap_pixels(t) for _, t in self.pairs]
                          if self.overlapping and cfg.train.overlap_fraction > 0 else None)
         t = cfg.train
@@ -201,9 +203,10 @@ class CropSampler:
                      for c, k, s in zip(centre, self.crop, img.shape)]
             window = tuple(slice(a, a + k) for a, k in zip(start, self.crop))
             return img[window], tgt[((slice(None),) if self.overlapping else ()) + window]
-        return self._warped_crop(img, tgt, centre)
+        return self._warped_crop(img, tgt, centre, self.background[index])
 
-    def _warped_crop(self, img: np.ndarray, tgt: np.ndarray, centre: np.ndarray) -> Pair:
+    def _warped_crop(self, img: np.ndarray, tgt: np.ndarray, centre: np.ndarray,
+                     background: float) -> Pair:
         from scipy.ndimage import map_coordinates
 
         t = self.cfg.train
@@ -218,7 +221,7 @@ class CropSampler:
             grid += elastic_displacement(self.crop, t.elastic_spacing, t.elastic_jitter, self.rng)
         grid += centre.reshape((-1,) + (1,) * len(self.crop))
         out_img = map_coordinates(img, grid, order=1, mode="constant",
-                                  cval=float(np.percentile(img, 1))).astype(np.float32)
+                                  cval=background).astype(np.float32)
         if self.overlapping:
             out_tgt = np.stack([map_coordinates(m.astype(np.uint8), grid, order=0,
                                                 mode="constant", cval=0) for m in tgt]) > 0

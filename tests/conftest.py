@@ -30,5 +30,15 @@ def dsb_targets(dsb_sample):
 
 
 @pytest.fixture
+def one_torch_thread():
+    """Run a test with one PyTorch thread (small nets are slower with more), then restore."""
+    torch = pytest.importorskip("torch")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def rng():
     return np.random.default_rng(1234)

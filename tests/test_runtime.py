@@ -33,12 +33,7 @@ from runtime_packages import trained_net, write_package
 ASSEMBLY_2D = AssemblyParams(patchshape=(7, 7), fc_threshold=0.5, numinst_thresholds=(0.4, 0.6))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="session")
