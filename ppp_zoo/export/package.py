@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -24,6 +25,7 @@ import tifffile
 import torch
 
 from .. import __version__
+from ..postprocess.model_package import CURRENT_FORMAT
 from ..predict import (
     ModelBundle,
     load_checkpoint,
@@ -51,6 +53,12 @@ SAMPLE_SIZE = {2: 256, 3: 48}
 #: a space axis is at least this large at its minimal declared size (before rounding)
 MIN_SIZE = {2: 16, 3: 8}
 NORMALIZE_EPS = 1e-6
+#: id of the single output tensor (numinst probabilities, then the U-Net features)
+OUTPUT_ID = "prediction"
+#: share of the test input clipped at each end, so that the normalisation percentiles fall
+#: on ties (deepImageJ takes nearest-rank percentiles, bioimageio.core interpolates)
+CLIP_FRACTION = 0.03
+IJ_MACRO = "deepimagej_run.ijm"
 
 Progress = Callable[[str], None] | None
 
@@ -88,6 +96,24 @@ class ExportResult:
 NAME_CHARACTERS = ("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
                    "_+- ()")
 """Characters bioimage.io allows in a model name."""
+
+
+NICKNAME_CHARACTERS = "abcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def _slug(name: str) -> str:
+    text = "".join(c if c in NICKNAME_CHARACTERS else "-" for c in name.lower())
+    while "--" in text:
+        text = text.replace("--", "-")
+    return text.strip("-_")[:64] or "patchperpix-model"
+
+
+def _check_nickname(nickname: str) -> str:
+    bad = sorted(set(nickname) - set(NICKNAME_CHARACTERS))
+    if bad or not 3 <= len(nickname) <= 64 or not nickname[0].isalnum():
+        raise ValueError(f"nickname {nickname!r}: use 3-64 lowercase letters, digits, - and _ "
+                         f"starting with a letter or digit (found {''.join(bad) or 'a bad length'})")
+    return nickname
 
 
 def _validate_formats(formats: Sequence[str] | str) -> tuple[str, ...]:
@@ -177,13 +203,29 @@ def _as_raw(normalized: np.ndarray) -> np.ndarray:
     return (np.asarray(normalized, np.float32) * 1000.0 + 1000.0).astype(np.float32)
 
 
-def _reference_outputs(model: ExportNet, raw: np.ndarray, normalize) -> tuple:
-    """Test outputs as bioimageio.core's model test computes them: the declared
+def _with_tied_percentiles(raw: np.ndarray, normalize) -> np.ndarray:
+    """``raw`` clipped (like a saturated camera and a flat background) at the values
+    ``CLIP_FRACTION`` beyond the normalisation percentiles, so that every percentile
+    definition (nearest rank, linear interpolation) gives exactly the clip values.
+
+    Only percentile normalisation needs it; mean/std are the same everywhere.
+    """
+    if normalize.mode != "percentile":
+        return raw
+    values = np.sort(raw.ravel())
+    n = len(values)
+    lo_rank = int(n * min(normalize.p_low / 100 + CLIP_FRACTION, 0.45))
+    hi_rank = int(n * max(normalize.p_high / 100 - CLIP_FRACTION, 0.55))
+    return np.clip(raw, values[lo_rank], values[hi_rank]).astype(np.float32)
+
+
+def _reference_output(model: ExportNet, raw: np.ndarray, normalize):
+    """Test output as bioimageio.core's model test computes it: the declared
     preprocessing, then the network on exactly the test input (no halo padding)."""
     x = np.stack([normalize_image(b[0], normalize)[None] for b in raw])
     with torch.no_grad():
-        outs = model(torch.from_numpy(np.ascontiguousarray(x)))
-    return x, tuple(np.ascontiguousarray(o.numpy()) for o in outs)
+        out = model(torch.from_numpy(np.ascontiguousarray(x)))
+    return x, np.ascontiguousarray(out.numpy())
 
 
 # --------------------------------------------------------------------------- pictures
@@ -222,42 +264,50 @@ def _documentation(name: str, info: dict, geometry: _Geometry, diffs: dict,
                    formats: Sequence[str]) -> str:
     ppp = info
     variant = ppp["variant"]
-    second = "codes" if variant == "ppp+dec" else "patches"
     shape = "x".join(map(str, ppp["patchshape"]))
     training = ppp["training"]
     metrics = ppp["metrics"] or {}
+    lo, hi = ppp["output"]["channels"]["features"]
+    n_out = hi
     lines = [f"# {name}", "",
              ("PatchPerPix instance segmentation: a U-Net predicts, for every pixel, how many "
-             "instances cover it (`numinst`) and the shape of its instance in a "
-             f"{shape} patch around it (`{second}`). The instances are assembled from these "
-             "patches by the `ppp_zoo.postprocess` package (numpy + numba, no deep learning "
-             "framework needed)."), "",
+              "instances cover it (`numinst`) and the shape of its instance in a "
+              f"{shape} patch around it. The instances are assembled from these patches by "
+              "the `ppp_zoo.postprocess` package (numpy + numba, no deep learning framework "
+              "needed)."), "",
              "## Inputs and outputs", "",
              (f"- `raw` (batch, channel, {', '.join(geometry.axes)}): one grayscale channel; "
-             f"sizes `{geometry.min_size} + n * {geometry.step}` per space axis. The "
-             "preprocessing in `rdf.yaml` "
-             f"({ppp['normalize']['mode']} normalisation) is the one used in training."),
-             "- `numinst`: probabilities of 0, 1, 2+ instances (softmax).",
-             (f"- `patches`: {math.prod(ppp['patchshape'])} channels, sigmoid; channel `k` is "
-              f"the offset `unravel_index(k, {tuple(ppp['patchshape'])}) - "
-              f"{tuple(p // 2 for p in ppp['patchshape'])}` from the centre pixel."
-              if variant == "ppp" else
-              "- `codes`: sigmoid codes; `decoder.npz` (attached) decodes them into patches."),
-             (f"- Tiling: every output declares a halo of {geometry.halo} pixels (the network's "
-             "receptive field); discard it on each side of a tile."), "",
+              f"sizes `{geometry.min_size} + n * {geometry.step}` per space axis. The "
+              "preprocessing in `rdf.yaml` "
+              f"({ppp['normalize']['mode']} normalisation) is the one used in training."),
+             (f"- `{OUTPUT_ID}` (batch, channel, {', '.join(geometry.axes)}), {n_out} channels: "
+              "`n0`-`n2` are the probabilities of 0, 1 and 2+ instances (softmax); "
+              f"`f0`-`f{hi - lo - 1}` are the network's last feature maps. The patch head "
+              "(`head.npz`, a 1x1 convolution and a sigmoid) turns a pixel's features into its "
+              + ("patch" if variant == "ppp" else
+                 "code, which the decoder (`decoder.npz`) expands into its patch")
+              + "; `ppp_zoo.postprocess` applies both, only where the assembly needs them. "
+              "The features are shipped instead of the patches because they hold the same "
+              f"information in {n_out} instead of {3 + math.prod(ppp['patchshape'])} channels."),
+             (f"- Tiling: the output declares a halo of {geometry.halo} pixels (the network's "
+              "receptive field); discard it on each side of a tile."), "",
              "## Postprocessing (instances)", "",
-             ("With the model's outputs saved as `outputs.npz` (arrays `numinst` and "
-             f"`{second}`, batch axis dropped):"), "",
+             (f"Save the `{OUTPUT_ID}` output (from deepImageJ, ilastik, bioimageio.core or "
+              "any other tool) and run:"), "",
              "```bash",
              "# with ppp-zoo installed (its core install needs no deep learning framework)",
-             "ppp-zoo postprocess outputs.npz --model THIS_MODEL.zip -o labels.tif",
+             "ppp-zoo postprocess OUTPUT --model THIS_MODEL.zip -o labels.tif",
              "```", "",
-             "or in Python:", "",
+             ("`OUTPUT` is deepImageJ's TIFF (`<image>_prediction.tif`), ilastik's HDF5 export "
+              f"(dataset `exported_data`), or an `.npy`/`.npz` array `{OUTPUT_ID}` of shape "
+              f"({n_out}, {', '.join(a.upper() for a in geometry.axes)}). In Fiji, the "
+              f"attached macro `{IJ_MACRO}` runs the model on the open image and saves that "
+              "TIFF. In Python:"), "",
              "```python",
              "from ppp_zoo.postprocess import assemble, load_model_params",
              "params = load_model_params('THIS_MODEL.zip')",
-             ("patches = params.decode(numinst, codes)  # codes -> patches, foreground only"
-              if variant == "ppp+dec" else "# patches: the `patches` output"),
+             f"numinst, features = params.split(output)  # output: ({n_out}, ...), no batch axis",
+             "patches = params.patches(numinst, features)  # only where the assembly reads",
              "labels = assemble(numinst, patches, params.assembly)",
              "```", "",
              "Every assembly parameter is stored in `config.patchperpix` of `rdf.yaml` (and in "
@@ -265,9 +315,9 @@ def _documentation(name: str, info: dict, geometry: _Geometry, diffs: dict,
              + ", ".join(f"`{k}` = {v}" for k, v in ppp["assembly"].items()) + ".", "",
              "## Training data", "",
              (f"{training.get('data') or 'not recorded'}; {training.get('iterations', '?')} "
-             "iterations. Median object diameter in the training labels: "
-             f"{training.get('object_diameter') or 'unknown'} pixels (rescale images whose "
-             "objects differ much in size)."), "",
+              "iterations. Median object diameter in the training labels: "
+              f"{training.get('object_diameter') or 'unknown'} pixels (rescale images whose "
+              "objects differ much in size)."), "",
              "## Metrics", ""]
     if metrics:
         lines += ["| data | " + " | ".join(next(iter(metrics.values()))) + " |",
@@ -279,35 +329,67 @@ def _documentation(name: str, info: dict, geometry: _Geometry, diffs: dict,
         lines.append("No test-set metrics were recorded for this export.")
     lines += ["", "# Validation", "",
               ("At export, bioimageio.core's model test ran for every weight format "
-              f"({', '.join(formats)}) and passed: the test input gives the test outputs "
-              f"(relative tolerance {RELATIVE_TOLERANCE}, absolute {ABSOLUTE_TOLERANCE}), and "
-              "inference runs at several declared sizes with batch sizes 1 and 2."), "",
+               f"({', '.join(formats)}) and passed: the test input gives the test output "
+               f"(relative tolerance {RELATIVE_TOLERANCE}, absolute {ABSOLUTE_TOLERANCE}), and "
+               "inference runs at several declared sizes with batch sizes 1 and 2. "
+               "`ppp-zoo validate THIS_MODEL.zip --for deepimagej,ilastik,bioimageio` checks "
+               "the rules of those tools as well."), "",
               "Largest absolute difference from eager PyTorch on the test input: "
               + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()) + ".", "",
+              ("The sample input is the test input: its intensities are clipped at both ends "
+               "so that the normalisation percentiles fall on ties and every tool's percentile "
+               "definition gives the same normalised image."), "",
               ("Tiled prediction (tiles of `min + n * step`, the halo discarded, the image "
-              "mirror-padded at its border) gives the same outputs as the whole image, up to "
-              "the normalisation statistics (computed on the whole image when tiling)."), ""]
+               "mirror-padded at its border) gives the same outputs as the whole image, up to "
+               "the normalisation statistics (computed on the whole image when tiling)."), ""]
     return "\n".join(lines)
+
+
+def _imagej_macro(geometry: _Geometry) -> str:
+    """An ImageJ macro that runs the package in deepImageJ and saves the raw output where
+    ``ppp-zoo postprocess`` reads it."""
+    return "\n".join([
+        "// Run this PatchPerPix model with deepImageJ on the active image and save its raw",
+        "// output; then turn it into instances with:",
+        "//   ppp-zoo postprocess <folder>/<image>_prediction.tif --model <this model>.zip",
+        "// Set model_path to where deepImageJ installed this model (Fiji's models folder).",
+        "model_path = getDirectory(\"imagej\") + \"models\" + File.separator + "
+        "\"REPLACE_WITH_MODEL_FOLDER\";",
+        "output_folder = getDirectory(\"Choose a folder for the model output\");",
+        "input_path = output_folder + getTitle();",
+        "if (!endsWith(input_path, \".tif\")) input_path = input_path + \".tif\";",
+        "saveAs(\"Tiff\", input_path);",
+        "run(\"DeepImageJ Run\", \"model_path=[\" + model_path + \"] input_path=[\" + "
+        "input_path + \"] output_folder=[\" + output_folder + \"] display_output=null\");",
+        f"print(\"saved the {OUTPUT_ID} output ({geometry.ndim}D) in \" + output_folder);",
+        ""])
 
 
 # --------------------------------------------------------------------------- description
 def _patchperpix_info(bundle: ModelBundle, ckpt: dict, geometry: _Geometry,
-                      metrics: dict | None) -> dict:
+                      metrics: dict | None, hashes: dict) -> dict:
     net = bundle.model
     decoder = None
     if net.decoder is not None:
-        decoder = {"source": "decoder.npz", "code_shape": list(net.decoder.code_shape),
+        decoder = {"source": "decoder.npz", "sha256": hashes["decoder.npz"],
+                   "code_shape": list(net.decoder.code_shape),
                    "features": _decoder_features(net.decoder)}
     training = dict(ckpt.get("training") or {})
     if training.get("object_diameter") is None:
         training["object_diameter"] = _object_diameter(bundle)
     source = bundle.config.get("data", {}).get("source", "unknown")
+    n_features = int(net.unet.out_channels)
     return {
-        "format": 1,
+        "format": CURRENT_FORMAT,
         "variant": net.variant,
         "ndim": net.ndim,
         "patchshape": list(net.patchshape),
         "assembly": bundle.assembly.to_dict(),
+        "output": {"tensor": OUTPUT_ID,
+                   "channels": {"numinst": [0, 3], "features": [3, 3 + n_features]}},
+        "head": {"source": "head.npz", "sha256": hashes["head.npz"],
+                 "activation": "sigmoid",
+                 "produces": "codes" if net.decoder is not None else "patches"},
         "decoder": decoder,
         "postprocess": {"package": "ppp-zoo", "module": "ppp_zoo.postprocess",
                         "version": __version__},
@@ -348,9 +430,8 @@ def _data_description(config: dict, source: str) -> str:
     return text
 
 
-def _describe(name: str, authors: Sequence[str], files: dict, info: dict,
-              geometry: _Geometry, normalize, formats: Sequence[str], second: str,
-              n_second: int, description: str):
+def _describe(name: str, nickname: str, authors: Sequence[str], files: dict, info: dict,
+              geometry: _Geometry, normalize, formats: Sequence[str], description: str):
     from bioimageio.spec.model import v0_5 as m
 
     axes_ids = [m.AxisId(a) for a in geometry.axes]
@@ -372,25 +453,18 @@ def _describe(name: str, authors: Sequence[str], files: dict, info: dict,
         data=m.IntervalOrRatioDataDescr(type="float32"),
         preprocessing=[m.EnsureDtypeDescr(kwargs=m.EnsureDtypeKwargs(dtype="float32")), norm])
 
-    def out_axes(channel_names):
-        return [m.BatchAxis(), m.ChannelAxis(channel_names=channel_names)] + [
-            m.SpaceOutputAxisWithHalo(id=a, halo=geometry.halo,
-                                      size=m.SizeReference(tensor_id=m.TensorId("raw"),
-                                                           axis_id=a))
-            for a in axes_ids]
-
-    numinst = m.OutputTensorDescr(
-        id=m.TensorId("numinst"), description="probabilities of 0, 1, 2+ instances",
-        axes=out_axes([m.Identifier(f"n{i}") for i in range(3)]),
-        test_tensor=m.FileDescr(source=files["test_numinst"]),
-        data=m.IntervalOrRatioDataDescr(type="float32"))
-    second_descr = m.OutputTensorDescr(
-        id=m.TensorId(second),
-        description=("patch probabilities (channel k: offset unravel_index(k, patchshape) - "
-                     "patchshape // 2)" if second == "patches" else
-                     "code probabilities; decoder.npz turns them into patches"),
-        axes=out_axes([m.Identifier(f"{second[0]}{i}") for i in range(n_second)]),
-        test_tensor=m.FileDescr(source=files[f"test_{second}"]),
+    lo, hi = info["output"]["channels"]["features"]
+    channel_names = [m.Identifier(f"n{i}") for i in range(3)] + [
+        m.Identifier(f"f{i}") for i in range(hi - lo)]
+    out_axes = [m.BatchAxis(), m.ChannelAxis(channel_names=channel_names)] + [
+        m.SpaceOutputAxisWithHalo(id=a, halo=geometry.halo,
+                                  size=m.SizeReference(tensor_id=m.TensorId("raw"), axis_id=a))
+        for a in axes_ids]
+    prediction = m.OutputTensorDescr(
+        id=m.TensorId(OUTPUT_ID),
+        description=("n0-n2: probabilities of 0, 1, 2+ instances; f*: features for head.npz; "
+                     "instances: ppp-zoo postprocess"),
+        axes=out_axes, test_tensor=m.FileDescr(source=files[f"test_{OUTPUT_ID}"]),
         data=m.IntervalOrRatioDataDescr(type="float32"))
     weights = {}
     if "torchscript" in formats:
@@ -400,12 +474,12 @@ def _describe(name: str, authors: Sequence[str], files: dict, info: dict,
         weights["onnx"] = m.OnnxWeightsDescr(
             source=files["onnx"], opset_version=ONNX_OPSET,
             parent="torchscript" if "torchscript" in formats else None)
-    attachments = [m.FileDescr(source=files["patchperpix.json"])]
-    if "decoder.npz" in files:
-        attachments.append(m.FileDescr(source=files["decoder.npz"]))
+    attachments = [m.FileDescr(source=files[k]) for k in
+                   ("patchperpix.json", "head.npz", "decoder.npz", IJ_MACRO, "example_image.tif")
+                   if k in files]
     source = info["training"]["data"]
     tags = ["instance-segmentation", "patchperpix", f"{geometry.ndim}d", "unet", "pytorch",
-            "onnx", "torchscript"]
+            "onnx", "torchscript", "deepimagej", "ilastik"]
     tags += ["nuclei"] if "nuclei" in source else ["worms"] if "worms" in source else []
     tolerance = m.ReproducibilityTolerance(relative_tolerance=RELATIVE_TOLERANCE,
                                            absolute_tolerance=ABSOLUTE_TOLERANCE)
@@ -425,9 +499,10 @@ def _describe(name: str, authors: Sequence[str], files: dict, info: dict,
         covers=[m.FileDescr(source=files["cover.png"])],
         attachments=attachments,
         inputs=[raw],
-        outputs=[numinst, second_descr],
+        outputs=[prediction],
         weights=m.WeightsDescr(**weights),
-        config=m.Config(bioimageio=m.BioimageioConfig(reproducibility_tolerance=[tolerance]),
+        config=m.Config(bioimageio=m.BioimageioConfig(reproducibility_tolerance=[tolerance],
+                                                      nickname=nickname),
                         patchperpix=info),
     )
 
@@ -439,6 +514,10 @@ def _load(checkpoint: Path) -> tuple[ModelBundle, dict]:
     return bundle, {k: ckpt.get(k) for k in ("training", "iteration", "best")}
 
 
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def _write_files(bundle: ModelBundle, extra: dict, folder: Path, formats: Sequence[str],
                  name: str, metrics: dict | None, progress: Progress) -> tuple[dict, dict, dict]:
     from ..postprocess import assemble
@@ -447,24 +526,26 @@ def _write_files(bundle: ModelBundle, extra: dict, folder: Path, formats: Sequen
     net = bundle.model.cpu().eval()
     model = ExportNet(net).eval()
     geometry = _geometry(bundle)
-    second = "codes" if net.decoder is not None else "patches"
     files: dict[str, Path] = {}
 
     say("test tensors")
     image, _ = _example_image(bundle, geometry)
-    test_raw = _as_raw(_fit(image, (geometry.min_size,) * geometry.ndim))[None, None]
-    net_input, (ref_numinst, ref_second) = _reference_outputs(model, test_raw,
-                                                              bundle.normalize)
-    sample_size = [min(SAMPLE_SIZE[geometry.ndim], max(geometry.min_size,
-                                                       s // geometry.step * geometry.step))
-                   for s in image.shape]
-    sample_raw = _as_raw(_fit(image, sample_size))
-    for key, arr in (("test_raw", test_raw), ("test_numinst", ref_numinst),
-                     (f"test_{second}", ref_second)):
+    test_raw = _as_raw(_fit(image, (geometry.min_size,) * geometry.ndim))
+    test_raw = _with_tied_percentiles(test_raw, bundle.normalize)[None, None]
+    net_input, ref_output = _reference_output(model, test_raw, bundle.normalize)
+    for key, arr in (("test_raw", test_raw), (f"test_{OUTPUT_ID}", ref_output)):
         files[key] = folder / f"{key}.npy"
         np.save(files[key], np.ascontiguousarray(arr, np.float32), allow_pickle=False)
-    files["sample_raw"] = folder / "sample_raw.tif"  # sample tensors are image files
-    tifffile.imwrite(files["sample_raw"], sample_raw, photometric="minisblack")
+    # the sample is the test input as an image file: tools that run the sample (deepImageJ's
+    # collection check) compare what they get with the test output
+    files["sample_raw"] = folder / "sample_raw.tif"
+    tifffile.imwrite(files["sample_raw"], test_raw[0, 0], photometric="minisblack")
+    example_size = [min(SAMPLE_SIZE[geometry.ndim], max(geometry.min_size,
+                                                        s // geometry.step * geometry.step))
+                    for s in image.shape]
+    example_raw = _as_raw(_fit(image, example_size))
+    files["example_image.tif"] = folder / "example_image.tif"
+    tifffile.imwrite(files["example_image.tif"], example_raw, photometric="minisblack")
 
     example = torch.from_numpy(np.ascontiguousarray(net_input))
     diffs = {}
@@ -473,29 +554,37 @@ def _write_files(bundle: ModelBundle, extra: dict, folder: Path, formats: Sequen
         files["torchscript"] = save_torchscript(model, example, folder / "weights_torchscript.pt")
     if "onnx" in formats:
         say("onnx")
-        files["onnx"] = save_onnx(model, example, folder / "weights.onnx", ("numinst", second))
+        files["onnx"] = save_onnx(model, example, folder / "weights.onnx", (OUTPUT_ID,))
     with torch.no_grad():
-        eager = [o.numpy() for o in model(example)]
+        eager = model(example).numpy()
     for wf, run in (("torchscript", run_torchscript), ("onnx", run_onnx)):
         if wf in files:
-            diffs[wf] = max(float(np.abs(a - b).max()) for a, b in zip(run(files[wf], net_input),
-                                                                       eager))
+            diffs[wf] = float(np.abs(run(files[wf], net_input)[0] - eager).max())
 
-    info = _patchperpix_info(bundle, extra, geometry, metrics)
+    files["head.npz"] = folder / "head.npz"
+    head = net.patch_head
+    np.savez(files["head.npz"],
+             weight=head.weight.detach().reshape(head.out_channels, -1).numpy().astype(np.float32),
+             bias=head.bias.detach().numpy().astype(np.float32),
+             patchshape=np.asarray(net.patchshape, np.int64))
     if net.decoder is not None:
         files["decoder.npz"] = folder / "decoder.npz"
         np.savez(files["decoder.npz"], **net.decoder.to_arrays(),
                  code_shape=np.asarray(net.decoder.code_shape, np.int64),
                  patchshape=np.asarray(net.patchshape, np.int64),
-                 features=np.asarray(info["decoder"]["features"], np.int64))
+                 features=np.asarray(_decoder_features(net.decoder), np.int64))
+    hashes = {k: _sha256(files[k]) for k in ("head.npz", "decoder.npz") if k in files}
+    info = _patchperpix_info(bundle, extra, geometry, metrics, hashes)
     files["patchperpix.json"] = folder / "patchperpix.json"
     files["patchperpix.json"].write_text(json.dumps(info, indent=2), encoding="utf-8")
+    files[IJ_MACRO] = folder / IJ_MACRO
+    files[IJ_MACRO].write_text(_imagej_macro(geometry), encoding="utf-8")
 
     say("cover")
-    numinst, patches = predict_probabilities(bundle, sample_raw)
+    numinst, patches = predict_probabilities(bundle, example_raw)
     labels = assemble(numinst, patches, bundle.assembly)
     files["cover.png"] = folder / "cover.png"
-    _write_cover(files["cover.png"], normalize_image(sample_raw, bundle.normalize), numinst,
+    _write_cover(files["cover.png"], normalize_image(example_raw, bundle.normalize), numinst,
                  labels)
     files["README.md"] = folder / "README.md"
     files["README.md"].write_text(_documentation(name, info, geometry, diffs, formats),
@@ -504,7 +593,8 @@ def _write_files(bundle: ModelBundle, extra: dict, folder: Path, formats: Sequen
 
 
 def export_model(checkpoint: str | os.PathLike, output: str | os.PathLike, *,
-                 name: str | None = None, authors: Sequence[str] | None = None,
+                 name: str | None = None, nickname: str | None = None,
+                 authors: Sequence[str] | None = None,
                  formats: Sequence[str] | str = WEIGHT_FORMATS, folder: bool = False,
                  metrics: dict | None = None, description: str | None = None,
                  progress: Progress = None) -> ExportResult:
@@ -519,6 +609,9 @@ def export_model(checkpoint: str | os.PathLike, output: str | os.PathLike, *,
         exists, but only once the new package has passed validation.
     name : str or None
         Model name (default: from the variant, dimensions and training data).
+    nickname : str or None
+        Short id for tools that list models by it (``config.bioimageio.nickname``; deepImageJ
+        needs one): lowercase letters, digits, ``-`` and ``_``. Default: from ``name``.
     authors : sequence of str or None
         Author names (default: "ppp-zoo developers").
     formats : sequence of {"torchscript", "onnx"} or str
@@ -564,11 +657,12 @@ def export_model(checkpoint: str | os.PathLike, output: str | os.PathLike, *,
     source = bundle.config.get("data", {}).get("source", "custom")
     variant_name = "ppp+dec" if net.decoder is not None else "ppp"
     name = name or f"PatchPerPix {variant_name} {net.ndim}D {source}"
+    nickname = _check_nickname(nickname or _slug(name))
     description = description or (
         f"PatchPerPix ({variant_name}) instance segmentation, {net.ndim}D, trained on "
         f"{_data_description(bundle.config, source)}. Outputs numinst and "
-        f"{'codes' if net.decoder is not None else 'patches'}; instances are assembled by "
-        "ppp_zoo.postprocess with the parameters in config.patchperpix.")
+        "features; instances are assembled by ppp_zoo.postprocess with the parameters in "
+        "config.patchperpix.")
 
     from bioimageio.spec import (
         save_bioimageio_package,
@@ -580,9 +674,8 @@ def export_model(checkpoint: str | os.PathLike, output: str | os.PathLike, *,
         src = Path(tmp) / "src"
         src.mkdir()
         files, info, diffs = _write_files(bundle, extra, src, formats, name, metrics, progress)
-        descr = _describe(name, authors, files, info, _geometry(bundle), bundle.normalize,
-                          formats, "codes" if net.decoder is not None else "patches",
-                          net.out_channels, description)
+        descr = _describe(name, nickname, authors, files, info, _geometry(bundle),
+                          bundle.normalize, formats, description)
         staged = Path(tmp) / ("package" if folder else "package.zip")
         if progress:
             progress("package")

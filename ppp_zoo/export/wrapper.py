@@ -1,6 +1,11 @@
-"""The network as exported: probabilities out, output size == input size, traced and ONNX.
+"""The network as exported: one output tensor, output size == input size, traced and ONNX.
 
-:class:`ExportNet` wraps a :class:`~ppp_zoo.model.PatchPerPixNet`. The exported input sizes
+:class:`ExportNet` wraps a :class:`~ppp_zoo.model.PatchPerPixNet` without its patch (or
+code) head: the output is the numinst probabilities followed by the U-Net's last features,
+from which the head (a 1x1 convolution, shipped as ``head.npz``) computes the patches or
+codes per pixel. That is the same information in ``3 + F`` channels instead of ``3 + P``
+(``F`` = the U-Net's base features, 12-40; ``P`` = 289 for a 17x17 patch), which keeps the
+tiles that ilastik and deepImageJ move around small. The exported input sizes
 are multiples of the U-Net's ``size_divisor`` (declared as ``min + n * step``), on which the
 same-padded U-Net keeps the input size, so the wrapper needs no padding of its own and its
 graph holds no size-dependent operation: one trace serves every declared size.
@@ -23,23 +28,22 @@ ONNX_OPSET = 17
 
 
 class ExportNet(nn.Module):
-    """``raw (B, 1, [Z,] Y, X)`` -> ``(numinst, patches or codes)`` probabilities.
+    """``raw (B, 1, [Z,] Y, X)`` -> ``(B, 3 + F, [Z,] Y, X)``: numinst probabilities, features.
 
-    Softmax over the three numinst channels, sigmoid on the patch (or code) channels. Every
-    spatial size of ``raw`` must be a multiple of ``net.size_divisor``; the outputs keep it.
-    The ``ppp+dec`` decoder is not part of it (it ships as ``decoder.npz``).
+    Channels 0-2: softmax over the three numinst classes; channels 3..3+F: the U-Net's last
+    feature maps, the input of the patch head. Every spatial size of ``raw`` must be a
+    multiple of ``net.size_divisor``; the output keeps it. The patch head and the ``ppp+dec``
+    decoder are not part of it (they ship as ``head.npz`` and ``decoder.npz``).
     """
 
     def __init__(self, net: PatchPerPixNet):
         super().__init__()
         self.unet = net.unet
         self.numinst_head = net.numinst_head
-        self.patch_head = net.patch_head
 
-    def forward(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, raw: torch.Tensor) -> torch.Tensor:
         feats = self.unet(raw)
-        return (torch.softmax(self.numinst_head(feats), dim=1),
-                torch.sigmoid(self.patch_head(feats)))
+        return torch.cat([torch.softmax(self.numinst_head(feats), dim=1), feats], dim=1)
 
 
 def _space_names(ndim: int) -> list[str]:
@@ -57,7 +61,7 @@ def save_torchscript(model: ExportNet, example: torch.Tensor, path: str | os.Pat
 
 
 def save_onnx(model: ExportNet, example: torch.Tensor, path: str | os.PathLike,
-              output_names: tuple[str, str]) -> Path:
+              output_names: tuple[str, ...]) -> Path:
     """Export ``model`` to one self-contained ONNX file, opset 17, dynamic batch and space axes."""
     path = Path(path)
     ndim = example.ndim - 2
@@ -77,7 +81,8 @@ def run_torchscript(path: str | os.PathLike, x: np.ndarray) -> list[np.ndarray]:
         warnings.simplefilter("ignore")  # torch.jit deprecation notices
         module = torch.jit.load(str(path), map_location="cpu")
     with torch.no_grad():
-        return [o.numpy() for o in module(torch.from_numpy(x))]
+        outs = module(torch.from_numpy(x))
+    return [o.numpy() for o in ((outs,) if isinstance(outs, torch.Tensor) else outs)]
 
 
 def run_onnx(path: str | os.PathLike, x: np.ndarray) -> list[np.ndarray]:

@@ -48,9 +48,10 @@ the patch centred at ``c`` at pixel ``u`` (``u`` in ``box(c) = c + [-r, r]``, in
    overlap pixels belong to every instance covering them. Instances with fewer than
    ``min_size`` pixels are removed and ids are made consecutive.
 
-Exported models: :func:`load_model_params` reads every parameter (and, for ``ppp+dec``
-models, the patch decoder of :mod:`.decode`) from a model package written by
-``ppp-zoo export``.
+Exported models: :func:`load_model_params` reads every parameter and the per-pixel
+decoding (the network's patch head, and the code decoder of ``ppp+dec`` models, see
+:mod:`.decode`) from a model package written by ``ppp-zoo export``; ``params.split`` and
+``params.patches`` turn the model's single output into numinst and patches.
 
 Large images: :func:`assemble_blockwise` assembles blocks with a margin of one patch size
 and stitches them (memory grows with the block, not with the image).
@@ -63,9 +64,14 @@ _configure_cache()
 from .params import AssemblyParams, Partition, parse_shape  # noqa: E402
 from .assembly import AssemblyResult, assemble  # noqa: E402
 from .blockwise import assemble_blockwise  # noqa: E402
-from .decode import Decoder, decode, load_decoder  # noqa: E402
-from .model_package import ModelParams, load_model_params  # noqa: E402
+from .decode import DecodedPatches, Decoder, PatchHead, decode, load_decoder  # noqa: E402
+from .model_package import (  # noqa: E402
+    ModelParams,
+    PackageError,
+    PackageFiles,
+    load_model_params,
+)
 
-__all__ = ["AssemblyParams", "AssemblyResult", "Decoder", "ModelParams", "Partition",
-           "assemble", "assemble_blockwise", "decode", "load_decoder", "load_model_params",
-           "parse_shape"]
+__all__ = ["AssemblyParams", "AssemblyResult", "DecodedPatches", "Decoder", "ModelParams",
+           "PackageError", "PackageFiles", "Partition", "PatchHead", "assemble",
+           "assemble_blockwise", "decode", "load_decoder", "load_model_params", "parse_shape"]

@@ -1,7 +1,12 @@
-"""The ``ppp+dec`` patch decoder in numpy: per-pixel codes in, shape patches out.
+"""Per-pixel decoding in numpy: network features or codes in, shape patches out.
 
-The maths are those of :class:`ppp_zoo.model.PatchDecoder` (which this module does not
-import): a pixel's code vector of ``C = prod(code_shape)`` values is read in C order as
+Two stages, each optional:
+
+- :class:`PatchHead` (packages of format 2): the network's last 1x1 convolution, applied to
+  the U-Net features ``(F, ...)`` a model package outputs: ``sigmoid(W f + b)`` gives the
+  patch probabilities (``ppp``) or the code probabilities (``ppp+dec``).
+- :class:`Decoder` (``ppp+dec``): the maths of :class:`ppp_zoo.model.PatchDecoder` (which
+  this module does not import): a pixel's code vector of ``C = prod(code_shape)`` values is read in C order as
 ``c0`` channels on a ``g_1 x ... x g_ndim`` grid; each of ``L`` levels upsamples x2 (nearest)
 and applies two 3x3[x3] convolutions (zero padding 1) each followed by a ReLU; a final 1x1
 convolution gives one channel, the ``g * 2**L`` grid is centre-cropped to ``patchshape`` and
@@ -19,6 +24,7 @@ import io
 import itertools
 import os
 import re
+from typing import Union
 
 import numpy as np
 
@@ -64,6 +70,11 @@ class Decoder:
     def n_patch(self) -> int:
         return int(np.prod(self.patchshape))
 
+    @property
+    def in_channels(self) -> int:
+        """Channels of the per-pixel input (the code length)."""
+        return self.code_channels
+
     def bytes_per_code(self) -> int:
         """Peak activation bytes of decoding one code (a few buffers of the largest level)."""
         grid = np.asarray(self.code_shape[1:])
@@ -72,6 +83,105 @@ class Decoder:
             n = int(np.prod(grid * 2 ** (level + 1)))
             peak = max(peak, n * int(self.convs[2 * level][0].shape[0]))
         return 4 * 4 * peak  # float32, about four live buffers
+
+    def decode_pixels(self, codes: np.ndarray) -> np.ndarray:
+        """Patch probabilities ``(N, P)`` of code probabilities ``(N, C)``."""
+        return decode_codes(self, codes)
+
+
+@dataclasses.dataclass(frozen=True)
+class PatchHead:
+    """The pointwise head of a format-2 package: features ``(N, F)`` -> patches ``(N, P)``.
+
+    ``sigmoid(features @ weight.T + bias)`` are the patch probabilities (``decoder`` is
+    None) or the code probabilities that ``decoder`` turns into patches.
+
+    Attributes
+    ----------
+    weight : ndarray, float32, shape (K, F)
+    bias : ndarray, float32, shape (K,)
+    patchshape : tuple of int
+    decoder : Decoder or None
+
+    Examples
+    --------
+    >>> head = PatchHead(np.ones((9, 2), np.float32), np.zeros(9, np.float32), (3, 3))
+    >>> head.decode_pixels(np.zeros((4, 2), np.float32)).shape, head.in_channels
+    ((4, 9), 2)
+    """
+
+    weight: np.ndarray
+    bias: np.ndarray
+    patchshape: tuple[int, ...]
+    decoder: Decoder | None = None
+
+    def __post_init__(self):
+        w, b = np.asarray(self.weight), np.asarray(self.bias)
+        k = self.decoder.code_channels if self.decoder is not None else \
+            int(np.prod(self.patchshape))
+        if w.ndim != 2 or w.shape[0] != k or b.shape != (k,):
+            raise ValueError(f"head weight {w.shape} / bias {b.shape} do not give {k} "
+                             f"{'code' if self.decoder is not None else 'patch'} channels")
+        if self.decoder is not None and self.decoder.patchshape != tuple(self.patchshape):
+            raise ValueError(f"decoder patchshape {self.decoder.patchshape} differs from the "
+                             f"head's {tuple(self.patchshape)}")
+
+    @property
+    def ndim(self) -> int:
+        return len(self.patchshape)
+
+    @property
+    def in_channels(self) -> int:
+        """Feature channels the head reads."""
+        return int(self.weight.shape[1])
+
+    @property
+    def n_patch(self) -> int:
+        return int(np.prod(self.patchshape))
+
+    def bytes_per_code(self) -> int:
+        """Peak bytes of decoding one pixel."""
+        own = 4 * 2 * (int(self.weight.shape[0]) + self.n_patch)
+        return max(own, self.decoder.bytes_per_code()) if self.decoder is not None else own
+
+    def decode_pixels(self, features: np.ndarray) -> np.ndarray:
+        """Patch probabilities ``(N, P)`` of features ``(N, F)``."""
+        features = np.asarray(features, np.float32)
+        if features.ndim != 2 or features.shape[1] != self.in_channels:
+            raise ValueError(f"features must have shape (N, {self.in_channels}), "
+                             f"got {features.shape}")
+        logits = features @ np.asarray(self.weight, np.float32).T + \
+            np.asarray(self.bias, np.float32)
+        probs = _sigmoid(logits)
+        return probs if self.decoder is None else decode_codes(self.decoder, probs)
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+
+
+def load_head(source: bytes, decoder: Decoder | None = None) -> PatchHead:
+    """Read ``head.npz`` (its bytes) of a format-2 model package.
+
+    The file holds ``weight (K, F)``, ``bias (K,)`` and ``patchshape``; ``decoder`` is the
+    package's ``ppp+dec`` decoder, if any.
+
+    Raises
+    ------
+    ValueError
+        If the file is not a head written by the exporter.
+    """
+    try:
+        with np.load(io.BytesIO(source), allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, EOFError) as err:
+        raise ValueError(f"cannot read the head weights ({err})") from None
+    missing = [k for k in ("weight", "bias", "patchshape") if k not in arrays]
+    if missing:
+        raise ValueError(f"head weights lack the arrays {missing}")
+    return PatchHead(np.asarray(arrays["weight"], np.float32),
+                     np.asarray(arrays["bias"], np.float32),
+                     tuple(int(v) for v in arrays["patchshape"]), decoder)
 
 
 def load_decoder(source: str | os.PathLike | bytes) -> Decoder:
@@ -181,7 +291,7 @@ def decode_codes(decoder: Decoder, codes: np.ndarray) -> np.ndarray:
     crop = (slice(None),) + tuple(slice((s - p) // 2, (s - p) // 2 + p)
                                   for s, p in zip(logits.shape[1:-1], decoder.patchshape))
     logits = logits[crop][..., 0].reshape(len(codes), -1)
-    return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+    return _sigmoid(logits)
 
 
 def voting_mask(numinst: np.ndarray, params: AssemblyParams) -> np.ndarray:
@@ -190,18 +300,23 @@ def voting_mask(numinst: np.ndarray, params: AssemblyParams) -> np.ndarray:
     return (numinst[1] > t1) & ~(numinst[2] > t2)
 
 
-def decode(numinst: np.ndarray, codes: np.ndarray, decoder: Decoder,
+PixelDecoder = Union[Decoder, PatchHead]
+"""What :func:`decode` runs per pixel: a code decoder or a format-2 head."""
+
+
+def decode(numinst: np.ndarray, values: np.ndarray, decoder: PixelDecoder,
            params: AssemblyParams, *, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> np.ndarray:
-    """Dense patches ``(P, [Z,] Y, X)`` from numinst and code probabilities.
+    """Dense patches ``(P, [Z,] Y, X)`` from numinst and per-pixel codes or features.
 
     Parameters
     ----------
     numinst : ndarray, shape (3, [Z,] Y, X)
-        numinst probabilities (the model's ``numinst`` output without the batch axis).
-    codes : ndarray, shape (C, [Z,] Y, X)
-        Code probabilities (the model's ``codes`` output without the batch axis).
-    decoder : Decoder
-        From :func:`load_decoder` or :func:`~ppp_zoo.postprocess.load_model_params`.
+        numinst probabilities (the model's numinst channels without the batch axis).
+    values : ndarray, shape (K, [Z,] Y, X)
+        What ``decoder`` reads at each pixel: code probabilities for a :class:`Decoder`,
+        the network features for a :class:`PatchHead`.
+    decoder : Decoder or PatchHead
+        From :func:`~ppp_zoo.postprocess.load_model_params`.
     params : AssemblyParams
         Its ``numinst_thresholds`` choose the decoded pixels.
     memory_budget : int
@@ -210,21 +325,45 @@ def decode(numinst: np.ndarray, codes: np.ndarray, decoder: Decoder,
     Returns
     -------
     patches : ndarray, float32, shape (P, [Z,] Y, X)
-        Patch probabilities at numinst class-1 pixels, 0 elsewhere.
+        Patch probabilities at numinst class-1 pixels (the only patches the assembly
+        reads), 0 elsewhere.
     """
     numinst = np.asarray(numinst)
-    codes = np.asarray(codes)
-    if codes.ndim != decoder.ndim + 1 or codes.shape[0] != decoder.code_channels:
-        raise ValueError(f"codes must have shape ({decoder.code_channels}, ...) with "
-                         f"{decoder.ndim} spatial axes, got {codes.shape}")
-    if numinst.shape != (3,) + codes.shape[1:]:
-        raise ValueError(f"numinst {numinst.shape} does not match codes {codes.shape}")
+    values = np.asarray(values)
+    if values.ndim != decoder.ndim + 1 or values.shape[0] != decoder.in_channels:
+        raise ValueError(f"{'codes' if isinstance(decoder, Decoder) else 'features'} must "
+                         f"have shape ({decoder.in_channels}, ...) with {decoder.ndim} "
+                         f"spatial axes, got {values.shape}")
+    if numinst.shape != (3,) + values.shape[1:]:
+        raise ValueError(f"numinst {numinst.shape} does not match {values.shape}")
     flat = np.flatnonzero(voting_mask(numinst, params))
-    out = np.zeros((decoder.n_patch, int(np.prod(codes.shape[1:]))), np.float32)
-    pixels = codes.reshape(codes.shape[0], -1)
+    out = np.zeros((decoder.n_patch, int(np.prod(values.shape[1:]))), np.float32)
+    pixels = values.reshape(values.shape[0], -1)
     chunk = max(1, memory_budget // decoder.bytes_per_code())
     for start in range(0, len(flat), chunk):
         index = flat[start:start + chunk]
-        out[:, index] = decode_codes(decoder, pixels[:, index].T).T
-    return out.reshape((decoder.n_patch,) + codes.shape[1:])
+        out[:, index] = decoder.decode_pixels(pixels[:, index].T).T
+    return out.reshape((decoder.n_patch,) + values.shape[1:])
 
+
+class DecodedPatches:
+    """Patches ``(P, [Z,] Y, X)`` decoded on request, block by block.
+
+    Holds numinst and the codes or features; slicing over the space axes (the first axis
+    whole) decodes that block with :func:`decode`. :func:`assemble_blockwise` takes it in
+    place of a dense patch array, so the dense patches never exist at once.
+    """
+
+    def __init__(self, numinst: np.ndarray, values: np.ndarray, decoder: PixelDecoder,
+                 params: AssemblyParams):
+        self.numinst, self.values, self.decoder, self.params = numinst, values, decoder, params
+        self.shape = (decoder.n_patch,) + tuple(values.shape[1:])
+        self.ndim = len(self.shape)
+        self.dtype = np.dtype(np.float32)
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        if key[0] != slice(None):
+            raise IndexError("decoded patches are sliced over space only")
+        return decode(np.asarray(self.numinst[key], np.float32),
+                      np.asarray(self.values[key], np.float32), self.decoder, self.params)

@@ -3,15 +3,17 @@
 A package is a ``.zip`` or a folder holding ``rdf.yaml`` and the files it names. Only what
 ``ppp-zoo segment`` needs is read and checked here: the single input tensor (axes, channel
 count, ``ParameterizedSize`` min/step, preprocessing), the outputs (ids, halo), the weight
-entries and ``config.patchperpix``. Files are read into memory on request, so a zip is never
-extracted to disk.
+entries and ``config.patchperpix``. Files are read into memory on request through
+:class:`ppp_zoo.postprocess.PackageFiles` (the one reader of package files: names stay
+inside the package, absurd sizes are refused, and every file is checked against the SHA-256
+that rdf.yaml declares for it), so a zip is never extracted to disk.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,14 +21,18 @@ from typing import Any
 import yaml
 
 from ..postprocess import AssemblyParams
+from ..postprocess.model_package import (
+    ModelParams,
+    PackageError,
+    PackageFiles,
+    model_params_from_info,
+)
 
 RDF_NAMES = ("rdf.yaml", "bioimageio.yaml")
 SPACE_AXES = ("z", "y", "x")
+#: format-1 packages: the second output tensor of each variant
 VARIANT_OUTPUTS = {"ppp": "patches", "ppp+dec": "codes"}
-
-
-class PackageError(ValueError):
-    """A model package that is missing, unreadable or not a PatchPerPix package."""
+RDF_MAX_BYTES = 16 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,11 +59,14 @@ class ModelPackage:
     preprocessing : tuple of dict
         ``{"id": op, "kwargs": {...}}`` entries of the input, applied in order.
     output_ids : tuple of str
-        Output tensor ids in rdf order (``numinst`` then ``patches`` or ``codes``).
+        Output tensor ids in rdf order: one (format 2) or ``numinst`` then ``patches`` or
+        ``codes`` (format 1).
     weights : dict
         Weight format (``onnx``, ``torchscript``) -> file name inside the package.
     config : dict
         ``config.patchperpix`` (variant, patchshape, assembly parameters, decoder, ...).
+    checksums : dict
+        File name -> SHA-256 declared in rdf.yaml; :meth:`read_bytes` verifies them.
     """
 
     source: Path
@@ -73,6 +82,7 @@ class ModelPackage:
     output_ids: tuple[str, ...]
     weights: dict
     config: dict
+    checksums: dict = dataclasses.field(default_factory=dict)
 
     @property
     def ndim(self) -> int:
@@ -98,9 +108,21 @@ class ModelPackage:
                                           {"patchshape": self.patchshape})
         return params.replace(**changes)
 
+    @property
+    def n_output_channels(self) -> int:
+        """Channels of all outputs together (the single output of a format-2 package)."""
+        return self.model_params.n_output_channels
+
+    @functools.cached_property
+    def model_params(self) -> ModelParams:
+        """Assembly parameters and per-pixel decoding (head, code decoder), read once."""
+        return model_params_from_info(self.config, PackageFiles(self.source))
+
     def read_bytes(self, name: str) -> bytes:
-        """Content of a file of the package (a name as written in rdf.yaml)."""
-        return _read_member(self.source, name)
+        """Content of a file of the package (a name as written in rdf.yaml), checked against
+        the SHA-256 that rdf.yaml declares for it."""
+        name = str(name).removeprefix("./")
+        return PackageFiles(self.source).read(name, self.checksums.get(name))
 
 
 def open_package(path: str | os.PathLike) -> ModelPackage:
@@ -119,14 +141,12 @@ def open_package(path: str | os.PathLike) -> ModelPackage:
     ppp_zoo.runtime.package.PackageError: no/such/model.zip: no such model package
     """
     source = Path(path)
-    if not source.exists():
-        raise PackageError(f"{source}: no such model package")
+    files = PackageFiles(source)
     try:
-        rdf_name = _find_rdf(source)
-        rdf = yaml.safe_load(_read_member(source, rdf_name))
+        rdf = yaml.safe_load(files.read(_find_rdf(source, files), max_bytes=RDF_MAX_BYTES))
     except PackageError:
         raise
-    except (OSError, zipfile.BadZipFile, yaml.YAMLError, UnicodeDecodeError) as err:
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as err:
         raise PackageError(f"{source}: not a readable model package "
                            f"({type(err).__name__}: {_first_line(err)})") from None
     try:
@@ -143,15 +163,8 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else ""
 
 
-def _find_rdf(source: Path) -> str:
-    if source.is_dir():
-        names = [p.name for p in source.iterdir() if p.is_file()]
-    elif zipfile.is_zipfile(source):
-        with zipfile.ZipFile(source) as zf:
-            names = zf.namelist()
-    else:
-        raise PackageError(f"{source}: not a model package (expected a .zip file or a folder "
-                           "with rdf.yaml)")
+def _find_rdf(source: Path, files: PackageFiles) -> str:
+    names = files.names()
     for name in RDF_NAMES:
         if name in names:
             return name
@@ -159,22 +172,6 @@ def _find_rdf(source: Path) -> str:
     if found:
         return found[0]
     raise PackageError(f"{source}: no rdf.yaml in the model package")
-
-
-def _read_member(source: Path, name: str) -> bytes:
-    name = str(name)
-    if source.is_dir():
-        path = (source / name).resolve()
-        if not path.is_relative_to(source.resolve()):
-            raise PackageError(f"{source}: file {name!r} points outside the package")
-        if not path.is_file():
-            raise PackageError(f"{source}: the package lacks the file {name!r}")
-        return path.read_bytes()
-    with zipfile.ZipFile(source) as zf:
-        try:
-            return zf.read(name)
-        except KeyError:
-            raise PackageError(f"{source}: the package lacks the file {name!r}") from None
 
 
 def _require(cond: bool, message: str) -> None:
@@ -224,7 +221,7 @@ def _parse_rdf(source: Path, rdf: Any) -> ModelPackage:
              f"bad input sizes: min {min_shape}, step {step}")
 
     outputs = rdf.get("outputs") or []
-    _require(len(outputs) >= 2, f"expected numinst and patches/codes outputs, found {len(outputs)}")
+    _require(len(outputs) >= 1, "the package declares no output tensor")
     output_ids = tuple(str(o.get("id")) for o in outputs)
     halo = [0] * len(space_axes)
     for o in outputs:
@@ -248,9 +245,13 @@ def _parse_rdf(source: Path, rdf: Any) -> ModelPackage:
     _require(isinstance(patchshape, list) and len(patchshape) == len(space_axes),
              f"config.patchperpix.patchshape {patchshape!r} does not fit the "
              f"{len(space_axes)} space axes")
-    _require(output_ids[0] == "numinst" and output_ids[1] == VARIANT_OUTPUTS[variant],
+    if config.get("output"):  # format 2: one tensor, numinst and features as channels
+        expected = (str(config["output"].get("tensor")),)
+    else:
+        expected = ("numinst", VARIANT_OUTPUTS[variant])
+    _require(output_ids == expected,
              f"outputs {list(output_ids)} do not match variant {variant!r} "
-             f"(expected numinst, {VARIANT_OUTPUTS[variant]})")
+             f"(expected {', '.join(expected)})")
     if config.get("assembly") is not None:
         AssemblyParams.from_dict(config["assembly"])  # raises on bad parameters
 
@@ -264,6 +265,22 @@ def _parse_rdf(source: Path, rdf: Any) -> ModelPackage:
         input_id=str(inp.get("id")), space_axes=space_axes, n_channels=n_channels,
         min_shape=tuple(min_shape), step=tuple(step), halo=tuple(halo),
         preprocessing=preprocessing, output_ids=output_ids, weights=weights, config=config,
+        checksums=_checksums(rdf),
     )
+
+
+def _checksums(node: Any, found: dict | None = None) -> dict:
+    """Every ``{source, sha256}`` pair of rdf.yaml (weights, attachments, test tensors...)."""
+    found = {} if found is None else found
+    if isinstance(node, Mapping):
+        src, digest = node.get("source"), node.get("sha256")
+        if isinstance(src, str) and isinstance(digest, str) and "://" not in src:
+            found[src.removeprefix("./")] = digest
+        for value in node.values():
+            _checksums(value, found)
+    elif isinstance(node, list):
+        for value in node:
+            _checksums(value, found)
+    return found
 
 

@@ -172,38 +172,6 @@ def _median_diameter(labels: np.ndarray) -> float | None:
     return 2 * math.sqrt(v / math.pi) if nd == 2 else 2 * (3 * v / (4 * math.pi)) ** (1 / 3)
 
 
-# --------------------------------------------------------------------------- decoder
-def _load_decoder(package: ModelPackage):
-    """The package's numpy patch decoder (``ppp+dec``), from its decoder.npz."""
-    from ..postprocess.decode import load_decoder
-
-    info = package.config.get("decoder") or {}
-    decoder = load_decoder(package.read_bytes(info.get("source", "decoder.npz")))
-    if decoder.patchshape != package.patchshape:
-        raise ValueError(f"{package.source}: decoder patchshape {decoder.patchshape} differs "
-                         f"from the package's patchshape {package.patchshape}")
-    return decoder
-
-
-class _DecodedPatches:
-    """Patches decoded on request from stored numinst and codes (blockwise assembly)."""
-
-    def __init__(self, numinst: np.ndarray, codes: np.ndarray, decoder, params):
-        self.numinst, self.codes, self.decoder, self.params = numinst, codes, decoder, params
-        self.shape = (decoder.n_patch,) + tuple(codes.shape[1:])
-        self.ndim = len(self.shape)
-        self.dtype = np.dtype(np.float32)
-
-    def __getitem__(self, key):
-        from ..postprocess.decode import decode
-
-        key = key if isinstance(key, tuple) else (key,)
-        if key[0] != slice(None):
-            raise IndexError("decoded patches are sliced over space only")
-        return decode(np.asarray(self.numinst[key], np.float32),
-                      np.asarray(self.codes[key], np.float32), self.decoder, self.params)
-
-
 # --------------------------------------------------------------------------- segmenter
 class Segmenter:
     """A model package loaded for inference (package + engine + decoder).
@@ -214,7 +182,7 @@ class Segmenter:
     def __init__(self, package: ModelPackage, engine: Engine):
         self.package = package
         self.engine = engine
-        self._decoder = _load_decoder(package) if package.variant == "ppp+dec" else None
+        self.params = package.model_params  # assembly parameters, head and decoder
 
     def close(self) -> None:
         self.engine.close()
@@ -254,7 +222,8 @@ class Segmenter:
         timings["preprocess"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        numinst, second, n_tiles = self._infer(x, tile, tile_progress)
+        raw, n_tiles = self._infer(x, tile, tile_progress)
+        numinst, second = self.params.split(raw[0]) if len(raw) == 1 else raw[:2]
         n_pix = math.prod(x.shape[2:])
         del x
         timings["inference"] = time.perf_counter() - t
@@ -273,13 +242,12 @@ class Segmenter:
         n = labels.shape[0] if labels.dtype == bool else int(labels.max(initial=0))
         if n == 0:
             notes.append("no instances found")
-        outputs = {pkg.output_ids[0]: numinst, pkg.output_ids[1]: second} if keep_outputs \
-            else None
+        outputs = dict(zip(pkg.output_ids, raw)) if keep_outputs else None
         return SegmentResult(labels, n, timings, scale, n_tiles, tuple(notes), suggested,
                              outputs)
 
     def _infer(self, x: np.ndarray, tile, progress: Progress):
-        """Tiled inference: numinst, patches or codes (float16 when large), tiles run."""
+        """Tiled inference: the outputs without batch axis (float16 when large), tiles run."""
         pkg = self.package
         channels = output_channels(pkg)
         big = channels * math.prod(x.shape[2:]) * 4 > FLOAT16_BYTES
@@ -290,23 +258,19 @@ class Segmenter:
             n_tiles += 1
             return self.engine(tile_in)
 
-        numinst, second = run_tiled(engine, x, min_shape=pkg.min_shape, step=pkg.step,
-                                    halo=pkg.halo, tile=tile or default_tile(pkg.ndim, channels),
-                                    dtype=np.float16 if big else np.float32,
-                                    progress=progress)[:2]
-        return numinst, second, n_tiles
+        outs = run_tiled(engine, x, min_shape=pkg.min_shape, step=pkg.step, halo=pkg.halo,
+                         tile=tile or default_tile(pkg.ndim, channels),
+                         dtype=np.float16 if big else np.float32, progress=progress)
+        return outs, n_tiles
 
     def _assemble(self, numinst, second, params, timings: dict, *, blockwise: bool, block):
-        """Decode codes (``ppp+dec``) and assemble; blockwise decoding happens per block,
-        inside the assembly's time."""
+        """Decode features or codes into patches and assemble; blockwise decoding happens
+        per block, inside the assembly's time."""
         from ..postprocess import assemble, assemble_blockwise
 
         t = time.perf_counter()
-        patches = second
-        if self._decoder is not None:
-            patches = _DecodedPatches(numinst, second, self._decoder, params)
-            if not blockwise:
-                patches = patches[(slice(None),)]
+        model = dataclasses.replace(self.params, assembly=params)
+        patches = model.patches(numinst, second, lazy=blockwise)
         timings["decode"] = time.perf_counter() - t
         t = time.perf_counter()
         if blockwise:
@@ -333,13 +297,8 @@ def _scale_hint(labels: np.ndarray, scale: float,
 
 
 def output_channels(package: ModelPackage) -> int:
-    """Channels of the package's outputs together (numinst + patches or codes)."""
-    total = 0
-    for out in package.rdf["outputs"]:
-        axes = out.get("axes") or []
-        names = axes[1].get("channel_names") if len(axes) > 1 else None
-        total += len(names) if names else math.prod(package.patchshape)
-    return total
+    """Channels of the package's outputs together (numinst + features, patches or codes)."""
+    return package.n_output_channels
 
 
 def default_tile(ndim: int, channels: int) -> tuple[int, ...]:
