@@ -527,9 +527,21 @@ def _read_metrics(path: Path) -> dict:
 @reports_errors
 def validate(
     model: Annotated[Path, typer.Argument(help="Model package (.zip, folder or rdf.yaml).")],
+    for_tools: Annotated[Optional[str], typer.Option("--for", help="Check the rules of these tools instead: deepimagej, ilastik, bioimageio (comma-separated).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
 ):
-    """Run bioimageio.core's model test for every weight format; exit 1 unless all pass."""
+    """Run bioimageio.core's model test for every weight format, or with --for the rules that
+    deepImageJ, ilastik and the bioimage.io collection apply; exit 1 unless all pass."""
+    if for_tools is not None:
+        from .runtime.compat import check_package, format_rules
+
+        rules = check_package(model, for_tools)
+        typer.echo(json.dumps([r.to_dict() for r in rules]) if json_out else format_rules(rules))
+        failed = sorted({r.tool for r in rules if not r.passed})
+        if failed:
+            _status(f"would fail in: {', '.join(failed)}")
+            raise typer.Exit(code=1)
+        return
     from .export.validation import format_table, validate_package
 
     rows = validate_package(model)

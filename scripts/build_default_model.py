@@ -3,7 +3,10 @@
 Steps:
   1. train the ``nuclei2d-cpu`` preset (seed 0) on the left half of the real DSB 2018 sample
      (its last 48 columns are the validation strip; the right half is never read), or take
-     an existing checkpoint of that preset with ``--checkpoint``;
+     an existing checkpoint of that preset with ``--checkpoint``, or recover the checkpoint
+     from an earlier build of the package with ``--from-package`` (its TorchScript weights,
+     the training config recorded in ``build.json`` and the package's tuned parameters: the
+     same network, re-exported in the current package layout);
   2. score ``best.pt`` on the right half (57 nuclei) with the checkpoint's own prediction;
   3. export it (TorchScript + ONNX, validated by bioimageio.core) with those metrics;
   4. segment the right half again through the exported package with ONNX Runtime (the path
@@ -13,6 +16,7 @@ Steps:
 
 Usage:
   python scripts/build_default_model.py [--minutes 10] [--seed 0] [--checkpoint best.pt]
+  python scripts/build_default_model.py --from-package ppp_zoo/models/ppp-nuclei2d.zip
 """
 
 from __future__ import annotations
@@ -41,6 +45,54 @@ def _scores(labels, gt) -> dict:
             "n_gt": r.n_gt}
 
 
+def recover_checkpoint(package: Path, build_record: Path, output: Path) -> Path:
+    """Write a checkpoint (``best.pt``) holding the network of an earlier build of the
+    package: the U-Net and numinst head from its TorchScript weights, the patch head from
+    the same weights (format 1) or from ``head.npz`` (format 2), and the config, tuned
+    thresholds and training record of ``build.json`` and ``config.patchperpix``."""
+    import io
+    import warnings
+
+    import numpy as np
+    import torch
+
+    from ppp_zoo.config import config_from_dict
+    from ppp_zoo.model import PatchPerPixNet
+    from ppp_zoo.predict import FORMAT_VERSION
+    from ppp_zoo.runtime.package import open_package
+    from ppp_zoo.train import model_kwargs
+
+    record = json.loads(build_record.read_text())
+    cfg = config_from_dict(record["training"]["config"])
+    pkg = open_package(package)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.load(io.BytesIO(pkg.read_bytes(pkg.weights["torchscript"])),
+                                  map_location="cpu")
+    state = dict(scripted.state_dict())
+    if "head" in pkg.config:  # format 2: the patch head ships as head.npz
+        with np.load(io.BytesIO(pkg.read_bytes(pkg.config["head"]["source"]))) as head:
+            weight = torch.from_numpy(head["weight"])
+            state["patch_head.weight"] = weight.reshape(weight.shape + (1,) * cfg.ndim)
+            state["patch_head.bias"] = torch.from_numpy(head["bias"])
+    kwargs = model_kwargs(cfg)
+    net = PatchPerPixNet(**kwargs)
+    net.load_state_dict(state)  # strict: every weight accounted for
+    ppp = pkg.config
+    ckpt = {"format_version": FORMAT_VERSION,
+            "model_state": {k: v.detach().clone() for k, v in net.state_dict().items()},
+            "model_kwargs": kwargs, "config": cfg.to_dict(),
+            "normalize": dict(ppp["normalize"]), "assembly": dict(ppp["assembly"]),
+            "iteration": int(record["training"]["checkpoint_iteration"]),
+            "history": {"loss": [], "val": []}, "best": None,
+            "tuned": record["training"].get("tuned_thresholds"),
+            "training": {"object_diameter": ppp["training"]["object_diameter"],
+                         "source": cfg.data.source}}
+    output.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(ckpt, output)
+    return output
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0, help="training time limit")
@@ -48,8 +100,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="use this nuclei2d-cpu checkpoint instead of training")
+    parser.add_argument("--from-package", type=Path, default=None,
+                        help="recover the checkpoint from this earlier build of the package "
+                             "(with model_specs/ppp-nuclei2d/build.json) instead of training")
     parser.add_argument("--work", type=Path, default=Path("runs") / NAME)
     args = parser.parse_args(argv)
+    previous = None
+    if args.from_package is not None:
+        build_record = ROOT / "model_specs" / NAME / "build.json"
+        previous = json.loads(build_record.read_text())
+        args.checkpoint = recover_checkpoint(args.from_package, build_record,
+                                             args.work / "recovered" / "best.pt")
+        print(f"recovered {args.checkpoint} from {args.from_package}", flush=True)
 
     import torch
 
@@ -74,6 +136,12 @@ def main(argv: list[str] | None = None) -> int:
                               "iterations": result.iterations,
                               "best_iteration": result.best_iteration,
                               "best_val_avAP": result.best_avAP}
+    elif previous is not None:
+        checkpoint = args.checkpoint
+        record["training"] = {k: v for k, v in previous["training"].items()
+                              if k not in ("config", "tuned_thresholds", "checkpoint_iteration",
+                                           "iterations_run")}
+        record["training"]["recovered_from"] = str(args.from_package.name)
     else:
         checkpoint = args.checkpoint
         record["training"] = {"checkpoint": checkpoint.name}
@@ -82,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     record["seed"] = bundle.config.get("train", {}).get("seed")
     record["training"].update(
         checkpoint_iteration=bundle.iteration,
-        iterations_run=len(ckpt.get("history", {}).get("loss", [])),
+        iterations_run=(previous["training"]["iterations_run"] if previous else
+                        len(ckpt.get("history", {}).get("loss", []))),
         tuned_thresholds=ckpt.get("tuned"), config=bundle.config)
     if bundle.config.get("data", {}).get("source") != "dsb-sample":
         raise SystemExit(f"{checkpoint}: not trained on the DSB sample (preset {PRESET})")
@@ -99,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         exported = export_model(
             checkpoint, package, name="PatchPerPix nuclei 2D (DSB 2018 sample - CPU-trained)",
+            nickname=NAME,
             metrics=metrics,
             description=("PatchPerPix (ppp) nuclei instance segmentation for 2D fluorescence "
                          "images, trained for minutes on a CPU on the left half of the DSB "
