@@ -120,36 +120,36 @@ def _load_outputs(path: Path, patchshape: Optional[str]):
 @app.command()
 @reports_errors
 def postprocess(
-    outputs: Annotated[Path, typer.Argument(help=".npz with 'patches' (P, [Z,] Y, X) and 'numinst' (3, [Z,] Y, X).")],
+    outputs: Annotated[Path, typer.Argument(help=".npz with 'patches' (P, [Z,] Y, X) and 'numinst' (3, [Z,] Y, X); with --model also the model's raw output as deepImageJ (.tif) or ilastik (.h5) saved it, or .npy.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Label image to write (.tif, .png, .npy).")],
     patchshape: Annotated[Optional[str], typer.Option(help="Patch shape (default: the one stored in the .npz).")] = None,
     patch_threshold: Annotated[Optional[float], typer.Option(help="TH (default 0.9).")] = None,
     fc_threshold: Annotated[Optional[float], typer.Option(help="Foreground-cover threshold (default 0.5).")] = None,
     partition: Annotated[Optional[str], typer.Option(help="cc (connected components) or mws (mutex watershed).")] = None,
     min_size: Annotated[Optional[int], typer.Option(help="Remove instances smaller than this.")] = None,
-    fast: Annotated[bool, typer.Option(help="Vote and rank with centres on a stride-2 grid only.")] = False,
-    overlapping: Annotated[bool, typer.Option(help="Write an (N, [Z,] Y, X) stack of instance masks.")] = False,
+    fast: Annotated[Optional[bool], typer.Option("--fast/--exact", help="Fast mode votes and ranks with centres on a stride grid only (default: as the model package says; exact without one).")] = None,
+    overlapping: Annotated[Optional[bool], typer.Option("--overlapping/--no-overlapping", help="Write an (N, [Z,] Y, X) stack of instance masks (default: as the model package says; no without one).")] = None,
     block: Annotated[Optional[str], typer.Option(help="Assemble in blocks of this core size (e.g. 256x256) and stitch: bounded memory for large images.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary to stdout.")] = False,
-    model: Annotated[Optional[Path], typer.Option("--model", help="Exported model package (.zip or folder): every parameter, and the decoder for 'codes', come from it; the options above override them.")] = None,
+    model: Annotated[Optional[Path], typer.Option("--model", help="Exported model package (.zip or folder): every parameter, and the decoding of its output, come from it; the options above override them.")] = None,
 ):
-    """Assemble instances from PatchPerPix outputs (numinst + patches, or codes with --model)."""
+    """Assemble instances from PatchPerPix outputs (numinst + patches), or from a model's raw
+    output with --model."""
     import time
 
     from .io import write_labels
     from .postprocess import AssemblyParams, assemble, assemble_blockwise, parse_shape
 
+    changes = dict(patch_threshold=patch_threshold, fc_threshold=fc_threshold,
+                   partition=partition, min_size=min_size, fast=fast, overlapping=overlapping)
     if model is not None:
-        numinst, patches, base = _load_outputs_for_model(outputs, model, patchshape)
+        numinst, patches, params = _load_outputs_for_model(outputs, model, patchshape, changes,
+                                                           lazy=block is not None)
     else:
         numinst, patches, shape = _load_outputs(outputs, patchshape)
-        base = AssemblyParams(patchshape=shape)
-    params = base.replace(
-        patch_threshold=patch_threshold, fc_threshold=fc_threshold, partition=partition,
-        min_size=min_size, fast=fast or None, overlapping=overlapping or None,
-    )
+        params = AssemblyParams(patchshape=shape).replace(**changes)
     if block is not None:
-        if overlapping:
+        if params.overlapping:
             raise UserError("--block writes label images: it cannot be combined with --overlapping")
         t0 = time.perf_counter()
         labels = assemble_blockwise(numinst, patches, params, block_shape=parse_shape(block),
@@ -173,31 +173,43 @@ def postprocess(
                 f"({sum(summary['timings'].values()):.2f} s)")
 
 
-def _load_outputs_for_model(path: Path, model: Path, patchshape: Optional[str]):
-    """numinst, patches (decoded from codes when needed) and the package's parameters."""
+def _load_outputs_for_model(path: Path, model: Path, patchshape: Optional[str],
+                            changes: dict, lazy: bool):
+    """numinst, patches (decoded from features or codes) and the package's parameters with
+    ``changes`` applied."""
+    import dataclasses
+
+    from .io import read_model_output
     from .postprocess import load_model_params, parse_shape
 
-    params = load_model_params(model)
-    assembly = params.assembly
-    if patchshape is not None and parse_shape(patchshape) != assembly.patchshape:
+    package = load_model_params(model)
+    params = package.assembly.replace(**changes)
+    package = dataclasses.replace(package, assembly=params)
+    if patchshape is not None and parse_shape(patchshape) != params.patchshape:
         raise UserError(f"--patchshape {patchshape} differs from the model's patchshape "
-                        f"{'x'.join(map(str, assembly.patchshape))}")
-    arrays = _read_npz(path)
-    ndim = assembly.ndim
-    # the model's raw outputs may still carry their batch axis of size 1
-    arrays = {k: (v[0] if v.ndim == ndim + 2 and v.shape[0] == 1 else v)
-              for k, v in arrays.items()}
+                        f"{'x'.join(map(str, params.patchshape))}")
+    tensor = package.output_ids[0]
+    arrays = read_model_output(path, channels=package.n_output_channels, ndim=params.ndim,
+                               tensor_id=tensor)
+    if package.format >= 2:
+        if tensor not in arrays:
+            raise UserError(f"{path}: no '{tensor}' array (found: "
+                            f"{', '.join(sorted(arrays)) or 'nothing'}); {model} outputs one "
+                            f"tensor '{tensor}' of {package.n_output_channels} channels")
+        numinst, features = package.split(arrays[tensor])
+        return numinst, package.patches(numinst, features, lazy=lazy), params
+    # format 1: numinst and patches or codes, as separate arrays
     numinst = arrays.get("numinst")
     if "patches" in arrays:
-        return numinst, arrays["patches"], assembly
+        return numinst, arrays["patches"], params
     if "codes" not in arrays:
         raise UserError(f"{path}: no 'patches' or 'codes' array (found: "
                         f"{', '.join(sorted(arrays)) or 'nothing'})")
-    if params.decoder is None:
+    if package.decoder is None:
         raise UserError(f"{path} holds 'codes' but {model} is a ppp model without a decoder")
     if numinst is None:
         raise UserError(f"{path}: decoding 'codes' needs the 'numinst' array too")
-    return numinst, params.decode(numinst, arrays["codes"]), assembly
+    return numinst, package.patches(numinst, arrays["codes"], lazy=lazy), params
 
 
 def _interactive() -> bool:
@@ -374,6 +386,9 @@ def segment(
             inputs, output, model=model_path, engine=engine, device=device,
             tile=tile_shape, scale=scale, fast=fast, overlay=overlay,
             save_outputs=save_outputs, hooks=progress.hooks(_segment_error, _segment_done))
+    if report.device_note:
+        _status(f"note: {report.device_note}")
+    _status(f"device: {report.device} ({report.engine}, {report.provider})")
     if json_out:
         typer.echo(json.dumps(report.to_dict()))
     if not report.ok:
@@ -481,6 +496,19 @@ def models(
             else:
                 text = str(values)
             typer.echo(f"  {data}: {text}")
+
+
+@app.command()
+@reports_errors
+def doctor(
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+):
+    """What this installation runs on (for bug reports): ONNX Runtime build and providers,
+    GPU, numba, torch, python."""
+    from .runtime.doctor import collect_report
+
+    report = collect_report()
+    typer.echo(json.dumps(report.to_dict()) if json_out else report.format())
 
 
 # --------------------------------------------------------------------------- export / validate

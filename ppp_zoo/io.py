@@ -146,3 +146,153 @@ def write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
         with open(tmp, "wb") as fh:
             np.savez_compressed(fh, **arrays)
     return path
+
+
+# --------------------------------------------------------------------------- model outputs
+OUTPUT_SUFFIXES = (".npz", ".npy", ".tif", ".tiff", ".h5", ".hdf5", ".hdf")
+#: ImageJ / tifffile / vigra axis letters -> ours (batch and time both mean "a sample")
+_AXIS_LETTERS = {"t": "t", "b": "t", "z": "z", "c": "c", "y": "y", "x": "x", "s": "c"}
+
+
+def read_model_output(path: str | os.PathLike, *, channels: int, ndim: int,
+                      tensor_id: str) -> dict[str, np.ndarray]:
+    """Read a model's raw output as a tool saved it, channels first.
+
+    Parameters
+    ----------
+    path : path-like
+        - ``.tif``: deepImageJ's output (an ImageJ hyperstack, XYCZT order, the tensor's
+          channels as C), or any TIFF whose axes tifffile can tell;
+        - ``.h5`` / ``.hdf5``: ilastik's export (dataset ``exported_data``, channel-last by
+          default; the order is read from its ``axistags``);
+        - ``.npy``: one array; ``.npz``: arrays by tensor id (as ``ppp-zoo segment
+          --save-outputs`` writes them).
+    channels : int
+        Channels of the model's output tensor.
+    ndim : int
+        Space axes of the model (2 or 3).
+    tensor_id : str
+        The output tensor's id (the key for single-array formats).
+
+    Returns
+    -------
+    dict of str to ndarray
+        ``{tensor_id: array (channels, [Z,] Y, X)}``, or for ``.npz`` every stored array
+        (with a leading batch axis of size 1 dropped).
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError
+        Unsupported suffix, unreadable file, or axes that match neither the file's metadata
+        nor the model (one line naming the file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix not in OUTPUT_SUFFIXES:
+        raise ValueError(f"{path}: model outputs are read from {', '.join(OUTPUT_SUFFIXES)} "
+                         f"files, not {suffix or 'a file without suffix'}")
+    try:
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+            return {k: (v[0] if v.ndim == ndim + 2 and v.shape[0] == 1 else v)
+                    for k, v in arrays.items()}
+        if suffix == ".npy":
+            array, axes = np.load(path, allow_pickle=False), None
+        elif suffix in (".tif", ".tiff"):
+            array, axes = _read_tiff_with_axes(path)
+        else:
+            array, axes = _read_hdf5_with_axes(path)
+    except (OSError, ValueError, KeyError, EOFError) as err:
+        if isinstance(err, ValueError) and str(err).startswith(str(path)):
+            raise
+        raise ValueError(f"{path}: cannot read ({type(err).__name__}: {err})") from None
+    return {tensor_id: channels_first(np.asarray(array), axes, channels=channels, ndim=ndim,
+                                      where=str(path))}
+
+
+def _read_tiff_with_axes(path: Path) -> tuple[np.ndarray, str | None]:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        axes = series.axes.lower()
+        array = series.asarray()
+    known = all(a in _AXIS_LETTERS for a in axes)
+    return array, axes if known else None
+
+
+def _read_hdf5_with_axes(path: Path) -> tuple[np.ndarray, str | None]:
+    import json
+
+    try:
+        import h5py
+    except ImportError:
+        raise ValueError(f"{path}: reading HDF5 needs h5py (pip install h5py)") from None
+    with h5py.File(path, "r") as f:
+        names: list[str] = []
+        f.visititems(lambda n, obj: names.append(n) if isinstance(obj, h5py.Dataset) else None)
+        name = "exported_data" if "exported_data" in names else names[0] if len(names) == 1 \
+            else None
+        if name is None:
+            raise ValueError(f"{path}: no dataset 'exported_data' (found: "
+                             f"{', '.join(names) or 'none'})")
+        dataset = f[name]
+        array = dataset[()]
+        tags = dataset.attrs.get("axistags")
+    axes = None
+    if tags is not None:
+        try:
+            keys = [a["key"] for a in json.loads(tags)["axes"]]
+            axes = "".join(keys).lower()
+        except (ValueError, KeyError, TypeError):
+            axes = None
+    return array, axes if axes and all(a in _AXIS_LETTERS for a in axes) else None
+
+
+def channels_first(array: np.ndarray, axes: str | None, *, channels: int, ndim: int,
+                   where: str = "the model output") -> np.ndarray:
+    """``array`` as ``(channels, [Z,] Y, X)`` float32, from its axis letters or, without
+    them, from the model's channel count (channels first or last).
+
+    >>> channels_first(np.zeros((1, 2, 5, 6)), "zcyx", channels=2, ndim=2).shape
+    (2, 5, 6)
+    >>> channels_first(np.zeros((5, 6, 2)), None, channels=2, ndim=2).shape
+    (2, 5, 6)
+    """
+    space = "zyx"[3 - ndim:]
+    if axes is not None:
+        letters = [_AXIS_LETTERS[a] for a in axes]
+        if len(letters) != array.ndim or len(set(letters)) != len(letters):
+            raise ValueError(f"{where}: axes {axes!r} do not describe an array of shape "
+                             f"{array.shape}")
+        for i in sorted((i for i, a in enumerate(letters) if a not in space + "c"),
+                        reverse=True):
+            if array.shape[i] != 1:
+                raise ValueError(f"{where}: axis {axes[i]!r} has {array.shape[i]} entries; "
+                                 "save one image (batch/time 1) per file")
+            array, letters = np.take(array, 0, axis=i), letters[:i] + letters[i + 1:]
+        if "c" not in letters and channels == 1:
+            array, letters = array[None], ["c"] + letters
+        if sorted(letters) != sorted("c" + space):
+            raise ValueError(f"{where}: axes {''.join(letters).upper()} do not fit this "
+                             f"{ndim}D model's output (C{space.upper()})")
+        array = np.transpose(array, [letters.index(a) for a in "c" + space])
+    else:
+        while array.ndim > ndim + 1 and array.shape[0] == 1:
+            array = array[0]
+        if array.ndim != ndim + 1:
+            raise ValueError(f"{where}: shape {array.shape} does not fit this {ndim}D model's "
+                             f"output ({channels} channels and {ndim} space axes)")
+        if array.shape[0] != channels and array.shape[-1] == channels:
+            array = np.moveaxis(array, -1, 0)
+    if array.shape[0] != channels:
+        raise ValueError(f"{where}: {array.shape[0]} channels, but the model outputs "
+                         f"{channels} (is it the output of this model?)")
+    if array.dtype.kind not in "fiu":
+        raise ValueError(f"{where}: dtype {array.dtype} is not numeric")
+    return np.ascontiguousarray(array, dtype=np.float32)

@@ -1,107 +1,37 @@
-"""Tiny model packages for the runtime tests, written by hand to the package contract.
+"""Tiny model packages for the runtime tests, written by the exporter.
 
-:func:`write_package` wraps a :class:`~ppp_zoo.model.PatchPerPixNet` (probabilities out),
-saves TorchScript and ONNX weights, and writes an rdf.yaml with exactly the fields the
-runtime reads, so the runtime is tested independently of the exporter (which has its own
-tests, and one of ours runs an exported package too).
+:func:`write_package` exports a checkpoint of :func:`trained_net` with
+:func:`ppp_zoo.export.export_model` (the one writer of the package layout), optionally with
+other assembly parameters or a recorded object size written into the checkpoint first, and
+without bioimageio.core's model test (the export tests run it).
 """
 
 from __future__ import annotations
 
-import json
-import shutil
-import warnings
 from pathlib import Path
 
-import numpy as np
-import tifffile
 import torch
-import yaml
-from torch import nn
 
 from ppp_zoo.postprocess import AssemblyParams
 
 
-class _Probabilities(nn.Module):
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
+def write_package(checkpoint: Path, folder: Path, *, assembly: AssemblyParams | None = None,
+                  object_diameter: float | None = None, zip_it: bool = True) -> Path:
+    """Export ``checkpoint`` as ``folder.zip`` (or the folder itself with ``zip_it=False``),
+    with ``assembly`` and ``object_diameter`` recorded in place of the checkpoint's."""
+    from ppp_zoo.export import export_model
 
-    def forward(self, raw):
-        numinst, second = self.net(raw)
-        return torch.softmax(numinst, dim=1), torch.sigmoid(second)
-
-
-def write_package(net, folder: Path, *, halo: int, assembly: AssemblyParams,
-                  min_size: int | None = None, preprocessing=None, zip_it: bool = True,
-                  object_diameter: float | None = None) -> Path:
-    """Write ``net`` as a package (folder, then zipped unless ``zip_it`` is False)."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    ndim, step = net.ndim, net.size_divisor
-    min_size = min_size or max(2 * halo + step, 2 * step)
-    space = ["z", "y", "x"][3 - ndim:]
-    wrapped = _Probabilities(net.eval()).eval()
-    example = torch.zeros((1, 1) + (min_size,) * ndim)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.jit.trace(wrapped, example, check_trace=False).save(str(folder / "weights.pt"))
-        second = "patches" if net.decoder is None else "codes"
-        dyn = {0: "batch"} | {2 + i: n for i, n in enumerate(space)}
-        torch.onnx.export(wrapped, (example,), str(folder / "weights.onnx"), dynamo=False,
-                          opset_version=17, input_names=["raw"],
-                          output_names=["numinst", second],
-                          dynamic_axes={n: dyn for n in ("raw", "numinst", second)})
-    n_second = net.out_channels
-    if preprocessing is None:
-        preprocessing = [
-            {"id": "ensure_dtype", "kwargs": {"dtype": "float32"}},
-            {"id": "scale_range", "kwargs": {"axes": space, "min_percentile": 1.0,
-                                             "max_percentile": 99.8, "eps": 1e-6}}]
-    config = {
-        "format": 1, "variant": net.variant, "ndim": ndim,
-        "patchshape": list(net.patchshape), "assembly": assembly.to_dict(),
-        "decoder": None, "halo": [halo] * ndim, "min_shape": [min_size] * ndim,
-        "step": [step] * ndim,
-        "training": {"object_diameter": object_diameter, "data": "test", "iterations": 0},
-        "metrics": {},
-    }
-    if net.decoder is not None:
-        arrays = net.decoder.to_arrays()
-        feats = [v.shape[0] for k, v in arrays.items() if k.endswith(".weight")][:-1:2]
-        np.savez(folder / "decoder.npz", **arrays,
-                 code_shape=np.asarray(net.decoder.code_shape),
-                 patchshape=np.asarray(net.patchshape), features=np.asarray(feats))
-        config["decoder"] = {"source": "decoder.npz", "code_shape": list(net.decoder.code_shape),
-                             "features": feats}
-    (folder / "patchperpix.json").write_text(json.dumps(config))
-    rng = np.random.default_rng(0)
-    sample = rng.poisson(50, (1, 1) + (2 * min_size,) * ndim).astype(np.float32)
-    tifffile.imwrite(folder / "sample_raw.tif", sample)
-
-    def out_axes(names):
-        return [{"type": "batch"}, {"type": "channel", "channel_names": names}] + [
-            {"type": "space", "id": a, "size": {"tensor_id": "raw", "axis_id": a},
-             "halo": halo} for a in space]
-
-    rdf = {
-        "format_version": "0.5.4", "type": "model", "name": "tiny test model",
-        "inputs": [{"id": "raw", "axes": [{"type": "batch"},
-                                          {"type": "channel", "channel_names": ["raw"]}] + [
-            {"type": "space", "id": a, "size": {"min": min_size, "step": step}} for a in space],
-            "data": {"type": "float32"}, "preprocessing": preprocessing,
-            "sample_tensor": {"source": "sample_raw.tif"}}],
-        "outputs": [{"id": "numinst", "axes": out_axes(["n0", "n1", "n2"])},
-                    {"id": second, "axes": out_axes([f"c{i}" for i in range(n_second)])}],
-        "weights": {"torchscript": {"source": "weights.pt", "pytorch_version": "2.13"},
-                    "onnx": {"source": "weights.onnx", "opset_version": 17,
-                             "parent": "torchscript"}},
-        "config": {"patchperpix": config},
-    }
-    (folder / "rdf.yaml").write_text(yaml.safe_dump(rdf, sort_keys=False))
-    if not zip_it:
-        return folder
-    return Path(shutil.make_archive(str(folder), "zip", folder))
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if assembly is not None:
+        ckpt["assembly"] = assembly.to_dict()
+    if object_diameter is not None:
+        ckpt["training"] = dict(ckpt.get("training") or {}, object_diameter=object_diameter)
+    edited = folder.parent / f"{folder.name}.pt"
+    torch.save(ckpt, edited)
+    output = folder if not zip_it else folder.parent / f"{folder.name}.zip"
+    return Path(export_model(edited, output, folder=not zip_it, validate=False).path)
 
 
 def trained_net(out_dir: Path, ndim: int = 2, variant: str = "ppp", iterations: int = 30):

@@ -42,8 +42,7 @@ def tiny2d(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("tiny2d")
     net, ckpt = trained_net(root / "run", ndim=2, iterations=400)
-    return write_package(net, root / "pkg", halo=16, assembly=ASSEMBLY_2D,
-                         object_diameter=14.0), ckpt
+    return write_package(ckpt, root / "pkg", assembly=ASSEMBLY_2D, object_diameter=14.0), ckpt
 
 
 @pytest.fixture(scope="session")
@@ -182,11 +181,16 @@ def test_sizes_round_to_min_plus_steps():
 
 # --------------------------------------------------------------------------- packages
 def test_package_reads_contract_fields(tiny2d, tmp_path):
-    path, _ = tiny2d
+    from ppp_zoo.predict import load_checkpoint
+
+    path, ckpt = tiny2d
+    net = load_checkpoint(ckpt).model
     pkg = open_package(path)
     assert pkg.space_axes == ("y", "x") and pkg.n_channels == 1
-    assert pkg.min_shape == (34, 34) and pkg.step == (2, 2) and pkg.halo == (16, 16)
-    assert pkg.output_ids == ("numinst", "patches") and pkg.variant == "ppp"
+    assert pkg.step == (net.size_divisor,) * 2 and pkg.halo == (net.halo,) * 2
+    assert pkg.min_shape[0] > 2 * net.halo and pkg.min_shape[0] % net.size_divisor == 0
+    assert pkg.output_ids == ("prediction",) and pkg.variant == "ppp"
+    assert pkg.n_output_channels == 3 + net.unet.out_channels
     assert set(pkg.weights) == {"onnx", "torchscript"}
     assert pkg.assembly_params() == ASSEMBLY_2D
     with zipfile.ZipFile(path) as zf:
@@ -270,15 +274,16 @@ def test_3d_package(tmp_path):
     """A 3D package segments a 3D image of any size; tiled equals untiled."""
     from ppp_zoo.data.synth import synth_nuclei
 
-    net, _ = trained_net(tmp_path / "run3d", ndim=3, iterations=60)
+    _, ckpt = trained_net(tmp_path / "run3d", ndim=3, iterations=60)
     params = AssemblyParams(patchshape=(3, 3, 3), patch_threshold=0.5,
                             numinst_thresholds=(0.5, 0.5))
-    path = write_package(net, tmp_path / "pkg3d", halo=12, assembly=params, zip_it=False)
+    path = write_package(ckpt, tmp_path / "pkg3d", assembly=params, zip_it=False)
     image, _ = synth_nuclei((21, 45, 38), n_nuclei=10, seed=2)
     whole = segment_image(path, image, tile=(64, 64, 64), keep_outputs=True)
     tiled = segment_image(path, image, tile=(28, 28, 28), keep_outputs=True)
     assert whole.labels.shape == image.shape and tiled.n_tiles > 1
-    np.testing.assert_allclose(tiled.outputs["patches"], whole.outputs["patches"], atol=1e-5)
+    np.testing.assert_allclose(tiled.outputs["prediction"], whole.outputs["prediction"],
+                               atol=1e-5)
     np.testing.assert_array_equal(tiled.labels, whole.labels)
     with pytest.raises(InputError, match="this 3D model takes"):
         segment_image(path, image[0])

@@ -261,7 +261,7 @@ def _write_cover(path: Path, image: np.ndarray, numinst: np.ndarray, labels: np.
 
 
 def _documentation(name: str, info: dict, geometry: _Geometry, diffs: dict,
-                   formats: Sequence[str]) -> str:
+                   formats: Sequence[str], validated: bool = True) -> str:
     ppp = info
     variant = ppp["variant"]
     shape = "x".join(map(str, ppp["patchshape"]))
@@ -328,8 +328,11 @@ def _documentation(name: str, info: dict, geometry: _Geometry, diffs: dict,
     else:
         lines.append("No test-set metrics were recorded for this export.")
     lines += ["", "# Validation", "",
-              ("At export, bioimageio.core's model test ran for every weight format "
-               f"({', '.join(formats)}) and passed: the test input gives the test output "
+              (f"At export, bioimageio.core's model test ran for every weight format "
+               f"({', '.join(formats)}) and passed: " if validated else
+               "bioimageio.core's model test was not run at export (run `ppp-zoo validate`); "
+               f"it checks for every weight format ({', '.join(formats)}) that ")
+              + ("the test input gives the test output "
                f"(relative tolerance {RELATIVE_TOLERANCE}, absolute {ABSOLUTE_TOLERANCE}), and "
                "inference runs at several declared sizes with batch sizes 1 and 2. "
                "`ppp-zoo validate THIS_MODEL.zip --for deepimagej,ilastik,bioimageio` checks "
@@ -519,7 +522,8 @@ def _sha256(path: Path) -> str:
 
 
 def _write_files(bundle: ModelBundle, extra: dict, folder: Path, formats: Sequence[str],
-                 name: str, metrics: dict | None, progress: Progress) -> tuple[dict, dict, dict]:
+                 name: str, metrics: dict | None, progress: Progress,
+                 validated: bool = True) -> tuple[dict, dict, dict]:
     from ..postprocess import assemble
 
     say = progress or (lambda _msg: None)
@@ -587,8 +591,8 @@ def _write_files(bundle: ModelBundle, extra: dict, folder: Path, formats: Sequen
     _write_cover(files["cover.png"], normalize_image(example_raw, bundle.normalize), numinst,
                  labels)
     files["README.md"] = folder / "README.md"
-    files["README.md"].write_text(_documentation(name, info, geometry, diffs, formats),
-                                  encoding="utf-8")
+    files["README.md"].write_text(_documentation(name, info, geometry, diffs, formats,
+                                                 validated), encoding="utf-8")
     return files, info, diffs
 
 
@@ -597,7 +601,7 @@ def export_model(checkpoint: str | os.PathLike, output: str | os.PathLike, *,
                  authors: Sequence[str] | None = None,
                  formats: Sequence[str] | str = WEIGHT_FORMATS, folder: bool = False,
                  metrics: dict | None = None, description: str | None = None,
-                 progress: Progress = None) -> ExportResult:
+                 validate: bool = True, progress: Progress = None) -> ExportResult:
     """Export a training checkpoint as a validated bioimage.io model package.
 
     Parameters
@@ -622,6 +626,9 @@ def export_model(checkpoint: str | os.PathLike, output: str | os.PathLike, *,
         Measured test metrics to record, e.g. ``{"dsb_test_half": {"ap50": 0.8, ...}}``.
     description : str or None
         One-paragraph description (default: generated).
+    validate : bool
+        Run bioimageio.core's model test for every weight format before writing (default).
+        ``False`` skips it (quick iterations; the result's ``validation`` is empty).
     progress : callable or None
         Called with the name of each step.
 
@@ -673,7 +680,8 @@ def export_model(checkpoint: str | os.PathLike, output: str | os.PathLike, *,
     with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=parent) as tmp:
         src = Path(tmp) / "src"
         src.mkdir()
-        files, info, diffs = _write_files(bundle, extra, src, formats, name, metrics, progress)
+        files, info, diffs = _write_files(bundle, extra, src, formats, name, metrics, progress,
+                                          validate)
         descr = _describe(name, nickname, authors, files, info, _geometry(bundle),
                           bundle.normalize, formats, description)
         staged = Path(tmp) / ("package" if folder else "package.zip")
@@ -683,9 +691,9 @@ def export_model(checkpoint: str | os.PathLike, output: str | os.PathLike, *,
             save_bioimageio_package_as_folder(descr, output_path=staged)
         else:
             save_bioimageio_package(descr, output_path=staged)
-        if progress:
+        if progress and validate:
             progress("validation")
-        rows = tuple(validate_package(staged, formats))
+        rows = tuple(validate_package(staged, formats)) if validate else ()
         failed = [r for r in rows if not r.passed]
         if failed:
             r = failed[0]

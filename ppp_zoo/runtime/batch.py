@@ -43,6 +43,10 @@ class BatchReport:
     model: str | None = None
     engine: str | None = None
     device: str | None = None
+    # what ran the network (an ONNX Runtime execution provider, or torch), and why the
+    # device differs from what --device auto wanted, if it does
+    provider: str | None = None
+    device_note: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -50,6 +54,7 @@ class BatchReport:
 
     def to_dict(self) -> dict:
         return {"model": self.model, "engine": self.engine, "device": self.device,
+                "provider": self.provider, "device_note": self.device_note,
                 "images": self.images, "errors": self.errors}
 
 
@@ -166,8 +171,14 @@ def _write_json(path: Path, data: dict) -> None:
         tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
+DEMO_ATTACHMENT = "example_image.tif"
+"""The larger example image that packages of format 2 attach (their sample tensor is the
+small test input)."""
+
+
 def write_demo_input(model: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """Write the model package's sample image (its ``sample_tensor``) into ``out_dir``.
+    """Write the model package's example image (the ``example_image.tif`` attachment, else
+    its ``sample_tensor``) into ``out_dir``.
 
     Raises
     ------
@@ -181,8 +192,11 @@ def write_demo_input(model: str | os.PathLike, out_dir: str | os.PathLike) -> Pa
     from .package import open_package
 
     package = open_package(model)
+    attached = [a.get("source") for a in package.rdf.get("attachments") or []
+                if isinstance(a, dict) and str(a.get("source", "")).endswith(DEMO_ATTACHMENT)]
     entry = package.rdf["inputs"][0].get("sample_tensor") or {}
-    source = entry.get("source") if isinstance(entry, dict) else entry
+    source = attached[0] if attached else (entry.get("source") if isinstance(entry, dict)
+                                           else entry)
     if not source or not str(source).lower().endswith((".tif", ".tiff", ".npy")):
         raise ValueError(f"{package.source}: the package has no sample image for --demo")
     data = package.read_bytes(str(source))
@@ -218,6 +232,7 @@ def segment_files(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLik
     check_output_folder(out_dir)
     with load_segmenter(model, engine, device) as seg:
         report.device = seg.engine.device
+        report.provider, report.device_note = seg.engine.provider, seg.engine.device_note
 
         def fail(name: str, message: str) -> None:
             report.errors.append({"input": name, "error": message})
