@@ -9,6 +9,7 @@ TorchScript engine); bioimageio is not imported.
 - :mod:`.tiling`: tiled inference with the package's halo, any input size.
 - :mod:`.segment`: image in, instance labels out (:func:`segment_image`).
 - :mod:`.models`: the packages shipped with ppp-zoo.
+- :mod:`.doctor`: what the installation runs on (ONNX Runtime build, GPU, numba, torch).
 """
 
 from .engine import Engine, create_engine

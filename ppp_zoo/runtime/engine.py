@@ -28,6 +28,10 @@ class Engine:
 
     name: str = ""
     device: str = "cpu"
+    provider: str = ""
+    """What runs the network: an ONNX Runtime execution provider, or ``torch``."""
+    device_note: str | None = None
+    """Why the engine runs on another device than ``auto`` would have liked (or None)."""
 
     def __call__(self, x: np.ndarray) -> list[np.ndarray]:
         raise NotImplementedError
@@ -43,21 +47,47 @@ class Engine:
 
 
 class OnnxEngine(Engine):
-    """ONNX Runtime session; the CUDA provider when asked for or available (``auto``)."""
+    """ONNX Runtime session on the CUDA provider or the CPU.
+
+    ``auto`` takes the CUDA provider when this ONNX Runtime has it and the CUDA driver shows
+    a GPU, else the CPU without trying (``device_note`` says why when a GPU is visible);
+    ``cuda`` fails with one clear message when either is missing or the provider does not
+    start. With two ONNX Runtime builds installed (``onnxruntime`` and ``onnxruntime-gpu``
+    share one module) only ``cpu`` runs: the others raise the command that repairs it.
+    """
 
     name = "onnx"
 
     def __init__(self, model: bytes, output_ids: Sequence[str], device: Device = "auto",
                  threads: int | None = None):
-        import onnxruntime as ort
+        from . import doctor
 
-        available = ort.get_available_providers()
-        if device == "cuda" and "CUDAExecutionProvider" not in available:
-            raise RuntimeError("--device cuda: this ONNX Runtime has no CUDA provider "
-                               "(install onnxruntime-gpu) ")
-        providers = ["CPUExecutionProvider"]
-        if device in ("auto", "cuda") and "CUDAExecutionProvider" in available:
-            providers.insert(0, "CUDAExecutionProvider")
+        if device != "cpu":
+            conflict = doctor.onnxruntime_conflict()
+            if conflict is not None:
+                raise RuntimeError(conflict)
+        try:
+            import onnxruntime as ort
+
+            has_cuda = doctor.CUDA_PROVIDER in ort.get_available_providers()
+        except Exception as err:  # noqa: BLE001 - a half-removed install raises anything
+            raise RuntimeError(f"ONNX Runtime cannot be used ({type(err).__name__}: {err}); "
+                               f"reinstall it: {doctor.repair_command()}") from None
+        if device == "cuda" and not has_cuda:
+            build = getattr(ort, "package_name", "") or "onnxruntime"
+            raise RuntimeError(f"--device cuda: this ONNX Runtime ({build} "
+                               f"{getattr(ort, '__version__', '')}) has no CUDA provider; "
+                               f"install the GPU build: {doctor.GPU_INSTALL}")
+        gpu = doctor.probe_gpu() if device != "cpu" else None
+        if device == "cuda" and not gpu.visible:
+            raise RuntimeError(f"--device cuda: no usable GPU: {gpu.reason}")
+        use_cuda = has_cuda and gpu is not None and gpu.visible
+        if gpu is not None and gpu.visible and not has_cuda:
+            self.device_note = ("a GPU is visible but this ONNX Runtime is a CPU build: ran on "
+                                f"the CPU; for the GPU build: {doctor.GPU_INSTALL}")
+        failures = doctor.preload_cuda_libraries() if use_cuda else ()
+        providers = [doctor.CUDA_PROVIDER, doctor.CPU_PROVIDER] if use_cuda \
+            else [doctor.CPU_PROVIDER]
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.enable_cpu_mem_arena = False  # the arena keeps its peak for the session
@@ -69,10 +99,15 @@ class OnnxEngine(Engine):
             raise ValueError(f"cannot load the ONNX weights ({type(err).__name__}: "
                              f"{str(err).strip().splitlines()[0] if str(err).strip() else ''})"
                              ) from None
-        used = self._session.get_providers()
-        self.device = "cuda" if "CUDAExecutionProvider" in used else "cpu"
-        if device == "cuda" and self.device != "cuda":
-            raise RuntimeError("--device cuda: the CUDA provider could not start (no GPU?)")
+        self.provider = self._session.get_providers()[0]
+        self.device = "cuda" if self.provider == doctor.CUDA_PROVIDER else "cpu"
+        if use_cuda and self.device != "cuda":
+            why = failures[0] if failures else "see the ONNX Runtime messages above"
+            if device == "cuda":
+                raise RuntimeError(f"--device cuda: the CUDA provider could not start ({why}); "
+                                   "'ppp-zoo doctor' shows the setup")
+            self.device_note = (f"a GPU is visible but the CUDA provider could not start "
+                                f"({why}): ran on the CPU; 'ppp-zoo doctor' shows the setup")
         self._input = self._session.get_inputs()[0].name
         names = [o.name for o in self._session.get_outputs()]
         # outputs by id when the graph names them so, else in rdf order
@@ -101,6 +136,7 @@ class TorchScriptEngine(Engine):
         if device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("--device cuda: PyTorch sees no CUDA GPU")
         self.device = "cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+        self.provider = "torch"
         self._torch = torch
         try:
             with warnings.catch_warnings():
