@@ -272,6 +272,9 @@ def channels_first(array: np.ndarray, axes: str | None, *, channels: int, ndim: 
                              f"{array.shape}")
         for i in sorted((i for i, a in enumerate(letters) if a not in space + "c"),
                         reverse=True):
+            if array.shape[i] != 1 and letters[i] == "z":
+                raise ValueError(f"{where}: axes {axes.upper()} (shape {array.shape}) do not "
+                                 f"fit this {ndim}D model's output (C{space.upper()})")
             if array.shape[i] != 1:
                 raise ValueError(f"{where}: axis {axes[i]!r} has {array.shape[i]} entries; "
                                  "save one image (batch/time 1) per file")

@@ -29,12 +29,13 @@ from ppp_zoo.export import export_model
 from ppp_zoo.export.wrapper import ExportNet, run_onnx, run_torchscript
 from ppp_zoo.model import PatchDecoder, UNet
 from ppp_zoo.postprocess import assemble, load_model_params
-from ppp_zoo.postprocess.decode import decode_codes, decoder_from_arrays
+from ppp_zoo.postprocess.decode import PatchHead, decode_codes, decoder_from_arrays
 from ppp_zoo.predict import load_checkpoint, predict_image, predict_probabilities
 from ppp_zoo.train import train
 
 VARIANTS = ("ppp", "ppp+dec")
-#: TorchScript / ONNX Runtime / eager PyTorch outputs (probabilities in [0, 1]) agree to this
+#: TorchScript / ONNX Runtime / eager PyTorch outputs (probabilities in [0, 1], features of
+#: order 1) agree to this
 FORMAT_ATOL = 1e-5
 #: tiled vs untiled bioimageio.core prediction: the untiled path computes the percentiles
 #: on the halo-padded image, the tiled one on the image itself
@@ -131,13 +132,15 @@ def test_export_passes_bioimageio_test(exported, variant):
         rdf = zf.read("rdf.yaml").decode()
         info = json.loads(zf.read("patchperpix.json"))
     expected = {"rdf.yaml", "README.md", "cover.png", "patchperpix.json", "test_raw.npy",
-                "test_numinst.npy", "weights_torchscript.pt", "weights.onnx",
-                "sample_raw.tif"}
-    second = "codes" if variant == "ppp+dec" else "patches"
-    assert expected | {f"test_{second}.npy"} <= names
+                "test_prediction.npy", "weights_torchscript.pt", "weights.onnx",
+                "sample_raw.tif", "head.npz", "example_image.tif", "deepimagej_run.ijm"}
+    assert expected <= names
     assert ("decoder.npz" in names) == (variant == "ppp+dec")
     assert "maintainers" not in rdf and "github_user" not in rdf
-    assert info["variant"] == variant and info["patchshape"] == [7, 7]
+    assert info["format"] == 2 and info["variant"] == variant and info["patchshape"] == [7, 7]
+    # one output: numinst probabilities, then the 4 features of the tiny U-Net
+    assert info["output"] == {"tensor": "prediction",
+                              "channels": {"numinst": [0, 3], "features": [3, 7]}}
     assert info["assembly"]["numinst_thresholds"] == [0.2, 0.95]
     assert info["postprocess"]["module"] == "ppp_zoo.postprocess"
 
@@ -148,7 +151,10 @@ def test_package_description(exported):
     descr = load_model_description(exported["ppp+dec"][1].path, perform_io_checks=False)
     assert descr.config.model_extra["patchperpix"] == load_model_params(
         exported["ppp+dec"][1].path).info
-    assert [str(t.id) for t in descr.outputs] == ["numinst", "codes"]
+    assert [str(t.id) for t in descr.outputs] == ["prediction"]
+    assert [str(c) for c in descr.outputs[0].axes[1].channel_names] == [
+        "n0", "n1", "n2", "f0", "f1", "f2", "f3"]
+    assert descr.config.bioimageio.model_extra["nickname"] == "patchperpix-ppp-dec-2d-synth-nuclei"
     axis = descr.outputs[0].axes[-1]
     assert axis.halo == 10 and descr.inputs[0].axes[-1].size.step == 2
     assert descr.weights.onnx.parent == "torchscript" and descr.weights.onnx.opset_version == 17
@@ -169,7 +175,7 @@ def test_torchscript_onnx_eager_agree(exported, variant, tmp_path):
         zf.extract("weights.onnx", tmp_path)
     x = np.random.default_rng(0).normal(size=(2, 1, 26, 30)).astype(np.float32)
     with torch.no_grad():
-        eager = [o.numpy() for o in ExportNet(load_checkpoint(ckpt).model)(torch.from_numpy(x))]
+        eager = [ExportNet(load_checkpoint(ckpt).model)(torch.from_numpy(x)).numpy()]
     for outputs in (run_torchscript(tmp_path / "weights_torchscript.pt", x),
                     run_onnx(tmp_path / "weights.onnx", x)):
         for got, ref in zip(outputs, eager):
@@ -179,15 +185,26 @@ def test_torchscript_onnx_eager_agree(exported, variant, tmp_path):
 
 def test_tiled_prediction_equals_untiled_and_checkpoint(exported, image):
     ckpt, result = exported["ppp"]
-    tiled = _predict(result.path, image, tiled=True)
-    untiled = _predict(result.path, image, tiled=False)
+    tiled = _predict(result.path, image, tiled=True)["prediction"]
+    untiled = _predict(result.path, image, tiled=False)["prediction"]
     numinst, patches = predict_probabilities(load_checkpoint(ckpt), image, border="mirror")
-    for key in ("numinst", "patches"):
-        assert tiled[key].shape == untiled[key].shape
-        np.testing.assert_allclose(tiled[key], untiled[key], rtol=0, atol=TILING_ATOL)
-    # same statistics and padding: the tiles match the checkpoint's whole-image prediction
-    np.testing.assert_allclose(tiled["numinst"], numinst, rtol=0, atol=FORMAT_ATOL)
-    np.testing.assert_allclose(tiled["patches"], patches, rtol=0, atol=FORMAT_ATOL)
+    assert tiled.shape == untiled.shape == (7,) + image.shape
+    np.testing.assert_allclose(tiled, untiled, rtol=0, atol=TILING_ATOL)
+    # same statistics and padding: the tiles match the checkpoint's whole-image prediction,
+    # and the package's head gives the checkpoint's patches wherever the assembly reads them
+    params = load_model_params(result.path)
+    got_numinst, features = params.split(tiled)
+    np.testing.assert_allclose(got_numinst, numinst, rtol=0, atol=FORMAT_ATOL)
+    got = params.patches(got_numinst, features)
+    voting = got.any(axis=0)
+    assert voting.sum() > 100
+    np.testing.assert_allclose(got[:, voting], patches[:, voting], rtol=0, atol=FORMAT_ATOL)
+
+
+def _torch_head(bundle, features: np.ndarray) -> np.ndarray:
+    """Code (or patch) probabilities from features with the checkpoint's PyTorch head."""
+    with torch.no_grad():
+        return torch.sigmoid(bundle.model.patch_head(torch.from_numpy(features[None])))[0].numpy()
 
 
 def _torch_decode(bundle, codes: np.ndarray) -> np.ndarray:
@@ -218,18 +235,17 @@ def test_package_outputs_give_checkpoint_labels(exported, image, thresholds, var
     the labels of the checkpoint's own prediction."""
     ckpt, result = exported[variant]
     bundle = load_checkpoint(ckpt)
-    out = _predict(result.path, image, tiled=True)
     params = load_model_params(result.path)
+    numinst, features = params.split(_predict(result.path, image, tiled=True)["prediction"])
     assembly = params.assembly.replace(patch_threshold=thresholds[variant])
     expected = predict_image(bundle, image, patch_threshold=thresholds[variant],
                              border="mirror")
-    if variant == "ppp":
-        labels = assemble(out["numinst"], out["patches"], assembly)
-    else:  # the package's outputs are exactly the checkpoint's ...
-        exact = assemble(out["numinst"], _torch_decode(bundle, out["codes"]), assembly)
+    if variant == "ppp+dec":  # the package's features are exactly the checkpoint's ...
+        codes = _torch_head(bundle, features)
+        exact = assemble(numinst, _torch_decode(bundle, codes), assembly)
         np.testing.assert_array_equal(exact, expected)
-        # ... and the numpy decoder of the package gives the same instances
-        labels = assemble(out["numinst"], params.decode(out["numinst"], out["codes"]), assembly)
+    # ... and the numpy head (and decoder) of the package gives the same instances
+    labels = assemble(numinst, params.patches(numinst, features), assembly)
     _assert_same_instances(labels, expected, variant)
 
 
@@ -272,18 +288,33 @@ def test_numpy_decoder_matches_torch(ndim, code_shape, patchshape):
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_numpy_head_matches_torch(exported, variant):
+    """The package's head (and decoder) give the checkpoint's patches from its features."""
+    ckpt, result = exported[variant]
+    bundle = load_checkpoint(ckpt)
+    head = load_model_params(result.path).decoder
+    assert isinstance(head, PatchHead) and (head.decoder is not None) == (variant == "ppp+dec")
+    features = np.random.default_rng(4).gamma(1.0, size=(23, head.in_channels))
+    features = features.astype(np.float32)
+    second = _torch_head(bundle, features.T.reshape(-1, 23, 1))
+    expected = second if variant == "ppp" else _torch_decode(bundle, second)
+    np.testing.assert_allclose(head.decode_pixels(features), expected.reshape(-1, 23).T,
+                               rtol=0, atol=1e-5)
+
+
 def test_decode_only_voting_pixels_in_chunks(exported):
     params = load_model_params(exported["ppp+dec"][1].path)
     rng = np.random.default_rng(3)
     numinst = rng.dirichlet([1, 1, 1], size=(12, 10)).transpose(2, 0, 1).astype(np.float32)
-    codes = rng.random((params.decoder.code_channels, 12, 10)).astype(np.float32)
-    patches = params.decode(numinst, codes, memory_budget=1)  # one pixel per chunk
+    features = rng.random((params.decoder.in_channels, 12, 10)).astype(np.float32)
+    patches = params.decode(numinst, features, memory_budget=1)  # one pixel per chunk
     t1, t2 = params.assembly.numinst_thresholds
     voting = (numinst[1] > t1) & ~(numinst[2] > t2)
     assert voting.any() and not voting.all()
     assert not patches[:, ~voting].any()
-    flat = codes.reshape(codes.shape[0], -1).T[voting.ravel()]
-    np.testing.assert_allclose(patches[:, voting].T, decode_codes(params.decoder, flat),
+    flat = features.reshape(features.shape[0], -1).T[voting.ravel()]
+    np.testing.assert_allclose(patches[:, voting].T, params.decoder.decode_pixels(flat),
                                atol=1e-6)
 
 
@@ -295,9 +326,9 @@ def test_load_model_params_from_zip_folder_and_rdf(exported, tmp_path):
     for source in (tmp_path / "pkg", tmp_path / "pkg" / "rdf.yaml"):
         other = load_model_params(source)
         assert other.assembly == from_zip.assembly and other.info == from_zip.info
-        assert other.decoder.code_shape == from_zip.decoder.code_shape
+        assert other.decoder.decoder.code_shape == from_zip.decoder.decoder.code_shape
     assert from_zip.variant == "ppp+dec" and load_model_params(
-        exported["ppp"][1].path).decoder is None
+        exported["ppp"][1].path).decoder.decoder is None
 
 
 # --------------------------------------------------------------------------- CLI
@@ -331,18 +362,19 @@ def test_cli_validate_fails_on_wrong_test_outputs(exported, tmp_path):
     broken = tmp_path / "broken"
     with zipfile.ZipFile(exported["ppp"][1].path) as zf:
         zf.extractall(broken)
-    np.save(broken / "test_numinst.npy", np.zeros((1, 3, 22, 22), np.float32))
+    shape = np.load(broken / "test_prediction.npy").shape
+    np.save(broken / "test_prediction.npy", np.zeros(shape, np.float32))
     result = runner.invoke(app, ["validate", str(broken)])
     assert result.exit_code == 1
     assert "passed" not in result.output.replace("status", "")
 
 
-@pytest.mark.parametrize("variant, key", [("ppp", "patches"), ("ppp+dec", "codes")])
-def test_cli_postprocess_with_model(exported, image, thresholds, tmp_path, variant, key):
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_cli_postprocess_with_model(exported, image, thresholds, tmp_path, variant):
     ckpt, result = exported[variant]
     out = _predict(result.path, image, tiled=True)
     npz = tmp_path / "outputs.npz"
-    np.savez(npz, numinst=out["numinst"][None], **{key: out[key][None]})  # with batch axis
+    np.savez(npz, prediction=out["prediction"][None])  # with batch axis
     labels_path = tmp_path / "labels.npy"
     th = thresholds[variant]
     res = runner.invoke(app, ["postprocess", str(npz), "--model", result.path,
@@ -417,11 +449,15 @@ def test_cli_corrupt_package(exported, tmp_path, command):
     assert not (tmp_path / "l.tif").exists()
 
 
-def test_cli_postprocess_codes_need_a_decoder(exported, tmp_path):
+@pytest.mark.parametrize("arrays, message", [
+    ({"numinst": np.zeros((3, 8, 8)), "codes": np.zeros((64, 8, 8))}, "no 'prediction' array"),
+    ({"prediction": np.zeros((12, 8, 8))}, "output has shape (7, Y, X)"),
+])
+def test_cli_postprocess_outputs_of_another_model(exported, tmp_path, arrays, message):
     npz = tmp_path / "o.npz"
-    np.savez(npz, numinst=np.zeros((3, 8, 8), np.float32),
-             codes=np.zeros((64, 8, 8), np.float32))
+    np.savez(npz, **arrays)
     shutil.copy(exported["ppp"][1].path, tmp_path / "ppp.zip")
     result = runner.invoke(app, ["postprocess", str(npz), "--model", str(tmp_path / "ppp.zip"),
                                  "-o", str(tmp_path / "l.tif")])
-    assert "without a decoder" in _error_line(result)
+    assert message in _error_line(result)
+    assert not (tmp_path / "l.tif").exists()
