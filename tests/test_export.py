@@ -461,3 +461,86 @@ def test_cli_postprocess_outputs_of_another_model(exported, tmp_path, arrays, me
                                  "-o", str(tmp_path / "l.tif")])
     assert message in _error_line(result)
     assert not (tmp_path / "l.tif").exists()
+
+
+# --------------------------------------------------------------------------- tool rules
+def _failed(rows) -> set[tuple[str, str]]:
+    return {(r.tool, r.rule) for r in rows if not r.passed}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_fresh_exports_pass_the_rules_of_every_tool(exported, variant):
+    from ppp_zoo.runtime.compat import check_package
+
+    rows = check_package(exported[variant][1].path, "deepimagej,ilastik,bioimageio")
+    assert _failed(rows) == set()
+    assert {r.tool for r in rows} == {"deepimagej", "ilastik", "bioimageio"} and len(rows) > 15
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_3d_exports_pass_the_rules_of_every_tool(tmp_path, variant):
+    """3D ppp and ppp+dec packages (each validated by bioimageio.core at export) pass too."""
+    from runtime_packages import trained_net
+
+    from ppp_zoo.runtime.compat import check_package
+
+    _, ckpt = trained_net(tmp_path / "run", ndim=3, variant=variant, iterations=10)
+    result = export_model(ckpt, tmp_path / "model3d.zip")
+    assert [r.status for r in result.validation] == ["passed", "passed"]
+    rows = check_package(result.path, ("deepimagej", "ilastik"))
+    assert _failed(rows) == set()
+    tile = next(r for r in rows if r.rule == "tile output <= 100 MiB")
+    assert tile.detail.startswith("tile 64x64x64")
+
+
+def test_earlier_two_output_packages_fail_the_rules_they_broke():
+    """The first embedded model (format 1, kept as a fixture) fails exactly where deepImageJ
+    and ilastik would refuse it."""
+    from pathlib import Path
+
+    from ppp_zoo.runtime.compat import check_package
+
+    legacy = Path(__file__).parent / "data" / "ppp-nuclei2d-format1.zip"
+    rows = check_package(legacy, ["deepimagej", "ilastik"])
+    assert _failed(rows) == {
+        ("deepimagej", "id or nickname"), ("deepimagej", "sample gives the test output"),
+        ("deepimagej", "output of one tile < 2 GiB"), ("ilastik", "one output tensor"),
+        ("ilastik", "tile output <= 100 MiB")}
+    tile = next(r for r in rows if r.rule == "tile output <= 100 MiB")
+    assert "292.0 MiB" in tile.detail
+
+
+def test_test_input_makes_every_percentile_definition_agree(exported):
+    """The exported test input has ties at the normalisation percentiles, so deepImageJ's
+    nearest-rank percentiles give bioimageio.core's normalised input; an unclipped image
+    would not."""
+    from ppp_zoo.runtime import open_package, preprocess
+    from ppp_zoo.runtime.compat import preprocess_like_deepimagej
+
+    pkg = open_package(exported["ppp"][1].path)
+    import io as _io
+
+    raw = np.load(_io.BytesIO(pkg.read_bytes("test_raw.npy")))
+    axes = ("batch", "channel") + pkg.space_axes
+    np.testing.assert_allclose(preprocess_like_deepimagej(raw, pkg.preprocessing),
+                               preprocess(raw, axes, pkg.preprocessing), rtol=0, atol=1e-6)
+    rough = np.random.default_rng(0).gamma(2.0, 100.0, raw.shape).astype(np.float32)
+    assert np.abs(preprocess_like_deepimagej(rough, pkg.preprocessing)
+                  - preprocess(rough, axes, pkg.preprocessing)).max() > 1e-3
+
+
+def test_cli_validate_for_tools(exported, tmp_path):
+    from pathlib import Path
+
+    ok = runner.invoke(app, ["validate", exported["ppp"][1].path, "--for", "deepimagej,ilastik"])
+    assert ok.exit_code == 0, ok.output
+    assert "ilastik    | tile output <= 100 MiB" in ok.output and "FAIL" not in ok.output
+    legacy = Path(__file__).parent / "data" / "ppp-nuclei2d-format1.zip"
+    bad = runner.invoke(app, ["validate", str(legacy), "--for", "ilastik", "--json"])
+    assert bad.exit_code == 1 and "would fail in: ilastik" in bad.stderr
+    rows = json.loads(bad.stdout)
+    assert {r["rule"] for r in rows if not r["passed"]} == {"one output tensor",
+                                                           "tile output <= 100 MiB"}
+    line = _error_line(runner.invoke(app, ["validate", str(legacy), "--for", "qupath"]))
+    assert "--for takes deepimagej, ilastik, bioimageio" in line
