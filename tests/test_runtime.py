@@ -413,3 +413,85 @@ def test_overlapping_model_gives_a_mask_stack(tiny2d, synth512):
         result = segment_image(overlapping, image, scale=scale)
         assert result.labels.dtype == bool and result.labels.shape[1:] == image.shape
         assert result.n_instances == result.labels.shape[0] > 0
+
+
+# --------------------------------------------------------------------------- untrusted packages
+def _rezip(src, dst, replace: dict | None = None, extra: dict | None = None):
+    """Copy a package zip, replacing member contents (bytes) and adding members."""
+    with zipfile.ZipFile(src) as zf, zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as out:
+        for n in zf.namelist():
+            out.writestr(n, (replace or {}).get(n, zf.read(n)))
+        for n, data in (extra or {}).items():
+            out.writestr(n, data)
+    return dst
+
+
+def test_zip_bomb_is_refused_before_inflating(tiny2d, tmp_path):
+    """A weights member of 64 MiB zeros (64 KiB in the zip) is refused from its header."""
+    import resource
+
+    path, _ = tiny2d
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(path) as zf, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as out:
+        for n in zf.namelist():
+            if n != "weights.onnx":
+                out.writestr(n, zf.read(n))
+        with out.open("weights.onnx", "w") as member:
+            for _ in range(64):
+                member.write(bytes(1 << 20))
+    assert bomb.stat().st_size < 2 << 20
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(PackageError, match="would inflate to 67108864 bytes") as err:
+        segment_image(bomb, np.zeros((64, 64)))
+    assert str(bomb) in str(err.value) and "\n" not in str(err.value)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 32 << 10  # KiB
+
+
+def test_members_over_the_size_limit_are_refused(tiny2d, monkeypatch):
+    from ppp_zoo.postprocess import model_package
+
+    path, _ = tiny2d
+    monkeypatch.setattr(model_package, "MAX_MEMBER_BYTES", 1000)
+    with pytest.raises(PackageError, match=r"weights.onnx would inflate to \d+ bytes"):
+        open_package(path).read_bytes("weights.onnx")
+
+
+def test_tampered_files_and_wrong_checksums_are_refused(tiny2d, tmp_path):
+    path, _ = tiny2d
+    with zipfile.ZipFile(path) as zf:
+        onnx = bytearray(zf.read("weights.onnx"))
+        head = bytearray(zf.read("head.npz"))
+        rdf = yaml.safe_load(zf.read("rdf.yaml"))
+    onnx[len(onnx) // 2] ^= 0xFF
+    tampered = _rezip(path, tmp_path / "tampered.zip", {"weights.onnx": bytes(onnx)})
+    rdf["weights"]["onnx"]["sha256"] = "0" * 64
+    wrong_hash = _rezip(path, tmp_path / "wronghash.zip",
+                        {"rdf.yaml": yaml.safe_dump(rdf).encode()})
+    for bad in (tampered, wrong_hash):
+        with pytest.raises(PackageError, match="weights.onnx does not match its declared "
+                                               "SHA-256") as err:
+            segment_image(bad, np.zeros((64, 64)))
+        assert str(bad) in str(err.value)
+    # the postprocessing's own reader checks the head against patchperpix.json
+    head[-40] ^= 0xFF
+    bad_head = _rezip(path, tmp_path / "badhead.zip", {"head.npz": bytes(head)})
+    from ppp_zoo.postprocess import load_model_params
+
+    with pytest.raises(PackageError, match="head.npz does not match its declared SHA-256"):
+        load_model_params(bad_head)
+
+
+@pytest.mark.parametrize("name", ["../../../../etc/passwd", "/etc/passwd", "a/../../b.onnx"])
+def test_names_outside_the_package_are_refused(tiny2d, tmp_path, name):
+    path, _ = tiny2d
+    with zipfile.ZipFile(path) as zf:
+        rdf = yaml.safe_load(zf.read("rdf.yaml"))
+    rdf["weights"]["onnx"]["source"] = name
+    bad = _rezip(path, tmp_path / "outside.zip", {"rdf.yaml": yaml.safe_dump(rdf).encode()})
+    with pytest.raises(PackageError, match="points outside the package"):
+        segment_image(bad, np.zeros((64, 64)))
+    with zipfile.ZipFile(path) as zf:
+        zf.extractall(tmp_path / "folder")
+    (tmp_path / "folder" / "rdf.yaml").write_text(yaml.safe_dump(rdf))
+    with pytest.raises(PackageError, match="points outside the package"):
+        segment_image(tmp_path / "folder", np.zeros((64, 64)))

@@ -47,8 +47,10 @@ SUPPORTED_FORMATS = (1, 2)
 CURRENT_FORMAT = 2
 MAX_MEMBER_BYTES = 1 << 30
 """Largest file (uncompressed) read from a package: 1 GiB."""
-MAX_COMPRESSION_RATIO = 1000
-"""Members that would inflate more than this are refused (deflate reaches ~1000 at best)."""
+MAX_COMPRESSION_RATIO = 200
+"""Members larger than 16 MiB that would inflate more than this are refused: weights and
+network outputs compress about 1.1-2x; only crafted data (or a constant array) reaches the
+~1000x that deflate allows."""
 _CHUNK = 1 << 20
 
 
@@ -100,7 +102,7 @@ class PackageFiles:
             raise PackageError(f"{self.path}: unreadable zip ({err})") from None
 
     def read(self, name: str, sha256: str | None = None,
-             max_bytes: int = MAX_MEMBER_BYTES) -> bytes:
+             max_bytes: int | None = None) -> bytes:
         """Content of the file ``name`` (as written in rdf.yaml), checked.
 
         Parameters
@@ -109,8 +111,9 @@ class PackageFiles:
             Relative name; ``./`` is dropped; it may not leave the package.
         sha256 : str or None
             The declared checksum; verified while reading.
-        max_bytes : int
-            Refuse a file larger than this (uncompressed).
+        max_bytes : int or None
+            Refuse a file larger than this (uncompressed); default
+            :data:`MAX_MEMBER_BYTES`.
 
         Raises
         ------
@@ -119,6 +122,7 @@ class PackageFiles:
             an unreadable zip.
         """
         name = _member_name(self.path, name)
+        max_bytes = MAX_MEMBER_BYTES if max_bytes is None else max_bytes
         if self.folder is not None:
             data = self._read_file(name, max_bytes)
         else:
