@@ -16,6 +16,8 @@ from typing import Annotated, Optional
 import numpy as np
 import typer
 
+from .errors import SetupError, UserError, describe
+
 app = typer.Typer(
     name="ppp-zoo",
     help="PatchPerPix instance segmentation: targets, instance assembly, evaluation, data.",
@@ -27,17 +29,34 @@ data_app = typer.Typer(help="Sample and synthetic data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 
-class UserError(Exception):
-    """An error caused by the input, reported as one line."""
-
-
 def _fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code=1)
 
 
+INTERNAL_ERROR_EXIT = 70
+"""Exit code of a bug (EX_SOFTWARE); every error the user can fix exits with 1."""
+
+
+def _report_bug(err: BaseException) -> None:
+    """One line for the user, the traceback in a file to attach to a bug report."""
+    import tempfile
+    import traceback
+
+    from . import __version__
+
+    with tempfile.NamedTemporaryFile("w", prefix="ppp-zoo-error-", suffix=".txt",
+                                     delete=False) as f:
+        f.write(f"ppp-zoo {__version__}\n{' '.join(sys.argv)}\n\n")
+        f.write("".join(traceback.format_exception(err)))
+    typer.echo(f"internal error ({describe(err)}); this is a bug in ppp-zoo, please report "
+               f"it with the traceback saved in {f.name}", err=True)
+    raise typer.Exit(code=INTERNAL_ERROR_EXIT)
+
+
 def reports_errors(func):
-    """Turn expected failures into one ``error:`` line and exit code 1."""
+    """Turn the errors a user can fix into one ``error:`` line and exit code 1; any other
+    exception is a bug: its traceback goes to a file and the exit code is 70."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -45,13 +64,15 @@ def reports_errors(func):
             return func(*args, **kwargs)
         except typer.Exit:
             raise
-        except (UserError, ValueError, FileNotFoundError, RuntimeError, KeyError) as err:
+        except (UserError, ValueError, FileNotFoundError, SetupError) as err:
             msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             _fail(msg)
         except MemoryError:
             _fail("out of memory (try --fast, or a smaller image)")
         except OSError as err:
             _fail(f"{err.filename or ''}: {err.strerror or err}".lstrip(": "))
+        except Exception as err:  # noqa: BLE001 - a bug: report it as one
+            _report_bug(err)
 
     return wrapper
 
@@ -401,11 +422,12 @@ def _segment_error(name: str, message: str) -> list[str]:
 
 def _segment_done(name: str, entry: dict) -> list[str]:
     n = entry["n_instances"]
-    why = " (constant image)" if "constant image: no instances" in entry["notes"] else ""
+    constant = entry.get("constant_image", False)
+    why = " (constant image)" if constant else ""
     seconds = sum(entry["timings"].values())
     lines = [f"wrote {entry['labels']}: {n} instance{'' if n == 1 else 's'}{why} ({seconds:.2f} s)"]
-    return lines + [f"note: {name}: {note}" for note in entry["notes"]
-                    if not note.startswith("constant image")]
+    notes = entry["notes"][1:] if constant else entry["notes"]  # the first says "constant"
+    return lines + [f"note: {name}: {note}" for note in notes]
 
 
 class _SegmentProgress:

@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from .postprocess.labels import relabel_consecutive
+
 __all__ = [
     "PAPER_THRESHOLDS",
     "THRESHOLDS",
@@ -56,10 +58,6 @@ THRESHOLDS_50_95: tuple[float, ...] = tuple(t for t in THRESHOLDS if t >= 0.5)
 
 # pixels per block in the mask-stack product: float32 sums of 0/1 stay exact below 2**24
 _MASK_BLOCK = 1 << 20
-# relabelling uses a lookup table (instead of a sort) when the largest id is at most
-# max(_LUT_PIXELS_FACTOR * pixels, _LUT_MIN)
-_LUT_PIXELS_FACTOR = 4
-_LUT_MIN = 1 << 16
 
 
 def _key(t: float) -> str:
@@ -124,23 +122,8 @@ def _validate_pair(pred: Any, gt: Any, overlapping: bool) -> tuple[np.ndarray, n
 
 # --------------------------------------------------------------------------- relabelling
 def _relabel(labels: np.ndarray) -> np.ndarray:
-    """Consecutive ids of a validated label image; same shape and dtype.
-
-    Precondition: ``labels`` holds non-negative integers (or booleans).
-    """
-    if labels.dtype.kind == "b" or labels.size == 0:
-        return labels.copy()
-    flat = labels.ravel()
-    max_id = int(flat.max())
-    if max_id <= max(_LUT_PIXELS_FACTOR * flat.size, _LUT_MIN):
-        flat = flat.astype(np.intp, copy=False)
-        present = np.bincount(flat, minlength=max_id + 1) > 0
-        present[0] = False
-        lut = np.cumsum(present, dtype=np.int64)  # old id -> number of used ids <= it
-        return lut[flat].astype(labels.dtype).reshape(labels.shape)
-    ids, inverse = np.unique(flat, return_inverse=True)
-    new_ids = np.arange(ids.size, dtype=np.int64) + (0 if ids[0] == 0 else 1)
-    return new_ids[inverse.ravel()].astype(labels.dtype).reshape(labels.shape)
+    """Consecutive ids of a validated label image; same shape and dtype."""
+    return relabel_consecutive(labels)
 
 
 def relabel_sequential(labels: Any) -> np.ndarray:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .config import FORMAT_VERSION, NormalizeConfig
+from .errors import describe
 from .model import PatchPerPixNet
 from .postprocess import AssemblyParams, assemble
 
@@ -81,15 +82,12 @@ def normalize_image(image: np.ndarray, params: NormalizeConfig) -> np.ndarray:
 
 
 def as_grayscale(image: np.ndarray, ndim: int) -> np.ndarray:
-    """Drop a channels-last axis (RGB/RGBA png) by averaging; check the dimensions."""
-    image = np.asarray(image)
-    if image.ndim == ndim + 1 and image.shape[-1] <= 4:
-        image = image[..., :3].mean(axis=-1) if image.shape[-1] >= 3 else image[..., 0]
-    if image.ndim != ndim:
-        raise ValueError(f"expected a {ndim}D image for this model, got shape {image.shape}")
-    if image.dtype.kind not in "biuf":
-        raise ValueError(f"image must be numeric, got {image.dtype}")
-    return image
+    """The one-channel ``([Z,] Y, X)`` image a model takes, by the rule of ``ppp-zoo
+    segment`` (:func:`ppp_zoo.runtime.segment.image_to_channels_first`): an RGB(A) axis is
+    averaged, an axis of size 1 dropped, anything else refused with one clear error."""
+    from .runtime.segment import image_to_channels_first
+
+    return image_to_channels_first(image, ndim, 1)[0]
 
 
 # --------------------------------------------------------------------------- checkpoint
@@ -109,7 +107,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for corrupt files
-        raise ValueError(f"{path}: not a readable checkpoint ({type(err).__name__})") from None
+        raise ValueError(f"{path}: not a readable checkpoint ({describe(err)})") from None
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in _REQUIRED_KEYS):
         raise ValueError(f"{path}: not a ppp-zoo checkpoint (missing keys)")
     if ckpt["format_version"] != FORMAT_VERSION:
@@ -206,12 +204,11 @@ def predict_probabilities(bundle: ModelBundle, image: np.ndarray, normalized: bo
             numinst, second = _run_network(bundle, x[None, None])
             numinst, second = numinst[0], second[0]
         else:
-            default = (512,) * model.ndim if model.ndim == 2 else (64, 128, 128)
             d = model.size_divisor
             numinst, second = run_tiled(
                 lambda t: _run_network(bundle, t), x[None, None], min_shape=(d,) * model.ndim,
                 step=(d,) * model.ndim, halo=(model.halo,) * model.ndim,
-                tile=tuple(tile) if tile is not None else default)
+                tile=None if tile is None else tuple(tile))
         if model.decoder is not None:
             second = _decode_dense(model, torch.from_numpy(second).to(bundle.device))
             second = second.float().cpu().numpy()

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 
 from .config import FORMAT_VERSION, Config, config_from_dict
+from .errors import SetupError, describe
+from .postprocess.labels import instance_sizes, median_object_diameter
 from .data import FolderDataset, dsb_split, instance_targets, load_dsb_sample
 from .data.synth import synth_nuclei_dataset, synth_worms_dataset
 from .evaluate import evaluate_image
@@ -109,20 +111,12 @@ def load_training_data(cfg: Config) -> tuple[list[Pair], list[Pair]]:
 
 def object_diameter(pairs: list[Pair], overlapping: bool) -> float | None:
     """Median equivalent diameter (circle in 2D, sphere in 3D) of the instances, in pixels."""
-    sizes = []
-    for _, target in pairs:
-        if overlapping:
-            sizes.extend(int(m.sum()) for m in target)
-        else:
-            sizes.extend(np.bincount(np.asarray(target).ravel().astype(np.int64))[1:].tolist())
-    sizes = [v for v in sizes if v > 0]
-    if not sizes:
+    if not pairs:
         return None
-    ndim = pairs[0][0].ndim
-    area = float(np.median(sizes))
-    if ndim == 2:
-        return round(2.0 * math.sqrt(area / math.pi), 2)
-    return round(2.0 * (3.0 * area / (4.0 * math.pi)) ** (1 / 3), 2)
+    sizes = np.concatenate([instance_sizes(np.asarray(target), overlapping)
+                            for _, target in pairs])
+    diameter = median_object_diameter(sizes, pairs[0][0].ndim)
+    return None if diameter is None else round(diameter, 2)
 
 
 def _foreground(target: np.ndarray, overlapping: bool) -> np.ndarray:
@@ -270,7 +264,7 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda: no CUDA device is available")
+        raise SetupError("--device cuda: no CUDA device is available")
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
     return torch.device(device)
@@ -533,7 +527,7 @@ def train(config: Config | dict, out_dir: str | os.PathLike, *, max_minutes: flo
             it += 1
             value = float(loss.detach())
             if not math.isfinite(value):
-                raise RuntimeError(f"loss is {value} at iteration {it}: lower [train] lr")
+                raise SetupError(f"loss is {value} at iteration {it}: lower [train] lr")
             history["loss"].append([it, value])
             if snapshot_minutes and time.perf_counter() - t0 >= 60.0 * snapshot_minutes * (
                     len(snapshots) + 1):
@@ -592,7 +586,7 @@ def _restore(path: Path, cfg: Config, model, opt, rng, gen):
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ValueError(f"{path}: not a readable checkpoint ({type(err).__name__})") from None
+        raise ValueError(f"{path}: not a readable checkpoint ({describe(err)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path}: not a format_version {FORMAT_VERSION} checkpoint")
     if ckpt["config"].get("model") != cfg.to_dict()["model"]:

@@ -155,3 +155,24 @@ def test_postprocess_blockwise_cli(sample_dir, tmp_path):
     assert json.loads(res.stdout)["ap"]["0.9"] >= 0.99
     res = run("postprocess", npz, "-o", tmp_path / "x.tif", "--block", "128x128", "--overlapping")
     assert res.exit_code == 1 and "--block" in res.output
+
+
+def test_an_internal_error_is_not_reported_as_a_user_error(sample_dir, tmp_path, monkeypatch):
+    """A bug (here a KeyError inside the reader) exits 70 with 'internal error' and the
+    traceback in a file; a user's mistake stays one 'error:' line with exit 1."""
+    import ppp_zoo.io
+
+    def broken(path):
+        raise KeyError("no such key")
+
+    monkeypatch.setattr(ppp_zoo.io, "read_image", broken)
+    res = run("evaluate", sample_dir / "labels.tif", sample_dir / "labels.tif")
+    assert res.exit_code == 70
+    line = res.stderr.strip()
+    assert line.startswith("internal error (KeyError: 'no such key')") and "\n" not in line
+    saved = line.rsplit(" ", 1)[-1]
+    text = open(saved).read()
+    assert "Traceback" in text and "KeyError" in text and "broken" in text
+    monkeypatch.undo()
+    res = run("evaluate", tmp_path / "missing.tif", sample_dir / "labels.tif")
+    assert res.exit_code == 1 and res.stderr.startswith("error: ") and "bug" not in res.stderr

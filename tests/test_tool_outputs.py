@@ -164,3 +164,18 @@ def test_format1_packages_still_segment_and_postprocess(dsb_sample, tmp_path):
     current = segment_image(embedded_model_path(), image, device="cpu")
     assert current.n_instances == result.n_instances
     np.testing.assert_array_equal(current.labels, result.labels)
+
+
+def test_postprocess_exact_overrides_a_fast_mode_package(run2d, tmp_path):
+    """The default model assembles in fast mode; --exact makes every voting pixel a centre."""
+    package, expected, output = run2d
+    path = tmp_path / "prediction.npy"
+    np.save(path, output)
+    summaries = {}
+    for mode in ("--fast", "--exact"):
+        res = runner.invoke(app, ["postprocess", str(path), "--model", str(package), mode,
+                                  "--json", "-o", str(tmp_path / f"l{mode}.tif")])
+        assert res.exit_code == 0, res.output
+        summaries[mode] = json.loads(res.stdout)
+    assert summaries["--exact"]["n_candidates"] > 3 * summaries["--fast"]["n_candidates"]
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "l--fast.tif"), expected)

@@ -282,8 +282,11 @@ def test_predict_image_shape_and_dtype(tiny_run):
     numinst, patches = predict_probabilities(bundle, image)
     assert numinst.shape == (3, 50, 70) and patches.shape == (49, 50, 70)
     assert predict_image(bundle, image, fast=True).shape == (50, 70)
-    with pytest.raises(ValueError, match="expected a 2D image"):
+    with pytest.raises(ValueError, match="this 2D model takes"):
         predict_image(bundle, np.zeros((4, 8, 8, 8)))
+    # the rule of ppp-zoo segment: a 2-channel image is refused, not cut to its first channel
+    with pytest.raises(ValueError, match="no channel axis of size 1"):
+        predict_image(bundle, np.zeros((40, 40, 2)))
 
 
 def test_load_checkpoint_errors(tmp_path, tiny_run):

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from ..io import read_image, write_image, write_labels
+from ..errors import SetupError
+from ..postprocess.labels import relabel_consecutive
 
 _MISSING = "the sample data ships with the 'stardist' package: pip install 'ppp-zoo[data]'"
 
@@ -35,22 +37,13 @@ def _stardist_images_dir() -> Path:
         folder = Path(location) / "data" / "images"
         if folder.is_dir():
             return folder
-    raise RuntimeError(_MISSING)
-
-
-def _relabel(labels: np.ndarray) -> np.ndarray:
-    """Map the ids of ``labels`` to ``1..N`` in increasing order of the old ids (0 stays 0)."""
-    labels = np.asarray(labels)
-    ids, inverse = np.unique(labels, return_inverse=True)
-    # ids is sorted, so 0 (if present) maps to 0 and the others to 1..N
-    new_ids = np.arange(len(ids), dtype=np.int32) + (0 if ids[0] == 0 else 1)
-    return new_ids[inverse.reshape(labels.shape)]
+    raise SetupError(_MISSING)
 
 
 def _load_pair(image_name: str, mask_name: str) -> tuple[np.ndarray, np.ndarray]:
     folder = _stardist_images_dir()
     image = read_image(folder / image_name)
-    labels = _relabel(read_image(folder / mask_name))
+    labels = relabel_consecutive(read_image(folder / mask_name), np.int32)
     return image, labels
 
 
@@ -152,8 +145,8 @@ def dsb_split(
     image, labels = np.asarray(image), np.asarray(labels)
     column = _validate_split_input(image, labels, column)
     return {
-        "train": (image[:, :column].copy(), _relabel(labels[:, :column])),
-        "test": (image[:, column:].copy(), _relabel(labels[:, column:])),
+        "train": (image[:, :column].copy(), relabel_consecutive(labels[:, :column], np.int32)),
+        "test": (image[:, column:].copy(), relabel_consecutive(labels[:, column:], np.int32)),
     }
 
 

@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Literal, Sequence
 
 import numpy as np
+
+from ..errors import SetupError
 from scipy import ndimage
 
 from ..io import write_image, write_labels
@@ -536,7 +538,7 @@ def synth_worms(
     if source == "wormpose":
         path = _posture_model_path()
         if path is None:
-            raise RuntimeError(
+            raise SetupError(
                 "the worm posture model ships with the 'wormpose' package: "
                 "pip install --no-deps wormpose"
             )

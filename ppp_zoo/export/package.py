@@ -25,8 +25,10 @@ import tifffile
 import torch
 
 from .. import __version__
+from ..errors import SetupError
 from ..postprocess.model_package import CURRENT_FORMAT
 from ..predict import (
+    NORMALIZE_EPS,
     ModelBundle,
     load_checkpoint,
     normalize_image,
@@ -52,7 +54,6 @@ ABSOLUTE_TOLERANCE = 1e-4
 SAMPLE_SIZE = {2: 256, 3: 48}
 #: a space axis is at least this large at its minimal declared size (before rounding)
 MIN_SIZE = {2: 16, 3: 8}
-NORMALIZE_EPS = 1e-6
 #: id of the single output tensor (numinst probabilities, then the U-Net features)
 OUTPUT_ID = "prediction"
 #: share of the test input clipped at each end, so that the normalisation percentiles fall
@@ -697,7 +698,7 @@ def export_model(checkpoint: str | os.PathLike, output: str | os.PathLike, *,
         failed = [r for r in rows if not r.passed]
         if failed:
             r = failed[0]
-            raise RuntimeError(f"the exported package failed bioimageio.core's test for "
+            raise SetupError(f"the exported package failed bioimageio.core's test for "
                                f"{r.weight_format} ({r.status}: {r.error}); nothing written")
         if folder:
             if output.exists():

@@ -19,6 +19,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from .assembly import assemble
+from .labels import relabel_consecutive
 from .params import AssemblyParams
 
 
@@ -92,7 +93,7 @@ def assemble_blockwise(numinst, patches, params: AssemblyParams, *,
         next_id = _stitch(out, local, core, crop, next_id, merge_overlap)
         if progress is not None:
             progress(done + 1, len(blocks))
-    return _consecutive(out)
+    return relabel_consecutive(out, np.int32)
 
 
 def _stitch(out, local, core, crop, next_id: int, merge_overlap: float) -> int:
@@ -128,10 +129,3 @@ def _stitch(out, local, core, crop, next_id: int, merge_overlap: float) -> int:
     write = (view == 0) & (mapping[local] > 0)
     view[write] = mapping[local][write]
     return next_id
-
-
-def _consecutive(labels: np.ndarray) -> np.ndarray:
-    ids, inverse = np.unique(labels, return_inverse=True)
-    if ids[0] != 0:
-        return (inverse + 1).reshape(labels.shape).astype(np.int32)
-    return inverse.reshape(labels.shape).astype(np.int32)

@@ -15,6 +15,7 @@ from typing import Literal
 
 import numpy as np
 
+from ..errors import SetupError, describe
 from .package import ModelPackage
 
 EngineName = Literal["onnx", "torchscript"]
@@ -65,22 +66,22 @@ class OnnxEngine(Engine):
         if device != "cpu":
             conflict = doctor.onnxruntime_conflict()
             if conflict is not None:
-                raise RuntimeError(conflict)
+                raise SetupError(conflict)
         try:
             import onnxruntime as ort
 
             has_cuda = doctor.CUDA_PROVIDER in ort.get_available_providers()
         except Exception as err:  # noqa: BLE001 - a half-removed install raises anything
-            raise RuntimeError(f"ONNX Runtime cannot be used ({type(err).__name__}: {err}); "
+            raise SetupError(f"ONNX Runtime cannot be used ({type(err).__name__}: {err}); "
                                f"reinstall it: {doctor.repair_command()}") from None
         if device == "cuda" and not has_cuda:
             build = getattr(ort, "package_name", "") or "onnxruntime"
-            raise RuntimeError(f"--device cuda: this ONNX Runtime ({build} "
+            raise SetupError(f"--device cuda: this ONNX Runtime ({build} "
                                f"{getattr(ort, '__version__', '')}) has no CUDA provider; "
                                f"install the GPU build: {doctor.GPU_INSTALL}")
         gpu = doctor.probe_gpu() if device != "cpu" else None
         if device == "cuda" and not gpu.visible:
-            raise RuntimeError(f"--device cuda: no usable GPU: {gpu.reason}")
+            raise SetupError(f"--device cuda: no usable GPU: {gpu.reason}")
         use_cuda = has_cuda and gpu is not None and gpu.visible
         if gpu is not None and gpu.visible and not has_cuda:
             self.device_note = ("a GPU is visible but this ONNX Runtime is a CPU build: ran on "
@@ -104,7 +105,7 @@ class OnnxEngine(Engine):
         if use_cuda and self.device != "cuda":
             why = failures[0] if failures else "see the ONNX Runtime messages above"
             if device == "cuda":
-                raise RuntimeError(f"--device cuda: the CUDA provider could not start ({why}); "
+                raise SetupError(f"--device cuda: the CUDA provider could not start ({why}); "
                                    "'ppp-zoo doctor' shows the setup")
             self.device_note = (f"a GPU is visible but the CUDA provider could not start "
                                 f"({why}): ran on the CPU; 'ppp-zoo doctor' shows the setup")
@@ -131,10 +132,10 @@ class TorchScriptEngine(Engine):
         try:
             import torch
         except ImportError:
-            raise RuntimeError("the torchscript engine needs PyTorch (pip install torch), "
+            raise SetupError("the torchscript engine needs PyTorch (pip install torch), "
                                "or use --engine onnx") from None
         if device == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("--device cuda: PyTorch sees no CUDA GPU")
+            raise SetupError("--device cuda: PyTorch sees no CUDA GPU")
         self.device = "cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
         self.provider = "torch"
         self._torch = torch
@@ -143,7 +144,7 @@ class TorchScriptEngine(Engine):
                 warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit notices
                 self._module = torch.jit.load(io.BytesIO(model), map_location=self.device).eval()
         except Exception as err:  # noqa: BLE001 - torch raises many types for corrupt files
-            raise ValueError(f"cannot load the TorchScript weights ({type(err).__name__})") from None
+            raise ValueError(f"cannot load the TorchScript weights ({describe(err)})") from None
 
     def __call__(self, x: np.ndarray) -> list[np.ndarray]:
         torch = self._torch

@@ -138,7 +138,7 @@ def open_package(path: str | os.PathLike) -> ModelPackage:
     >>> open_package("no/such/model.zip")
     Traceback (most recent call last):
     ...
-    ppp_zoo.runtime.package.PackageError: no/such/model.zip: no such model package
+    ppp_zoo.postprocess.model_package.PackageError: no/such/model.zip: no such model package
     """
     source = Path(path)
     files = PackageFiles(source)

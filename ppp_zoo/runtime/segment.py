@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ..postprocess.labels import instance_sizes, median_object_diameter, relabel_consecutive
 from .engine import Device, Engine, EngineName, create_engine
 from .package import ModelPackage, open_package
 from .preprocess import preprocess, validate_preprocessing
@@ -64,6 +65,8 @@ class SegmentResult:
         from it by more than :data:`SCALE_HINT`.
     outputs : dict or None
         Raw network outputs (at the processing scale) when asked for.
+    constant_image : bool
+        The image had one value everywhere: nothing was run, no instances.
     """
 
     labels: np.ndarray
@@ -74,12 +77,14 @@ class SegmentResult:
     notes: tuple[str, ...] = ()
     suggested_scale: float | None = None
     outputs: dict | None = None
+    constant_image: bool = False
 
     def summary(self) -> dict:
         """A JSON-ready dict (without the arrays)."""
         return {"n_instances": self.n_instances, "shape": list(self.labels.shape),
                 "scale": self.scale, "n_tiles": self.n_tiles,
                 "suggested_scale": self.suggested_scale, "notes": list(self.notes),
+                "constant_image": self.constant_image,
                 "timings": {k: round(v, 4) for k, v in self.timings.items()}}
 
 
@@ -87,17 +92,38 @@ class SegmentResult:
 def as_model_input(image: np.ndarray, package: ModelPackage) -> np.ndarray:
     """Bring an image to ``(C, [Z,] Y, X)`` as the model's input axes say.
 
-    A model with one channel accepts ``([Z,] Y, X)``, a trailing RGB(A) axis (averaged) or
-    a leading/trailing axis of size 1; a model with C channels accepts the channels first
-    or last.
+    See :func:`image_to_channels_first`; raises :class:`InputError`.
+    """
+    out = image_to_channels_first(image, package.ndim, package.n_channels)
+    _check_size(out.shape[1:], "image")
+    return out
+
+
+def image_to_channels_first(image: np.ndarray, ndim: int, channels: int = 1) -> np.ndarray:
+    """The one rule for what a model of ``ndim`` space axes and ``channels`` input channels
+    accepts, as ``(C, [Z,] Y, X)``.
+
+    A one-channel model accepts ``([Z,] Y, X)``, a trailing RGB(A) axis (averaged) or a
+    leading/trailing axis of size 1; a model with C channels accepts the channels first or
+    last. Anything else (e.g. ``(Y, X, 2)`` for a one-channel model) is refused, never
+    silently cut.
 
     Raises
     ------
     InputError
         Empty, non-numeric or non-finite images, wrong dimensions or channels.
+
+    Examples
+    --------
+    >>> image_to_channels_first(np.zeros((5, 6, 3)), 2).shape
+    (1, 5, 6)
+    >>> image_to_channels_first(np.zeros((5, 6, 2)), 2)
+    Traceback (most recent call last):
+    ...
+    ppp_zoo.runtime.segment.InputError: image of shape (5, 6, 2) has no channel axis of size 1: this 2D model takes (Y, X) images
     """
     image = np.asarray(image)
-    nd, c = package.ndim, package.n_channels
+    nd, c = ndim, channels
     want = f"({'Z, ' if nd == 3 else ''}Y, X)"
     if image.dtype.kind not in "biuf":
         raise InputError(f"image must be numeric, got dtype {image.dtype}")
@@ -127,7 +153,6 @@ def as_model_input(image: np.ndarray, package: ModelPackage) -> np.ndarray:
                          + (f" with {c} channels" if c > 1 else ""))
     if out.dtype.kind == "f" and not np.isfinite(out).all():
         raise InputError("image contains NaN or infinite values")
-    _check_size(out.shape[1:], "image")
     return out
 
 
@@ -159,17 +184,10 @@ def _labels_to_grid(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _median_diameter(labels: np.ndarray) -> float | None:
-    if labels.dtype == bool:
-        sizes = labels.reshape(len(labels), -1).sum(axis=1)
-        nd = labels.ndim - 1
-    else:
-        sizes = np.bincount(labels.ravel())[1:]
-        sizes = sizes[sizes > 0]
-        nd = labels.ndim
-    if len(sizes) < 5:
-        return None
-    v = float(np.median(sizes))
-    return 2 * math.sqrt(v / math.pi) if nd == 2 else 2 * (3 * v / (4 * math.pi)) ** (1 / 3)
+    """Median equivalent diameter of the instances found (None for fewer than 5)."""
+    masks = labels.dtype == bool
+    return median_object_diameter(instance_sizes(labels, overlapping=masks),
+                                  labels.ndim - 1 if masks else labels.ndim, min_count=5)
 
 
 # --------------------------------------------------------------------------- segmenter
@@ -214,7 +232,7 @@ class Segmenter:
             shape = ((0,) + in_shape) if params.overlapping else in_shape
             labels = np.zeros(shape, bool if params.overlapping else np.int32)
             return SegmentResult(labels, 0, timings, scale, 0,
-                                 ("constant image: no instances",))
+                                 ("constant image: no instances",), constant_image=True)
 
         t = time.perf_counter()
         x = preprocess(img[None], ("batch", "channel") + pkg.space_axes, pkg.preprocessing)
@@ -237,7 +255,7 @@ class Segmenter:
         t = time.perf_counter()
         labels = _labels_to_grid(labels, in_shape)
         if labels.dtype != bool and scale != 1.0:
-            labels = _consecutive(labels)
+            labels = relabel_consecutive(labels)  # instances may vanish when scaled down
         timings["rescale"] += time.perf_counter() - t
         n = labels.shape[0] if labels.dtype == bool else int(labels.max(initial=0))
         if n == 0:
@@ -311,17 +329,6 @@ def default_tile(ndim: int, channels: int) -> tuple[int, ...]:
     lo, hi = (128, 512) if ndim == 2 else (32, 128)
     side = int((TILE_BYTES / (4 * max(channels, 1))) ** (1 / ndim))
     return (min(hi, max(lo, side)),) * ndim
-
-
-def _consecutive(labels: np.ndarray) -> np.ndarray:
-    """Renumber ids 1..N (instances may vanish when resampled down)."""
-    ids = np.unique(labels)
-    ids = ids[ids > 0]
-    if len(ids) == 0 or ids[-1] == len(ids):
-        return labels
-    lut = np.zeros(int(ids[-1]) + 1, labels.dtype)
-    lut[ids] = np.arange(1, len(ids) + 1, dtype=labels.dtype)
-    return lut[labels]
 
 
 def load_segmenter(model: str | os.PathLike | ModelPackage, engine: EngineName = "onnx",
