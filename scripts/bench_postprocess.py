@@ -7,13 +7,25 @@ Cases (each measured in a fresh process, so peak RSS is that case's own):
   worms-41               one 520x696 synthetic worm image, 41x41 patches, overlapping mode
                          (fast mode, strides 2 and 3)
   nuclei3d               the 31x61x57 3D sample, 9x9x9 patches
+  worms-41-exact         the same worm image in exact mode (the paper's setting; minutes before
+                         the line-organised kernels)
   first-call             compile time of the kernels with an empty numba cache
   cli-startup            wall time of `ppp-zoo --help` and of a small `ppp-zoo postprocess`
   blockwise-N            an N x N mosaic of the DSB sample (N * 512 pixels a side), GT patches
                          memory-mapped from disk, assembled in 256x256 blocks (fast mode):
                          time and peak RSS grow with the area and the block, not the image
 
-Usage:  python scripts/bench_postprocess.py [--cases dsb-exact,dsb-fast,...] [--repeat 2]
+With ``--baseline REF`` (a git commit or branch) every timed case is run a second time, in
+its own process, with ``ppp_zoo/postprocess`` as it was at REF (extracted with ``git
+archive`` into ``~/.cache/ppp_zoo/bench-baseline``, where its numba cache stays warm), and each
+figure is printed beside the baseline's, together with whether both gave the same labels.
+Times are the median of ``--repeat`` runs after one warm-up run.
+
+Figures before the line-organised kernels (2 shared cores, warm cache, median of 3):
+see the commit that introduced ``--baseline``; rerun with ``--baseline 0012eb7``.
+
+Usage:  python scripts/bench_postprocess.py [--cases dsb-exact,dsb-fast,...] [--repeat 3]
+                                            [--baseline REF]
 """
 
 from __future__ import annotations
@@ -21,13 +33,53 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 
-CASES = ["dsb-exact", "dsb-fast", "naive-consensus", "worms-41", "nuclei3d", "first-call",
-         "cli-startup", "blockwise-1", "blockwise-2"]
+CASES = ["dsb-exact", "dsb-fast", "naive-consensus", "worms-41", "worms-41-exact", "nuclei3d",
+         "first-call", "cli-startup", "blockwise-1", "blockwise-2"]
+#: cases that time :func:`assemble` and can be compared with a baseline package
+TIMED = ("dsb-exact", "dsb-fast", "worms-41", "worms-41-exact", "nuclei3d")
+BASELINE_NAME = "ppp_postprocess_baseline"
+
+
+def _postprocess():
+    """The assembly package under test: ``ppp_zoo.postprocess``, or the baseline copy."""
+    folder = os.environ.get("PPP_BENCH_PACKAGE")
+    if not folder:
+        import ppp_zoo.postprocess as pkg
+
+        return pkg
+    import importlib.util
+
+    init = os.path.join(folder, BASELINE_NAME, "__init__.py")
+    spec = importlib.util.spec_from_file_location(
+        BASELINE_NAME, init, submodule_search_locations=[os.path.dirname(init)])
+    pkg = importlib.util.module_from_spec(spec)
+    sys.modules[BASELINE_NAME] = pkg
+    spec.loader.exec_module(pkg)
+    return pkg
+
+
+def _baseline_folder(ref: str) -> str:
+    """Extract ``ppp_zoo/postprocess`` at git ``ref`` (once) and return its parent folder."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sha = subprocess.run(["git", "-C", root, "rev-parse", ref], check=True, capture_output=True,
+                         text=True).stdout.strip()
+    folder = os.path.join(os.path.expanduser("~/.cache/ppp_zoo/bench-baseline"), sha[:12])
+    target = os.path.join(folder, BASELINE_NAME)
+    if not os.path.isdir(target):
+        os.makedirs(folder, exist_ok=True)
+        tmp = tempfile.mkdtemp(dir=folder)
+        archive = subprocess.run(["git", "-C", root, "archive", sha, "ppp_zoo/postprocess"],
+                                 check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        os.rename(os.path.join(tmp, "ppp_zoo", "postprocess"), target)
+        shutil.rmtree(tmp)
+    return folder
 
 
 def _peak_rss_gb() -> float:
@@ -45,21 +97,33 @@ def _rss_anon_gb() -> float:
     return float("nan")
 
 
-def _time_assembly(numinst, patches, params, labels, repeat, overlapping=False):
-    from ppp_zoo.evaluate import evaluate_image
-    from ppp_zoo.postprocess import assemble
+def _time_assembly(numinst, patches, params, labels, repeat, overlapping=False, name=""):
+    """Median seconds (and the median run's step timings) of ``repeat`` runs after a warm-up.
 
-    assemble(numinst, patches, params)  # JIT warm-up (loads the cache)
-    best, result = None, None
-    for _ in range(repeat):
+    The labels are saved to ``$PPP_BENCH_DIR/<name>.npy`` (when set) for the comparison with
+    the baseline.
+    """
+    import numpy as np
+
+    from ppp_zoo.evaluate import evaluate_image
+
+    pkg = _postprocess()
+    params = pkg.AssemblyParams(**params.to_dict())
+    pkg.assemble(numinst, patches, params)  # JIT warm-up (loads the cache)
+    runs = []
+    for _ in range(max(repeat, 1)):
         t0 = time.perf_counter()
-        result = assemble(numinst, patches, params, return_result=True)
-        dt = time.perf_counter() - t0
-        best = dt if best is None else min(best, dt)
+        result = pkg.assemble(numinst, patches, params, return_result=True)
+        runs.append((time.perf_counter() - t0, result))
+    runs.sort(key=lambda run: run[0])
+    seconds, result = runs[len(runs) // 2]
+    if os.environ.get("PPP_BENCH_DIR") and name:
+        np.save(os.path.join(os.environ["PPP_BENCH_DIR"], f"{name}.npy"), result.labels)
     ev = evaluate_image(result.labels, labels, overlapping=overlapping)
-    return {"seconds": round(best, 3), "steps": result.summary()["timings"],
-            "n_instances": result.n_instances, "ap50": round(ev.ap["0.5"], 4),
-            "ap90": round(ev.ap["0.9"], 4)}
+    return {"seconds": round(seconds, 3), "all_seconds": [round(r[0], 3) for r in runs],
+            "steps": result.summary()["timings"], "n_instances": result.n_instances,
+            "n_selected": result.n_selected, "n_edges": result.n_edges,
+            "ap50": round(ev.ap["0.5"], 4), "ap90": round(ev.ap["0.9"], 4)}
 
 
 def _naive_consensus(numinst, patches, th):
@@ -131,19 +195,20 @@ def run_case(case: str, repeat: int) -> dict:
             for partition in ("cc", "mws"):
                 params = AssemblyParams(patchshape=(25, 25), partition=partition,
                                         fast=case == "dsb-fast")
-                out[partition] = _time_assembly(numinst, patches, params, labels, repeat)
-    elif case == "worms-41":
+                out[partition] = _time_assembly(numinst, patches, params, labels, repeat,
+                                                name=f"{case}-{partition}")
+    elif case in ("worms-41", "worms-41-exact"):
         from ppp_zoo.data.synth import synth_worms
 
         _, masks = synth_worms(shape=(520, 696), seed=0)
         numinst, patches = instance_targets(masks, (41, 41), overlapping=True)
         out = {}
-        # exact mode takes minutes here (see the note in README), so the fast strides only
-        for stride in (2, 3):
-            params = AssemblyParams(patchshape=(41, 41), overlapping=True, fast=True,
-                                    fast_stride=stride)
-            out[f"fast{stride}"] = _time_assembly(numinst, patches, params, masks, 1,
-                                                  overlapping=True)
+        for stride in ((1,) if case.endswith("exact") else (2, 3)):
+            params = AssemblyParams(patchshape=(41, 41), overlapping=True, fast=stride > 1,
+                                    fast_stride=max(stride, 2))
+            key = "exact" if stride == 1 else f"fast{stride}"
+            out[key] = _time_assembly(numinst, patches, params, masks, repeat,
+                                      overlapping=True, name=f"{case}-{key}")
     elif case == "nuclei3d":
         from ppp_zoo.data.sample import load_nuclei3d_sample
 
@@ -152,8 +217,9 @@ def run_case(case: str, repeat: int) -> dict:
         out = {}
         for fast in (False, True):
             params = AssemblyParams(patchshape=(9, 9, 9), patch_threshold=0.5, fast=fast)
-            out["fast" if fast else "exact"] = _time_assembly(numinst, patches, params, labels,
-                                                              repeat)
+            key = "fast" if fast else "exact"
+            out[key] = _time_assembly(numinst, patches, params, labels, repeat,
+                                      name=f"{case}-{key}")
     elif case.startswith("prepare-blockwise-"):
         from ppp_zoo.data.sample import load_dsb_sample
 
@@ -223,10 +289,48 @@ def _cli_startup() -> dict:
     return out
 
 
+def _run_timed(case: str, repeat: int, folder: str, package: str | None) -> dict:
+    """One timed case in a fresh process (labels saved under ``folder``)."""
+    env = dict(os.environ, PPP_BENCH_DIR=folder)
+    env.pop("PPP_BENCH_PACKAGE", None)
+    if package:
+        env["PPP_BENCH_PACKAGE"] = package
+    proc = subprocess.run([sys.executable, __file__, "--case", case, "--repeat", str(repeat)],
+                          capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-2000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _compare(case: str, new: dict, old: dict, new_dir: str, old_dir: str) -> list[str]:
+    """Lines with each figure of ``new`` beside the baseline's, and the label comparison."""
+    import numpy as np
+
+    lines = []
+    for key, run in new.items():
+        if not isinstance(run, dict) or key not in old:
+            continue
+        base = old[key]
+        name = f"{case}-{key}"
+        same = np.array_equal(np.load(os.path.join(new_dir, f"{name}.npy")),
+                              np.load(os.path.join(old_dir, f"{name}.npy")))
+        steps = ", ".join(f"{k} {v:.2f}" for k, v in run["steps"].items() if v >= 0.005)
+        base_steps = ", ".join(f"{k} {v:.2f}" for k, v in base["steps"].items() if v >= 0.005)
+        lines.append(f"  {key}: {run['seconds']:.2f} s (baseline {base['seconds']:.2f} s, "
+                     f"{base['seconds'] / run['seconds']:.1f}x faster); labels identical: {same}; "
+                     f"AP50 {run['ap50']} (baseline {base['ap50']})")
+        lines.append(f"    steps: {steps}")
+        lines.append(f"    baseline steps: {base_steps}")
+    lines.append(f"  peak RSS {new['peak_rss_gb']} GB (baseline {old['peak_rss_gb']} GB)")
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", default=",".join(CASES))
-    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--baseline", default=None,
+                    help="git ref whose ppp_zoo/postprocess is timed beside the current one")
     ap.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this process
     args = ap.parse_args()
     if args.case:
@@ -235,10 +339,27 @@ def main() -> None:
     import numba
 
     print(f"# threads: {numba.get_num_threads()}, cpus: {os.cpu_count()}")
+    base_pkg = _baseline_folder(args.baseline) if args.baseline else None
+    if base_pkg:
+        print(f"# baseline: ppp_zoo/postprocess at {args.baseline} ({os.path.basename(base_pkg)})")
     results = {}
     for case in args.cases.split(","):
         if case == "cli-startup":
             results[case] = _cli_startup()
+        elif case in TIMED:
+            with tempfile.TemporaryDirectory() as new_dir, tempfile.TemporaryDirectory() as old_dir:
+                try:
+                    results[case] = _run_timed(case, args.repeat, new_dir, None)
+                    print(f"{case}: {json.dumps(results[case])}", flush=True)
+                    if base_pkg:
+                        old = _run_timed(case, args.repeat, old_dir, base_pkg)
+                        results[case + "@baseline"] = old
+                        print(f"{case}@baseline: {json.dumps(old)}")
+                        print("\n".join(_compare(case, results[case], old, new_dir, old_dir)),
+                              flush=True)
+                except RuntimeError as err:
+                    print(f"{case}: FAILED\n{err}")
+            continue
         elif case.startswith("blockwise-"):
             with tempfile.TemporaryDirectory() as folder:
                 env = dict(os.environ, PPP_BENCH_DIR=folder)
@@ -263,7 +384,8 @@ def main() -> None:
             results[case] = json.loads(proc.stdout.strip().splitlines()[-1])
         print(f"{case}: {json.dumps(results[case])}", flush=True)
     if "dsb-exact" in results and "naive-consensus" in results:
-        ours = results["dsb-exact"]["cc"]["steps"]["consensus+scores"]
+        steps = results["dsb-exact"]["cc"]["steps"]
+        ours = sum(v for k, v in steps.items() if k.startswith(("consensus", "scores")))
         base = results["naive-consensus"]["consensus_seconds"]
         print(f"consensus (+ scores) vs naive dense consensus: {base:.2f} s / {ours:.2f} s = "
               f"{base / ours:.1f}x faster; peak RSS {results['naive-consensus']['peak_rss_gb']} GB "

@@ -304,74 +304,118 @@ def candidate_edges(centres, patchshape):
 
 
 @njit(cache=True, parallel=True)
-def high_sets(patches, centres, cflat, offs, r, vmask, vidx, th, stride, pos, rows, counts):
-    """H_c of every selected patch: pixel coordinates (unpadded, raster order) and rows.
+def high_masks(patches, centres, cflat, offs, r, vmask, th, stride, hmask, hspan):
+    """H_c of every selected patch as a mask over its box, and its extent per patch line.
 
-    With ``stride > 1`` only the pixels whose coordinates are all multiples of ``stride``.
+    ``hmask[i, k]`` (uint8) is 1 where pixel ``c_i + o_k`` is a voting pixel with
+    ``P > th`` (with ``stride > 1``: only pixels whose coordinates are all multiples of
+    ``stride``). ``hspan[i, line]`` gets the first and one-past-last x (patch coordinates)
+    of the mask on each patch line (first > last when the line is empty).
     """
+    px = offs.shape[0] // hspan.shape[1]
     for i in prange(centres.shape[0]):
-        n = 0
+        for line in range(hspan.shape[1]):
+            hspan[i, line, 0] = px
+            hspan[i, line, 1] = 0
         for k in range(offs.shape[0]):
             z = centres[i, 0] + offs[k, 0]
             y = centres[i, 1] + offs[k, 1]
             x = centres[i, 2] + offs[k, 2]
+            hmask[i, k] = 0
             if stride > 1 and (z % stride != 0 or y % stride != 0 or x % stride != 0):
                 continue
             if vmask[z + r[0], y + r[1], x + r[2]] != 0 and patches[k, cflat[i]] > th:
-                pos[i, n, 0] = z
-                pos[i, n, 1] = y
-                pos[i, n, 2] = x
-                rows[i, n] = vidx[z + r[0], y + r[1], x + r[2]]
-                n += 1
-        counts[i] = n
+                hmask[i, k] = 1
+                line = k // px
+                xk = k - line * px
+                hspan[i, line, 0] = min(hspan[i, line, 0], xk)
+                hspan[i, line, 1] = xk + 1
 
 
-@njit(cache=True, nogil=True)
-def _later_pair_sum(pa, ra, na, pb, nb, r, fullshape, half, cons):
-    """Sum and number of defined C(u, v), u in set a, v in set b, v after u in raster order.
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def _later_sum(u, row, cb, hmask_b, hspan_b, r, fshape, half):
+    """Sum and number of the defined C(u, v) over v in H_b after u in raster order.
 
-    Both sets are in raster order; each pair is read from the row of u, so the inner loop
-    stays in one consensus row.
+    ``row`` is u's consensus row (NaN where undefined), ``cb`` the centre of b. Only the
+    patch lines of b within ``2 r`` of u are visited, each over the x-extent of H_b on it
+    clipped to ``u_x +- 2 r_x``: one contiguous run of consensus columns per line.
     """
+    pz, py, px = 2 * r[0] + 1, 2 * r[1] + 1, 2 * r[2] + 1
     total = 0.0
     count = 0
-    j0 = 0
-    for i in range(na):
-        uz, uy, ux = pa[i, 0], pa[i, 1], pa[i, 2]
-        while j0 < nb and (pb[j0, 0], pb[j0, 1], pb[j0, 2]) <= (uz, uy, ux):
-            j0 += 1
-        row = cons[ra[i]]
-        for j in range(j0, nb):
-            dz = pb[j, 0] - uz
-            dy = pb[j, 1] - uy
-            if dz > 2 * r[0] or (dz == 2 * r[0] and dy > 2 * r[1]):
-                break  # raster order: no later v can be close enough
-            dx = pb[j, 2] - ux
-            if abs(dy) > 2 * r[1] or abs(dx) > 2 * r[2]:
-                continue
-            g = ((dz + 2 * r[0]) * fullshape[1] + (dy + 2 * r[1])) * fullshape[2] + dx + 2 * r[2]
-            value = row[g - half - 1]
-            if value == value:
-                total += value
-                count += 1
+    z0 = cb[0] - r[0]
+    y0 = cb[1] - r[1]
+    x0 = cb[2] - r[2]
+    for zl in range(max(0, u[0] - z0), min(pz, u[0] + 2 * r[0] - z0 + 1)):
+        dz = z0 + zl - u[0]
+        ylo = max(0, u[1] - 2 * r[1] - y0)
+        if dz == 0:
+            ylo = max(ylo, u[1] - y0)
+        for yl in range(ylo, min(py, u[1] + 2 * r[1] - y0 + 1)):
+            dy = y0 + yl - u[1]
+            line = zl * py + yl
+            lo = max(hspan_b[line, 0], u[2] - 2 * r[2] - x0)
+            if dz == 0 and dy == 0:
+                lo = max(lo, u[2] - x0 + 1)
+            hi = min(hspan_b[line, 1], u[2] + 2 * r[2] - x0 + 1)
+            # column of v = (z0 + zl, y0 + yl, x0 + xl): base + xl
+            base = ((dz + 2 * r[0]) * fshape[1] + (dy + 2 * r[1])) * fshape[2] \
+                + x0 - u[2] + 2 * r[2] - half - 1
+            k0 = line * px
+            for xl in range(lo, hi):
+                value = row[base + xl]
+                if hmask_b[k0 + xl] != 0 and value == value:
+                    total += value
+                    count += 1
     return total, count
 
 
 @njit(cache=True, parallel=True)
-def edge_weights(edges, pos, rows, counts, r, fullshape, half, cons, out):
-    """Mean defined consensus over pixel pairs (u in H_a, v in H_b) per edge; NaN if none.
+def edge_weight_parts(centres, offs, hmask, hspan, nbr_start, nbr_node, nbr_slot, vidx, r,
+                      fshape, half, cons, part_sum, part_cnt):
+    """Per node b, the sums over its neighbours a of the defined C(u, v), u in H_a, v in H_b,
+    v after u in raster order; written to ``part_sum[nbr_slot[j]]`` / ``part_cnt``.
 
-    ``cons`` holds NaN where a pair had no vote.
+    The neighbours of b are ``nbr_node[nbr_start[b]:nbr_start[b + 1]]``. The sum over v of a
+    pixel u (``T_b(u)``) is computed once per node and reused for every neighbour whose H
+    holds u (neighbouring patches overlap), in a scratch grid over ``c_b +- 3 r`` (a pixel
+    farther from c_b has no v within ``2 r``). ``vidx`` is the padded row map.
     """
-    for e in prange(edges.shape[0]):
-        a = edges[e, 0]
-        b = edges[e, 1]
-        t1, c1 = _later_pair_sum(pos[a], rows[a], counts[a], pos[b], counts[b], r, fullshape,
-                                 half, cons)
-        t2, c2 = _later_pair_sum(pos[b], rows[b], counts[b], pos[a], counts[a], r, fullshape,
-                                 half, cons)
-        count = c1 + c2
-        out[e] = (t1 + t2) / count if count > 0 else np.nan
+    P = offs.shape[0]
+    gz, gy, gx = 6 * r[0] + 1, 6 * r[1] + 1, 6 * r[2] + 1
+    for b in prange(centres.shape[0]):
+        if nbr_start[b] == nbr_start[b + 1]:
+            continue
+        tsum = np.empty((gz, gy, gx), np.float64)
+        tcnt = np.empty((gz, gy, gx), np.int64)
+        done = np.zeros((gz, gy, gx), np.uint8)
+        cb = centres[b]
+        u = np.empty(3, np.int64)
+        for j in range(nbr_start[b], nbr_start[b + 1]):
+            a = nbr_node[j]
+            total = 0.0
+            count = 0
+            for k in range(P):
+                if hmask[a, k] == 0:
+                    continue
+                u[0] = centres[a, 0] + offs[k, 0]
+                u[1] = centres[a, 1] + offs[k, 1]
+                u[2] = centres[a, 2] + offs[k, 2]
+                qz = u[0] - cb[0] + 3 * r[0]
+                qy = u[1] - cb[1] + 3 * r[1]
+                qx = u[2] - cb[2] + 3 * r[2]
+                if qz < 0 or qz >= gz or qy < 0 or qy >= gy or qx < 0 or qx >= gx:
+                    continue
+                if done[qz, qy, qx] == 0:
+                    row = cons[vidx[u[0] + r[0], u[1] + r[1], u[2] + r[2]]]
+                    t, c = _later_sum(u, row, cb, hmask[b], hspan[b], r, fshape, half)
+                    tsum[qz, qy, qx] = t
+                    tcnt[qz, qy, qx] = c
+                    done[qz, qy, qx] = 1
+                total += tsum[qz, qy, qx]
+                count += tcnt[qz, qy, qx]
+            part_sum[nbr_slot[j]] = total
+            part_cnt[nbr_slot[j]] = count
 
 
 @njit(cache=True)

@@ -293,17 +293,29 @@ def patch_graph(prep: _Prepared, selected_flat: np.ndarray, consensus: Consensus
     centres = prep.centres_of(selected_flat)
     edges = K.candidate_edges(centres, np.array(geo.patchshape, np.int64))
     n, P = len(selected_flat), prep.offs.shape[0]
-    pos = np.empty((n, P, 3), np.int32)
-    rows = np.empty((n, P), np.int32)
-    counts = np.empty(n, np.int64)
+    pz, py, px = geo.patchshape
+    hmask = np.empty((n, P), np.uint8)
+    hspan = np.empty((n, pz * py, 2), np.int64)
     stride = prep.params.fast_stride if prep.params.fast else 1
-    K.high_sets(prep.patches, centres, np.ascontiguousarray(selected_flat, np.int64), prep.offs,
-                prep.r, prep.vmask, prep.vidx, prep.th, stride, pos, rows, counts)
-    weights = np.empty(len(edges), np.float64)
-    K.edge_weights(edges, pos, rows, counts, prep.r, prep.fshape, geo.n_columns,
-                   consensus.values, weights)
-    keep = ~np.isnan(weights)
-    edges, weights = edges[keep], weights[keep]
+    K.high_masks(prep.patches, centres, np.ascontiguousarray(selected_flat, np.int64), prep.offs,
+                 prep.r, prep.vmask, prep.th, stride, hmask, hspan)
+    # weight(a, b), a < b: half 0 sums u in H_a, v in H_b (v after u), computed in b's pass;
+    # half 1 sums u in H_b, v in H_a, computed in a's pass
+    E = len(edges)
+    node = np.concatenate([edges[:, 1], edges[:, 0]])
+    order = np.argsort(node, kind="stable")
+    nbr_node = np.ascontiguousarray(np.concatenate([edges[:, 0], edges[:, 1]])[order])
+    nbr_slot = np.ascontiguousarray(np.concatenate([2 * np.arange(E), 2 * np.arange(E) + 1])[order])
+    nbr_start = np.searchsorted(node[order], np.arange(n + 1)).astype(np.int64)
+    part_sum = np.zeros(2 * E, np.float64)
+    part_cnt = np.zeros(2 * E, np.int64)
+    K.edge_weight_parts(centres, prep.offs, hmask, hspan, nbr_start, nbr_node, nbr_slot,
+                        prep.vidx, prep.r, prep.fshape, geo.n_columns, consensus.values,
+                        part_sum, part_cnt)
+    count = part_cnt[0::2] + part_cnt[1::2]
+    keep = count > 0
+    edges = edges[keep]
+    weights = (part_sum[0::2] + part_sum[1::2])[keep] / count[keep]
     order = np.lexsort((edges[:, 1], edges[:, 0]))
     return edges[order], weights[order]
 
