@@ -302,7 +302,6 @@ def _deepimagej(pkg: ModelPackage) -> list[RuleResult]:
     if not pkg.weights:
         rows.append(_row("deepimagej", "weights", False, "no torchscript or onnx weights",
                          "JDLL engines"))
-    _, per_tile = _tile_bytes(pkg, {2: 2048, 3: 160})
     channels = sum(_channel_count(o, pkg) for o in rdf.get("outputs") or [])
     max_pixels = DEEPIMAGEJ_OUTPUT_BYTES // max(4 * channels, 1)
     rows.append(_row("deepimagej", "output of one tile < 2 GiB", max_pixels >=
