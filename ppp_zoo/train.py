@@ -18,6 +18,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,7 +44,8 @@ class TrainResult:
     """Outcome of :func:`train`.
 
     ``best_avAP`` is ``None`` when no validation image exists; ``stopped_early`` is true when
-    the time limit ended the run before ``iterations``.
+    the time limit or a ``stop`` request ended the run before ``iterations``, ``cancelled``
+    only for the latter.
     """
 
     out_dir: str
@@ -57,6 +59,7 @@ class TrainResult:
     stopped_early: bool
     history: dict
     notes: tuple[str, ...] = ()
+    cancelled: bool = False
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -425,7 +428,9 @@ class _Progress:
 # --------------------------------------------------------------------------- training
 def train(config: Config | dict, out_dir: str | os.PathLike, *, max_minutes: float | None = None,
           device: Device = "auto", resume: bool = False, progress: bool = True,
-          snapshot_minutes: float | None = None) -> TrainResult:
+          snapshot_minutes: float | None = None,
+          callback: Callable[[dict], None] | None = None,
+          stop: Callable[[], bool] | None = None) -> TrainResult:
     """Train a PatchPerPix network and write checkpoints, ``metrics.json`` and ``curve.png``.
 
     Parameters
@@ -446,6 +451,14 @@ def train(config: Config | dict, out_dir: str | os.PathLike, *, max_minutes: flo
     snapshot_minutes : float, optional
         Also save the weights every this many minutes of training as
         ``out_dir/snapshots/minute_MMM.M.pt`` (for curves of quality versus training time).
+    callback : callable, optional
+        Called (in the training thread) after every iteration with ``{"iteration",
+        "iterations", "loss"}`` and after every validation with ``{"iteration", "val"}``
+        (the validation scores), e.g. to draw live curves.
+    stop : callable, optional
+        Asked before every iteration; when it returns true, training ends as at the time
+        limit (final validation, ``best.pt``, ``last.pt`` and ``metrics.json`` written) but
+        without threshold tuning, and the result has ``cancelled=True``.
 
     Returns
     -------
@@ -494,17 +507,22 @@ def train(config: Config | dict, out_dir: str | os.PathLike, *, max_minutes: flo
         if scores is not None:
             history["val"].append({"iteration": it, **scores})
             bar.update(val=f"{scores['avAP']:.3f}")
+            if callback is not None:
+                callback({"iteration": it, "val": scores})
         if scores is None or best is None or scores["avAP"] > best["avAP"]:
             best = {"iteration": it, "avAP": None if scores is None else scores["avAP"]}
             _save(out / "best.pt", payload(it))
 
     t0 = time.perf_counter()
-    it, stopped_early, snapshots = start_it, False, []
+    it, stopped_early, cancelled, snapshots = start_it, False, False, []
     model.train()
     with _Progress(progress, t_cfg.iterations, start_it) as bar:
         while it < t_cfg.iterations:
             if limit is not None and time.perf_counter() - t0 > 60.0 * limit:
                 stopped_early = True
+                break
+            if stop is not None and stop():
+                stopped_early = cancelled = True
                 break
             if t_cfg.lr_schedule == "cosine":
                 done = it / t_cfg.iterations
@@ -536,6 +554,8 @@ def train(config: Config | dict, out_dir: str | os.PathLike, *, max_minutes: flo
                 minutes = snapshot_minutes * len(snapshots)
                 _save(out / "snapshots" / f"minute_{minutes:05.1f}.pt", payload(it))
             bar.update(loss=f"{value:.4f}")
+            if callback is not None:
+                callback({"iteration": it, "iterations": t_cfg.iterations, "loss": value})
             if it % t_cfg.val_every == 0 and it < t_cfg.iterations:
                 run_validation(it)
                 model.train()
@@ -544,7 +564,7 @@ def train(config: Config | dict, out_dir: str | os.PathLike, *, max_minutes: flo
     last = payload(it)
     last.update(optimizer_state=opt.state_dict(), rng_state=_rng_state(rng, loss_gen))
     _save(out / "last.pt", last)
-    if t_cfg.tune_thresholds and val_pairs:
+    if t_cfg.tune_thresholds and val_pairs and not cancelled:
         history["tuned"] = _tune_best(out / "best.pt", cfg, val_pairs, dev)
 
     seconds = time.perf_counter() - t0
@@ -555,7 +575,8 @@ def train(config: Config | dict, out_dir: str | os.PathLike, *, max_minutes: flo
         final_loss=history["loss"][-1][1] if history["loss"] else float("nan"),
         best_avAP=None if best is None else best["avAP"],
         best_iteration=None if best is None else best["iteration"],
-        seconds=round(seconds, 3), stopped_early=stopped_early, history=history, notes=notes)
+        seconds=round(seconds, 3), stopped_early=stopped_early, history=history, notes=notes,
+        cancelled=cancelled)
     (out / "metrics.json").write_text(json.dumps(result.to_dict(), indent=1))
     return result
 

@@ -262,6 +262,24 @@ def test_resume_continues_the_same_run(tmp_path):
                                [l for _, l in fresh.history["loss"]], rtol=1e-5)
 
 
+def test_callback_sees_every_step_and_stop_keeps_the_checkpoints(tmp_path):
+    """What a GUI needs: live loss and validation, and a cancel that leaves usable
+    checkpoints (last.pt resumable) without threshold tuning."""
+    cfg = dict(TINY, train=dict(TINY["train"], iterations=50, val_every=2,
+                                tune_thresholds=True))
+    events = []
+    result = train(cfg, tmp_path, device="cpu", progress=False, callback=events.append,
+                   stop=lambda: sum("loss" in e for e in events) >= 3)
+    steps = [e for e in events if "loss" in e]
+    assert [e["iteration"] for e in steps] == [1, 2, 3] and steps[0]["iterations"] == 50
+    assert [e["iteration"] for e in events if "val" in e] == [2, 3]
+    assert result.cancelled and result.stopped_early and result.iterations == 3
+    assert "tuned" not in result.history
+    assert (tmp_path / "last.pt").is_file() and (tmp_path / "best.pt").is_file()
+    again = train(dict(cfg, train=dict(cfg["train"], iterations=4)), tmp_path, device="cpu",
+                  progress=False, resume=True)
+    assert again.iterations == 4 and not again.cancelled
+
 def test_tiled_checkpoint_prediction_equals_untiled(tiny_run):
     result, _ = tiny_run
     bundle = load_checkpoint(result.best_checkpoint)
