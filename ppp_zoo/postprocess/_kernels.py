@@ -18,228 +18,289 @@ Common preconditions (guaranteed by the wrappers in ``assemble.py``):
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import njit, prange
 
-@njit(cache=True, nogil=True)
-def _dense_patch(patches, c, cflat, offs, r, vmask, vidx, th, bg, vals, w_high, w_low,
-                 n_any, n_high, rows, entries, span):
-    """Dense view of the patch at ``c`` for the vectorised pair loops.
 
-    Fills, per patch index k: ``vals`` (the patch value), ``w_high`` / ``w_low`` (float32
-    1 if the pixel is in H_c / L_c, else 0), ``n_any`` / ``n_high`` (the same as uint16
-    vote counts: in H_c or L_c / in H_c) and ``rows`` (the pixel's consensus row); the patch
-    indices of the pixels in H_c or L_c go to ``entries`` in raster order. ``span[line]``
-    gets the first and one-past-last x of the voting pixels (columns 0, 1) and of the H_c
-    pixels (columns 2, 3) on each patch line, so the pair loops can skip the rest.
-    Returns (n entries, |H_c|).
+def n_threads() -> int:
+    """Number of threads numba's parallel kernels use."""
+    return numba.get_num_threads()
+
+
+@njit(cache=True, nogil=True)
+def _load_centre_row(patches, cy, row_start, cand, cflat, offs, r, fshape, vmask, th, bg, ring,
+                     rspan, n_high, n_low):
+    """Pitched dense copies of the patches of the candidates on centre row ``cy``.
+
+    The patch of the j-th candidate c of the row goes to ``ring[j]`` with patch pixel
+    (z, y, x) at ``z * py * Fx + y * Fx + x``, ``Fx = 4 rx + 1`` (the consensus column pitch,
+    so that the pairs of a pixel with the later pixels of one patch plane are one run of
+    consecutive positions and columns). The value is P_c(c + o_k) where that pixel votes
+    (class 1), else NaN (neither in H_c nor in L_c; the inputs are finite), and NaN in the
+    gaps. ``rspan[j, z]`` gets the first and one-past-last position (within the plane) of
+    the pixels in H_c or L_c (columns 0, 1) and in H_c (columns 2, 3) of each patch plane;
+    ``n_high[i]`` / ``n_low[i]`` get |H_c| and |L_c| (i: the candidate's index).
     """
-    n = 0
-    nh = 0
-    for line in range(span.shape[0]):
-        span[line, 0] = 1 << 30
-        span[line, 1] = 0
-        span[line, 2] = 1 << 30
-        span[line, 3] = 0
-    width = offs.shape[0] // span.shape[0]
-    for k in range(offs.shape[0]):
-        z = c[0] + offs[k, 0] + r[0]
-        y = c[1] + offs[k, 1] + r[1]
-        x = c[2] + offs[k, 2] + r[2]
-        p = patches[k, cflat]
-        vals[k] = p
-        w_high[k] = 0.0
-        w_low[k] = 0.0
-        n_any[k] = 0
-        n_high[k] = 0
-        rows[k] = vidx[z, y, x]
-        if vmask[z, y, x] == 0:
-            continue
-        line = k // width
-        xk = k - line * width
-        if p > th:
-            w_high[k] = 1.0
-            n_high[k] = 1
-            nh += 1
-            span[line, 2] = min(span[line, 2], xk)
-            span[line, 3] = xk + 1
-        elif p < bg:
-            w_low[k] = 1.0
-        else:
-            continue
-        span[line, 0] = min(span[line, 0], xk)
-        span[line, 1] = xk + 1
-        n_any[k] = 1
-        entries[n] = k
-        n += 1
-    return n, nh
+    P = offs.shape[0]
+    py, px = 2 * r[1] + 1, 2 * r[2] + 1
+    plane = py * fshape[2]
+    i0, n = row_start[cy], row_start[cy + 1] - row_start[cy]
+    ring[:n] = np.nan
+    rspan[:n, :, 0] = plane
+    rspan[:n, :, 1] = 0
+    rspan[:n, :, 2] = plane
+    rspan[:n, :, 3] = 0
+    n_high[i0:i0 + n] = 0
+    n_low[i0:i0 + n] = 0
+    # offsets outer, centres inner: the centres of a row are neighbours in every channel
+    for k in range(P):
+        zk = k // (py * px)
+        pos = ((k // px) % py) * fshape[2] + k % px
+        for j in range(n):
+            i = i0 + j
+            z = cand[i, 0] + offs[k, 0] + r[0]
+            y = cand[i, 1] + offs[k, 1] + r[1]
+            x = cand[i, 2] + offs[k, 2] + r[2]
+            if vmask[z, y, x] == 0:
+                continue
+            p = patches[k, cflat[i]]
+            ring[j, zk * plane + pos] = p
+            if p > th:
+                rspan[j, zk, 2] = min(rspan[j, zk, 2], pos)
+                rspan[j, zk, 3] = max(rspan[j, zk, 3], pos + 1)
+                n_high[i] += 1
+            elif p < bg:
+                n_low[i] += 1
+            else:
+                continue
+            rspan[j, zk, 0] = min(rspan[j, zk, 0], pos)
+            rspan[j, zk, 1] = max(rspan[j, zk, 1], pos + 1)
+
+
+#: fast-math flags of the vote loops: everything but the no-NaN assumption (NaN marks the
+#: pixels of a patch that do not vote)
+_VOTE_MATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _line_column(za, ya, xa, zb, yb, pshape, fshape, half):
-    """Consensus column of the pair (a, b) with b at x = 0 of patch line (zb, yb).
+def _run_column(za, zb, ya, xa, pshape, fshape, half):
+    """Consensus column of the pair (a, b) minus b's position in its pitched patch plane."""
+    return (((zb - za + 2 * (pshape[0] // 2)) * fshape[1] + (2 * (pshape[1] // 2) - ya))
+            * fshape[2]) + (2 * (pshape[2] // 2) - xa) - half - 1
 
-    Adding b's x gives the column of any b on that line: the offsets o_b - o_a of one line
-    are consecutive in the column order.
+
+@njit(cache=True, nogil=True, fastmath=_VOTE_MATH)
+def _votes_with_centre(ka, buf, span, pshape, fshape, half, th, bg, th2, inv_norm, srow, crow):
+    """Add the votes of one centre for the pairs (u, v), v after u, to u's row.
+
+    ``ka`` is u's index in the centre's patch, ``buf`` / ``span`` the centre's pitched patch
+    (see :func:`_load_centre_row`); ``srow`` is u's consensus row (vote sums), ``crow`` its
+    vote counts. One branch-free loop per patch plane (0-based, over slices, so that it
+    vectorises); gap and non-voting positions add zero. The vote of a pair is computed as
+    the per-patch formulation does, so every sum is the same float32 sequence.
     """
-    return ((((zb - za + 2 * (pshape[0] // 2)) * fshape[1] + (yb - ya + 2 * (pshape[1] // 2)))
-             * fshape[2]) + (2 * (pshape[2] // 2) - xa) - half - 1)
-
-
-@njit(cache=True, nogil=True, fastmath=True)
-def _votes_of_patch(pshape, fshape, half, th2, inv_norm, vals, w_high, w_low, n_any, n_high,
-                    rows, entries, n, span, csum, ccnt):
-    """Add one patch's votes for all its pairs (u before v in raster order).
-
-    The inner loop runs over one line of the patch, whose pairs with ``u`` occupy
-    consecutive consensus columns, so it is branch-free and vectorises.
-    """
-    pz, py, px = pshape[0], pshape[1], pshape[2]
+    py, px = pshape[1], pshape[2]
+    plane = py * fshape[2]
     one = np.float32(1.0)
-    for e in range(n):
-        ka = entries[e]
-        za = ka // (py * px)
-        ya = (ka // px) % py
-        xa = ka % px
-        srow = csum[rows[ka]]
-        crow = ccnt[rows[ka]]
-        pa = vals[ka]
-        high_a = n_high[ka] == 1
-        for zb in range(za, pz):
-            ystart = ya if zb == za else 0
-            for yb in range(ystart, py):
-                xstart = xa + 1 if (zb == za and yb == ya) else 0
-                kb0 = (zb * py + yb) * px
-                cb = _line_column(za, ya, xa, zb, yb, pshape, fshape, half)
-                line = zb * py + yb
-                if high_a:
-                    for xb in range(max(xstart, span[line, 0]), span[line, 1]):
-                        kb = kb0 + xb
-                        pb = vals[kb]
-                        v = (w_high[kb] * (pa * pb - th2) - w_low[kb] * (pa * (one - pb) - th2))
-                        srow[cb + xb] += v * inv_norm
-                        crow[cb + xb] += n_any[kb]
-                else:
-                    for xb in range(max(xstart, span[line, 2]), span[line, 3]):
-                        kb = kb0 + xb
-                        v = -(w_high[kb] * (vals[kb] * (one - pa) - th2))
-                        srow[cb + xb] += v * inv_norm
-                        crow[cb + xb] += n_high[kb]
+    pa_pos = ((ka // px) % py) * fshape[2] + ka % px
+    za = ka // (py * px)
+    pa = buf[za * plane + pa_pos]
+    if pa > th:
+        high_a = True
+    elif pa < bg:
+        high_a = False
+    else:
+        return
+    ya = (ka // px) % py
+    xa = ka % px
+    for zb in range(za, pshape[0]):
+        cb = _run_column(za, zb, ya, xa, pshape, fshape, half)
+        first = pa_pos + 1 if zb == za else 0
+        if high_a:
+            lo, hi = max(first, span[zb, 0]), span[zb, 1]
+            if lo >= hi:
+                continue
+            s = srow[cb + lo:cb + hi]
+            c = crow[cb + lo:cb + hi]
+            b = buf[zb * plane + lo:zb * plane + hi]
+            for i in range(hi - lo):
+                pb = b[i]  # NaN (no vote) selects 0, never multiplies
+                v = (pa * pb - th2) if pb > th else (
+                    -(pa * (one - pb) - th2) if pb < bg else np.float32(0.0))
+                s[i] += v * inv_norm
+                c[i] += np.uint16(1) if (pb > th or pb < bg) else np.uint16(0)
+        else:
+            lo, hi = max(first, span[zb, 2]), span[zb, 3]
+            if lo >= hi:
+                continue
+            s = srow[cb + lo:cb + hi]
+            c = crow[cb + lo:cb + hi]
+            b = buf[zb * plane + lo:zb * plane + hi]
+            for i in range(hi - lo):
+                pb = b[i]
+                v = -(pb * (one - pa) - th2) if pb > th else np.float32(0.0)
+                s[i] += v * inv_norm
+                c[i] += np.uint16(1) if pb > th else np.uint16(0)
 
 
-@njit(cache=True, parallel=True)
-def accumulate_votes(patches, centres, cflat, stripes, parity, offs, r, pshape, fshape, half,
-                     vmask, vidx, th, bg, csum, ccnt):
-    """Add the votes of every centre to ``csum`` / ``ccnt`` (consensus step).
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz"})
+def _score_with_centre(ka, buf, span, pshape, fshape, half, th, bg, srow):
+    """A centre's score terms for the pairs (u, v), v after u: +C(u, v) for u, v in H_c,
+    -C(u, v) for one in H_c and one in L_c, summed in float64.
 
-    ``centres`` are sorted by y and grouped into stripes of at least ``2 * ry`` rows
-    (``stripes`` holds the start index of each stripe, plus the end). Stripes of one parity
-    write disjoint consensus rows, so they run in parallel without races; call once with
-    ``parity=0`` and once with ``parity=1``. A pair is stored in the row of its first pixel
-    in raster order.
+    ``srow`` is u's finalised row; every pair with a term received a vote from this very
+    centre, so its C is defined (the NaN of undefined pairs is never added).
     """
-    P = offs.shape[0]
-    th2 = np.float32(th * th)
-    inv_norm = np.float32(1.0 / (1.0 - th * th))
-    n_stripes = stripes.shape[0] - 1
-    for s2 in prange((n_stripes + 1 - parity) // 2):
-        s = 2 * s2 + parity
-        vals = np.empty(P, np.float32)
-        w_high = np.empty(P, np.float32)
-        w_low = np.empty(P, np.float32)
-        n_any = np.empty(P, np.uint16)
-        n_high = np.empty(P, np.uint16)
-        rows = np.empty(P, np.int64)
-        entries = np.empty(P, np.int64)
-        span = np.empty((pshape[0] * pshape[1], 4), np.int64)
-        for i in range(stripes[s], stripes[s + 1]):
-            n, nh = _dense_patch(patches, centres[i], cflat[i], offs, r, vmask, vidx, th, bg,
-                                 vals, w_high, w_low, n_any, n_high, rows, entries, span)
-            _votes_of_patch(pshape, fshape, half, th2, inv_norm, vals, w_high, w_low, n_any,
-                            n_high, rows, entries, n, span, csum, ccnt)
-
-
-@njit(cache=True, parallel=True)
-def finalize_consensus(csum, ccnt):
-    """Turn vote sums into means in place (0 where a pair received no vote)."""
-    for i in prange(csum.shape[0]):
-        for j in range(csum.shape[1]):
-            if ccnt[i, j] > 0:
-                csum[i, j] = csum[i, j] / ccnt[i, j]
-            else:
-                csum[i, j] = 0.0
-
-
-@njit(cache=True, parallel=True)
-def mark_undefined(cons, ccnt):
-    """Set the consensus of pairs without any vote to NaN."""
-    for i in prange(cons.shape[0]):
-        for j in range(cons.shape[1]):
-            if ccnt[i, j] == 0:
-                cons[i, j] = np.nan
-
-
-@njit(cache=True, nogil=True, fastmath=True)
-def _score_of_patch(pshape, fshape, half, w_high, w_low, n_high, rows, entries, n, span, cons):
-    """Sum of +C (both in H_c) and -C (one in H_c, one in L_c) over a patch's pairs.
-
-    Every such pair received a vote from this very patch, so its C is defined.
-    """
-    pz, py, px = pshape[0], pshape[1], pshape[2]
+    py, px = pshape[1], pshape[2]
+    plane = py * fshape[2]
+    pa_pos = ((ka // px) % py) * fshape[2] + ka % px
+    za = ka // (py * px)
+    pa = buf[za * plane + pa_pos]
+    if pa > th:
+        high_a = True
+    elif pa < bg:
+        high_a = False
+    else:
+        return 0.0
+    ya = (ka // px) % py
+    xa = ka % px
     total = 0.0
-    for e in range(n):
-        ka = entries[e]
-        za = ka // (py * px)
-        ya = (ka // px) % py
-        xa = ka % px
-        crow = cons[rows[ka]]
-        high_a = n_high[ka] == 1
-        acc = np.float32(0.0)
-        for zb in range(za, pz):
-            ystart = ya if zb == za else 0
-            for yb in range(ystart, py):
-                xstart = xa + 1 if (zb == za and yb == ya) else 0
-                kb0 = (zb * py + yb) * px
-                cb = _line_column(za, ya, xa, zb, yb, pshape, fshape, half)
-                line = zb * py + yb
-                if high_a:
-                    for xb in range(max(xstart, span[line, 0]), span[line, 1]):
-                        kb = kb0 + xb
-                        acc += (w_high[kb] - w_low[kb]) * crow[cb + xb]
-                else:
-                    for xb in range(max(xstart, span[line, 2]), span[line, 3]):
-                        acc -= w_high[kb0 + xb] * crow[cb + xb]
+    for zb in range(za, pshape[0]):
+        cb = _run_column(za, zb, ya, xa, pshape, fshape, half)
+        first = pa_pos + 1 if zb == za else 0
+        acc = 0.0
+        if high_a:
+            lo, hi = max(first, span[zb, 0]), span[zb, 1]
+            if lo >= hi:
+                continue
+            s = srow[cb + lo:cb + hi]
+            b = buf[zb * plane + lo:zb * plane + hi]
+            for i in range(hi - lo):
+                pb = b[i]
+                c = np.float64(s[i])
+                acc += c if pb > th else (-c if pb < bg else 0.0)
+        else:
+            lo, hi = max(first, span[zb, 2]), span[zb, 3]
+            if lo >= hi:
+                continue
+            s = srow[cb + lo:cb + hi]
+            b = buf[zb * plane + lo:zb * plane + hi]
+            for i in range(hi - lo):
+                c = np.float64(s[i])
+                acc -= c if b[i] > th else 0.0
         total += acc
     return total
 
 
 @njit(cache=True, parallel=True)
-def patch_scores(patches, centres, cflat, offs, r, pshape, fshape, half, vmask, vidx, th, bg,
-                 cons, out, out_high):
-    """Score every candidate patch: mean of +C (together) and -C (apart) over its pairs.
+def consensus_rows(patches, cand, cflat, row_start, slot, bands, n_workers, slab_start, max_row,
+                   offs, r, pshape, fshape, half, vmask, vidx, th, bg, height, cons, score_part,
+                   n_high, n_low):
+    """Steps 1-2: the consensus C of every voting pixel, one row at a time, and the score
+    terms of every candidate patch.
 
-    Also writes the size of its high region H_c to ``out_high`` (the ranking's tie-break).
+    ``cand`` (n, 3) are the candidate centres sorted by (y, z, x), ``row_start[y]`` the
+    first of centre row y, ``slot`` (Z, Y, X) int32 the position of a candidate within its
+    row (-1 elsewhere). Pixel rows are processed in bands (``bands`` holds the first y of
+    each, plus Y); ``n_workers`` workers take consecutive bands in parallel, each keeping
+    the pitched patches of the ``2 ry + 1`` centre rows around its current pixel row in a
+    ring (``max_row`` candidates per centre row). A pixel u gathers the votes of all centres
+    whose box holds it into its own consensus row, which stays in cache, and the row is
+    finalised (sum / count, NaN where no vote). The centres are visited in the order of the
+    per-patch formulation (stripes of ``height`` centre rows, even stripes first, then by
+    (y, z, x)), so every C is the same float32 value. Then the pairs (u, v), v after u, of
+    every centre add their score terms to ``score_part[band, i - slab_start[band]]``
+    (float64; a band's centres are those within ``ry`` rows of it), so the scores do not
+    depend on the number of workers. ``n_high`` / ``n_low`` get |H_c| and |L_c|.
     """
-    P = offs.shape[0]
-    for i in prange(centres.shape[0]):
-        vals = np.empty(P, np.float32)
-        w_high = np.empty(P, np.float32)
-        w_low = np.empty(P, np.float32)
-        n_any = np.empty(P, np.uint16)
-        n_high = np.empty(P, np.uint16)
-        rows = np.empty(P, np.int64)
-        entries = np.empty(P, np.int64)
-        span = np.empty((pshape[0] * pshape[1], 4), np.int64)
-        n, nh = _dense_patch(patches, centres[i], cflat[i], offs, r, vmask, vidx, th, bg,
-                             vals, w_high, w_low, n_any, n_high, rows, entries, span)
-        nl = n - nh
-        count = nh * (nh - 1) // 2 + nh * nl
-        if count == 0:
-            out[i] = -1.0
-        else:
-            out[i] = _score_of_patch(pshape, fshape, half, w_high, w_low, n_high, rows,
-                                     entries, n, span, cons) / count
-        out_high[i] = nh
+    Z, Y, X = vmask.shape[0] - 2 * r[0], vmask.shape[1] - 2 * r[1], vmask.shape[2] - 2 * r[2]
+    pz, py, px = pshape[0], pshape[1], pshape[2]
+    R = 2 * r[1] + 1
+    th2 = np.float32(th * th)
+    inv_norm = np.float32(1.0 / (1.0 - th * th))
+    n_cols = cons.shape[1]
+    n_bands = bands.shape[0] - 1
+    for w in prange(n_workers):
+        ring = np.empty((R, max_row, pz * py * fshape[2]), np.float32)
+        rspan = np.empty((R, max_row, pz, 4), np.int64)
+        ring_y = np.full(R, -1, np.int64)
+        crow = np.empty(n_cols, np.uint16)
+        for band in range(w * n_bands // n_workers, (w + 1) * n_bands // n_workers):
+            part = score_part[band]
+            part[:] = 0.0
+            for y in range(bands[band], bands[band + 1]):
+                for cy in range(max(0, y - r[1]), min(Y, y + r[1] + 1)):
+                    if ring_y[cy % R] != cy:
+                        _load_centre_row(patches, cy, row_start, cand, cflat, offs, r, fshape,
+                                         vmask, th, bg, ring[cy % R], rspan[cy % R], n_high,
+                                         n_low)
+                        ring_y[cy % R] = cy
+                _consensus_of_row(y, Z, Y, X, r, pshape, fshape, half, th, bg, th2, inv_norm,
+                                  height, slot, row_start, vidx, ring, rspan, crow, cons, part,
+                                  slab_start[band])
+
+
+@njit(cache=True, nogil=True)
+def _consensus_of_row(y, Z, Y, X, r, pshape, fshape, half, th, bg, th2, inv_norm, height, slot,
+                      row_start, vidx, ring, rspan, crow, cons, part, part_start):
+    """Consensus rows and score terms of the voting pixels of image row y (see
+    :func:`consensus_rows`)."""
+    py, px = pshape[1], pshape[2]
+    R = 2 * r[1] + 1
+    n_cols = cons.shape[1]
+    for z in range(Z):
+        for x in range(X):
+            row = vidx[z + r[0], y + r[1], x + r[2]]
+            if row < 0:
+                continue
+            srow = cons[row]
+            srow[:] = 0.0
+            crow[:] = 0
+            for parity in range(2):
+                for cy in range(max(0, y - r[1]), min(Y, y + r[1] + 1)):
+                    if (cy // height) % 2 != parity:
+                        continue
+                    for cz in range(max(0, z - r[0]), min(Z, z + r[0] + 1)):
+                        for cx in range(max(0, x - r[2]), min(X, x + r[2] + 1)):
+                            j = slot[cz, cy, cx]
+                            if j < 0:
+                                continue
+                            ka = ((z - cz + r[0]) * py + (y - cy + r[1])) * px \
+                                + (x - cx + r[2])
+                            _votes_with_centre(ka, ring[cy % R, j], rspan[cy % R, j],
+                                               pshape, fshape, half, th, bg, th2,
+                                               inv_norm, srow, crow)
+            for col in range(n_cols):
+                if crow[col] > 0:
+                    srow[col] = srow[col] / crow[col]
+                else:
+                    srow[col] = np.nan
+            for cy in range(max(0, y - r[1]), min(Y, y + r[1] + 1)):
+                for cz in range(max(0, z - r[0]), min(Z, z + r[0] + 1)):
+                    for cx in range(max(0, x - r[2]), min(X, x + r[2] + 1)):
+                        j = slot[cz, cy, cx]
+                        if j < 0:
+                            continue
+                        ka = ((z - cz + r[0]) * py + (y - cy + r[1])) * px \
+                            + (x - cx + r[2])
+                        part[row_start[cy] + j - part_start] += \
+                            _score_with_centre(ka, ring[cy % R, j], rspan[cy % R, j],
+                                               pshape, fshape, half, th, bg, srow)
+
+
+@njit(cache=True)
+def finish_scores(score_part, slab_start, slab_end, n_high, n_low, out):
+    """Patch scores: the bands' score terms summed in band order, over the number of pairs
+    (-1 for a patch without any pair)."""
+    out[:] = 0.0
+    for band in range(score_part.shape[0]):
+        for i in range(slab_start[band], slab_end[band]):
+            out[i] += score_part[band, i - slab_start[band]]
+    for i in range(out.shape[0]):
+        nh = n_high[i]
+        count = nh * (nh - 1) // 2 + nh * n_low[i]
+        out[i] = out[i] / count if count > 0 else -1.0
 
 
 @njit(cache=True)
@@ -361,10 +422,13 @@ def _later_sum(u, row, cb, hmask_b, hspan_b, r, fshape, half):
             # column of v = (z0 + zl, y0 + yl, x0 + xl): base + xl
             base = ((dz + 2 * r[0]) * fshape[1] + (dy + 2 * r[1])) * fshape[2] \
                 + x0 - u[2] + 2 * r[2] - half - 1
-            k0 = line * px
-            for xl in range(lo, hi):
-                value = row[base + xl]
-                if hmask_b[k0 + xl] != 0 and value == value:
+            if lo >= hi:
+                continue
+            vals = row[base + lo:base + hi]
+            mask = hmask_b[line * px + lo:line * px + hi]
+            for i in range(hi - lo):
+                value = vals[i]
+                if mask[i] != 0 and value == value:
                     total += value
                     count += 1
     return total, count

@@ -220,35 +220,51 @@ class _Prepared:
                                     dtype=np.int64)
 
 
+#: pixel rows per band of the consensus pass (fixed, so that the float64 score sums do not
+#: depend on the number of threads)
+BAND_ROWS = 16
+
+
 def compute_consensus(prep: _Prepared, cand_flat: np.ndarray) -> Consensus:
     """Steps 1-2: accumulate every candidate's votes, then score every candidate patch."""
     geo = prep.geo
     n_cols = geo.n_columns
     if int(np.prod(geo.patchshape)) > np.iinfo(np.uint16).max:
         raise ValueError(f"patchshape {geo.patchshape} is too large (at most 65535 offsets)")
-    csum = np.zeros((prep.n_voting, n_cols), np.float32)
-    ccnt = np.zeros((prep.n_voting, n_cols), np.uint16)
+    Z, Y, X = geo.shape
+    ry = int(geo.r[1])
     cand_flat = np.ascontiguousarray(cand_flat, np.int64)
     centres = prep.centres_of(cand_flat)  # raster order: sorted by (z, y, x)
-    order = np.argsort(centres[:, 1], kind="stable")
+    order = np.argsort(centres[:, 1], kind="stable")  # by (y, z, x)
     by_row = np.ascontiguousarray(centres[order])
-    height = max(2 * int(geo.r[1]), 1)
-    stripe_of = by_row[:, 1] // height
-    n_stripes = int(geo.shape[1] // height + 1)
-    stripes = np.searchsorted(stripe_of, np.arange(n_stripes + 1)).astype(np.int64)
-    for parity in (0, 1):
-        K.accumulate_votes(prep.patches, by_row, np.ascontiguousarray(cand_flat[order]), stripes,
-                           parity, prep.offs, prep.r, prep.pshape, prep.fshape, n_cols,
-                           prep.vmask, prep.vidx, prep.th, prep.bg, csum, ccnt)
-    K.finalize_consensus(csum, ccnt)
+    row_start = np.searchsorted(by_row[:, 1], np.arange(Y + 1)).astype(np.int64)
+    slot = np.full(geo.shape, -1, np.int32)
+    slot[tuple(by_row.T)] = np.arange(len(by_row)) - row_start[by_row[:, 1]]
+    max_row = max(int(np.diff(row_start).max()), 1)
+    bands = np.append(np.arange(0, Y, BAND_ROWS), Y).astype(np.int64)
+    slab_start = row_start[np.maximum(bands[:-1] - ry, 0)]
+    slab_end = row_start[np.minimum(bands[1:] + ry, Y)]
+    score_part = np.empty((len(bands) - 1, int((slab_end - slab_start).max())), np.float64)
+    cons = np.empty((prep.n_voting, n_cols), np.float32)
+    n_high = np.empty(len(by_row), np.int64)
+    n_low = np.empty(len(by_row), np.int64)
+    height = max(2 * ry, 1)  # stripes of the per-patch formulation: the order of the votes
+    # each worker holds a ring of pitched patches; together they stay within the memory of
+    # a vote count per consensus entry, which the row-by-row pass does not need
+    ring_bytes = (2 * ry + 1) * max_row * int(np.prod(geo.patchshape[:2])) * int(prep.fshape[2]) * 4
+    budget = max(prep.n_voting * n_cols * 2, ring_bytes)
+    n_workers = max(1, min(K.n_threads(), len(bands) - 1, budget // ring_bytes))
+    K.consensus_rows(prep.patches, by_row, np.ascontiguousarray(cand_flat[order]), row_start,
+                     slot, bands, n_workers, slab_start, max_row, prep.offs, prep.r,
+                     prep.pshape, prep.fshape, n_cols, prep.vmask, prep.vidx, prep.th, prep.bg,
+                     height, cons, score_part, n_high, n_low)
+    scores_by_row = np.empty(len(by_row), np.float64)
+    K.finish_scores(score_part, slab_start, slab_end, n_high, n_low, scores_by_row)
     scores = np.empty(len(cand_flat), np.float64)
-    n_high = np.empty(len(cand_flat), np.int64)
-    K.patch_scores(prep.patches, centres, cand_flat, prep.offs, prep.r, prep.pshape,
-                   prep.fshape, n_cols, prep.vmask, prep.vidx, prep.th, prep.bg, csum, scores,
-                   n_high)
-    K.mark_undefined(csum, ccnt)
-    del ccnt
-    return Consensus(csum, prep.vidx, geo, scores, n_high)
+    scores[order] = scores_by_row
+    high = np.empty(len(cand_flat), np.int64)
+    high[order] = n_high
+    return Consensus(cons, prep.vidx, geo, scores, high)
 
 
 def rank_patches(prep: _Prepared, cand_flat: np.ndarray, consensus: Consensus):
