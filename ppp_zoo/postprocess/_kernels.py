@@ -30,7 +30,7 @@ def n_threads() -> int:
 
 @njit(cache=True, nogil=True)
 def _load_centre_row(patches, cy, row_start, cand, cflat, offs, r, fshape, vmask, th, bg, ring,
-                     rspan, n_high, n_low):
+                     rcls, rspan, n_high, n_low):
     """Pitched dense copies of the patches of the candidates on centre row ``cy``.
 
     The patch of the j-th candidate c of the row goes to ``ring[j]`` with patch pixel
@@ -38,7 +38,8 @@ def _load_centre_row(patches, cy, row_start, cand, cflat, offs, r, fshape, vmask
     so that the pairs of a pixel with the later pixels of one patch plane are one run of
     consecutive positions and columns). The value is P_c(c + o_k) where that pixel votes
     (class 1), else NaN (neither in H_c nor in L_c; the inputs are finite), and NaN in the
-    gaps. ``rspan[j, z]`` gets the first and one-past-last position (within the plane) of
+    gaps. ``rcls`` gets the same layout as int8 classes: 1 in H_c, -1 in L_c, else 0.
+    ``rspan[j, z]`` gets the first and one-past-last position (within the plane) of
     the pixels in H_c or L_c (columns 0, 1) and in H_c (columns 2, 3) of each patch plane;
     ``n_high[i]`` / ``n_low[i]`` get |H_c| and |L_c| (i: the candidate's index).
     """
@@ -47,6 +48,7 @@ def _load_centre_row(patches, cy, row_start, cand, cflat, offs, r, fshape, vmask
     plane = py * fshape[2]
     i0, n = row_start[cy], row_start[cy + 1] - row_start[cy]
     ring[:n] = np.nan
+    rcls[:n] = 0
     rspan[:n, :, 0] = plane
     rspan[:n, :, 1] = 0
     rspan[:n, :, 2] = plane
@@ -70,8 +72,10 @@ def _load_centre_row(patches, cy, row_start, cand, cflat, offs, r, fshape, vmask
                 rspan[j, zk, 2] = min(rspan[j, zk, 2], pos)
                 rspan[j, zk, 3] = max(rspan[j, zk, 3], pos + 1)
                 n_high[i] += 1
+                rcls[j, zk * plane + pos] = 1
             elif p < bg:
                 n_low[i] += 1
+                rcls[j, zk * plane + pos] = -1
             else:
                 continue
             rspan[j, zk, 0] = min(rspan[j, zk, 0], pos)
@@ -145,23 +149,20 @@ def _votes_with_centre(ka, buf, span, pshape, fshape, half, th, bg, th2, inv_nor
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz"})
-def _score_with_centre(ka, buf, span, pshape, fshape, half, th, bg, srow):
+def _score_with_centre(ka, cls, span, pshape, fshape, half, srow):
     """A centre's score terms for the pairs (u, v), v after u: +C(u, v) for u, v in H_c,
     -C(u, v) for one in H_c and one in L_c, summed in float64.
 
-    ``srow`` is u's finalised row; every pair with a term received a vote from this very
-    centre, so its C is defined (the NaN of undefined pairs is never added).
+    ``cls`` holds the centre's pitched int8 classes (1 in H_c, -1 in L_c, 0 else), ``srow``
+    u's finalised row; every pair with a term received a vote from this very centre, so its
+    C is defined (the NaN of undefined pairs is never added).
     """
     py, px = pshape[1], pshape[2]
     plane = py * fshape[2]
     pa_pos = ((ka // px) % py) * fshape[2] + ka % px
     za = ka // (py * px)
-    pa = buf[za * plane + pa_pos]
-    if pa > th:
-        high_a = True
-    elif pa < bg:
-        high_a = False
-    else:
+    ca = cls[za * plane + pa_pos]
+    if ca == 0:
         return 0.0
     ya = (ka // px) % py
     xa = ka % px
@@ -170,25 +171,22 @@ def _score_with_centre(ka, buf, span, pshape, fshape, half, th, bg, srow):
         cb = _run_column(za, zb, ya, xa, pshape, fshape, half)
         first = pa_pos + 1 if zb == za else 0
         acc = 0.0
-        if high_a:
+        if ca == 1:
             lo, hi = max(first, span[zb, 0]), span[zb, 1]
             if lo >= hi:
                 continue
             s = srow[cb + lo:cb + hi]
-            b = buf[zb * plane + lo:zb * plane + hi]
+            b = cls[zb * plane + lo:zb * plane + hi]
             for i in range(hi - lo):
-                pb = b[i]
-                c = np.float64(s[i])
-                acc += c if pb > th else (-c if pb < bg else 0.0)
+                acc += np.float64(s[i]) * b[i] if b[i] != 0 else 0.0
         else:
             lo, hi = max(first, span[zb, 2]), span[zb, 3]
             if lo >= hi:
                 continue
             s = srow[cb + lo:cb + hi]
-            b = buf[zb * plane + lo:zb * plane + hi]
+            b = cls[zb * plane + lo:zb * plane + hi]
             for i in range(hi - lo):
-                c = np.float64(s[i])
-                acc -= c if b[i] > th else 0.0
+                acc -= np.float64(s[i]) if b[i] == 1 else 0.0
         total += acc
     return total
 
@@ -223,6 +221,7 @@ def consensus_rows(patches, cand, cflat, row_start, slot, bands, n_workers, slab
     n_bands = bands.shape[0] - 1
     for w in prange(n_workers):
         ring = np.empty((R, max_row, pz * py * fshape[2]), np.float32)
+        rcls = np.empty((R, max_row, pz * py * fshape[2]), np.int8)
         rspan = np.empty((R, max_row, pz, 4), np.int64)
         ring_y = np.full(R, -1, np.int64)
         crow = np.empty(n_cols, np.uint16)
@@ -233,17 +232,18 @@ def consensus_rows(patches, cand, cflat, row_start, slot, bands, n_workers, slab
                 for cy in range(max(0, y - r[1]), min(Y, y + r[1] + 1)):
                     if ring_y[cy % R] != cy:
                         _load_centre_row(patches, cy, row_start, cand, cflat, offs, r, fshape,
-                                         vmask, th, bg, ring[cy % R], rspan[cy % R], n_high,
-                                         n_low)
+                                         vmask, th, bg, ring[cy % R], rcls[cy % R],
+                                         rspan[cy % R], n_high, n_low)
                         ring_y[cy % R] = cy
                 _consensus_of_row(y, Z, Y, X, r, pshape, fshape, half, th, bg, th2, inv_norm,
-                                  height, slot, row_start, vidx, ring, rspan, crow, cons, part,
+                                  height, slot, row_start, vidx, ring, rcls, rspan, crow, cons,
+                                  part,
                                   slab_start[band])
 
 
 @njit(cache=True, nogil=True)
 def _consensus_of_row(y, Z, Y, X, r, pshape, fshape, half, th, bg, th2, inv_norm, height, slot,
-                      row_start, vidx, ring, rspan, crow, cons, part, part_start):
+                      row_start, vidx, ring, rcls, rspan, crow, cons, part, part_start):
     """Consensus rows and score terms of the voting pixels of image row y (see
     :func:`consensus_rows`)."""
     py, px = pshape[1], pshape[2]
@@ -285,8 +285,8 @@ def _consensus_of_row(y, Z, Y, X, r, pshape, fshape, half, th, bg, th2, inv_norm
                         ka = ((z - cz + r[0]) * py + (y - cy + r[1])) * px \
                             + (x - cx + r[2])
                         part[row_start[cy] + j - part_start] += \
-                            _score_with_centre(ka, ring[cy % R, j], rspan[cy % R, j],
-                                               pshape, fshape, half, th, bg, srow)
+                            _score_with_centre(ka, rcls[cy % R, j], rspan[cy % R, j],
+                                               pshape, fshape, half, srow)
 
 
 @njit(cache=True)

@@ -251,7 +251,8 @@ def compute_consensus(prep: _Prepared, cand_flat: np.ndarray) -> Consensus:
     height = max(2 * ry, 1)  # stripes of the per-patch formulation: the order of the votes
     # each worker holds a ring of pitched patches; together they stay within the memory of
     # a vote count per consensus entry, which the row-by-row pass does not need
-    ring_bytes = (2 * ry + 1) * max_row * int(np.prod(geo.patchshape[:2])) * int(prep.fshape[2]) * 4
+    pitched = int(np.prod(geo.patchshape[:2])) * int(prep.fshape[2])  # one pitched patch
+    ring_bytes = (2 * ry + 1) * max_row * pitched * 5  # float32 values + int8 classes
     budget = max(prep.n_voting * n_cols * 2, ring_bytes)
     n_workers = max(1, min(K.n_threads(), len(bands) - 1, budget // ring_bytes))
     K.consensus_rows(prep.patches, by_row, np.ascontiguousarray(cand_flat[order]), row_start,
