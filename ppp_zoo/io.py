@@ -9,6 +9,7 @@ with a message that names the file.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import tempfile
 from pathlib import Path
@@ -299,3 +300,325 @@ def channels_first(array: np.ndarray, axes: str | None, *, channels: int, ndim: 
     if array.dtype.kind not in "fiu":
         raise ValueError(f"{where}: dtype {array.dtype} is not numeric")
     return np.ascontiguousarray(array, dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- large images
+# OME-Zarr (NGFF 0.4 on zarr v2, 0.5 on zarr v3), plain zarr arrays, TIFF and .npy read block
+# by block without loading the whole image; zarr is imported only here (the [dask] extra).
+LARGE_SUFFIXES = (".zarr", ".tif", ".tiff", ".npy")
+_NGFF_SPACE = "zyx"
+_open_arrays: dict = {}  # (path, array path) -> opened array, per process
+
+
+def _import_zarr():
+    try:
+        import zarr
+    except ImportError:
+        from .errors import SetupError
+
+        raise SetupError('reading and writing zarr needs the [dask] extra: '
+                         'pip install "ppp-zoo[dask]"') from None
+    return zarr
+
+
+def is_zarr(path: str | os.PathLike) -> bool:
+    """A zarr store (folder with zarr metadata, or named ``*.zarr``)."""
+    path = Path(path)
+    return path.suffix.lower() == ".zarr" or any(
+        (path / name).is_file() for name in (".zgroup", ".zarray", "zarr.json"))
+
+
+def _ngff_attrs(attrs: dict) -> dict:
+    """The NGFF attributes of a group: 0.5 keeps them under ``ome``, 0.4 at the top."""
+    return dict(attrs.get("ome", attrs))
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSource:
+    """A large image on disk, read block by block (pickles as its description only).
+
+    Attributes
+    ----------
+    path : str
+        File or zarr store.
+    kind : {"ome-zarr", "zarr", "tiff", "npy"}
+    array_path : str
+        The array inside a zarr store (``""`` for an array at its root).
+    axes : str
+        One lower-case letter per stored axis, from ``"tczyx"``.
+    shape : tuple of int
+        Stored shape.
+    dtype : str
+    scale : tuple of float
+        Pixel size per stored axis (1.0 where the file says nothing).
+    units : tuple of str
+        Unit per stored axis (``""`` where unknown).
+    level : int
+        Resolution level of an OME-Zarr image.
+    zarr_format : int
+        2 or 3 for zarr stores, 0 otherwise.
+    """
+
+    path: str
+    kind: str
+    array_path: str
+    axes: str
+    shape: tuple[int, ...]
+    dtype: str
+    scale: tuple[float, ...]
+    units: tuple[str, ...]
+    level: int = 0
+    zarr_format: int = 0
+
+    @property
+    def space_axes(self) -> str:
+        return "".join(a for a in self.axes if a in _NGFF_SPACE)
+
+    @property
+    def space_shape(self) -> tuple[int, ...]:
+        return tuple(s for s, a in zip(self.shape, self.axes) if a in _NGFF_SPACE)
+
+    @property
+    def space_scale(self) -> tuple[float, ...]:
+        return tuple(s for s, a in zip(self.scale, self.axes) if a in _NGFF_SPACE)
+
+    @property
+    def channels(self) -> int:
+        return self.shape[self.axes.index("c")] if "c" in self.axes else 1
+
+    def array(self):
+        """The stored array (zarr array, memory map or, for compressed TIFF, in memory)."""
+        key = (self.path, self.array_path)
+        if key not in _open_arrays:
+            _open_arrays[key] = _open_array(self)
+        return _open_arrays[key]
+
+    def read(self, space: tuple[slice, ...]) -> np.ndarray:
+        """The block ``space`` (one slice per space axis) as ``([C,] [Z,] Y, X)``: the
+        time axis (of size 1) dropped, a channel axis of size 1 dropped."""
+        index, it = [], iter(space)
+        for a in self.axes:
+            index.append(0 if a == "t" else slice(None) if a == "c" else next(it))
+        block = np.asarray(self.array()[tuple(index)])
+        if "c" in self.axes and self.channels == 1:
+            block = block[0] if self.axes.replace("t", "").index("c") == 0 else \
+                np.take(block, 0, axis=self.axes.replace("t", "").index("c"))
+        elif "c" in self.axes:
+            block = np.moveaxis(block, self.axes.replace("t", "").index("c"), 0)
+        return block
+
+
+def _open_array(src: ImageSource):
+    if src.kind in ("ome-zarr", "zarr"):
+        zarr = _import_zarr()
+        node = zarr.open(src.path, mode="r")
+        return node[src.array_path] if src.array_path else node
+    if src.kind == "npy":
+        return np.load(src.path, mmap_mode="r", allow_pickle=False)
+    import tifffile
+
+    try:
+        return tifffile.memmap(src.path, mode="r")
+    except ValueError:  # compressed or tiled: read once per process
+        return tifffile.imread(src.path)
+
+
+def _axes_for(ndim: int, where: str) -> str:
+    if ndim == 2:
+        return "yx"
+    if ndim == 3:
+        return "zyx"
+    raise ValueError(f"{where}: cannot tell the axes of a {ndim}D array without metadata "
+                     "(store it as OME-Zarr with axes)")
+
+
+def _check_axes(axes: str, shape: tuple[int, ...], where: str) -> str:
+    if "t" in axes and shape[axes.index("t")] != 1:
+        raise ValueError(f"{where}: a time series of {shape[axes.index('t')]} points; "
+                         "segment one time point at a time")
+    if len(set(axes)) != len(axes) or not set(axes) <= set("tczyx") or \
+            not {"y", "x"} <= set(axes):
+        raise ValueError(f"{where}: unsupported axes {axes!r} (need y and x, and at most "
+                         "t, c, z besides)")
+    return axes
+
+
+def open_image_source(path: str | os.PathLike, level: int = 0) -> ImageSource:
+    """Describe a large image for block reading: OME-Zarr, a zarr array, TIFF or .npy.
+
+    Parameters
+    ----------
+    path : path-like
+        An OME-Zarr image (the group with ``multiscales`` metadata), a zarr array (or a
+        group holding exactly one), a TIFF (memory-mapped when uncompressed) or ``.npy``.
+    level : int
+        Resolution level of an OME-Zarr image (0 = full resolution).
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` does not exist.
+    ValueError
+        No image in the store, a missing level, unsupported axes (one line naming ``path``).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    if level < 0:
+        raise ValueError(f"resolution level must be >= 0, got {level}")
+    if is_zarr(path):
+        return _open_zarr_source(path, level)
+    suffix = path.suffix.lower()
+    if level:
+        raise ValueError(f"{path}: resolution level {level} missing ({suffix} files have "
+                         "level 0 only)")
+    if suffix == ".npy":
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        axes = _check_axes(_axes_for(arr.ndim, str(path)), arr.shape, str(path))
+        return ImageSource(str(path), "npy", "", axes, tuple(arr.shape), str(arr.dtype),
+                           (1.0,) * arr.ndim, ("",) * arr.ndim)
+    if suffix not in (".tif", ".tiff"):
+        raise ValueError(f"{path}: large images are read from {', '.join(LARGE_SUFFIXES)}, "
+                         f"not {suffix or 'a file without suffix'}")
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            shape, dtype = tuple(series.shape), str(series.dtype)
+            letters = [_AXIS_LETTERS.get(a) for a in series.axes.lower()]
+    except Exception as err:  # noqa: BLE001 - tifffile raises many types for bad files
+        raise ValueError(f"{path}: cannot read TIFF ({type(err).__name__}: {err})") from None
+    axes = "".join(letters) if all(letters) else _axes_for(len(shape), str(path))
+    return ImageSource(str(path), "tiff", "", _check_axes(axes, shape, str(path)), shape,
+                       dtype, (1.0,) * len(shape), ("",) * len(shape))
+
+
+def _open_zarr_source(path: Path, level: int) -> ImageSource:
+    zarr = _import_zarr()
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception as err:  # noqa: BLE001 - missing metadata, bad JSON, ...
+        raise ValueError(f"{path}: not a zarr store ({describe_error(err)})") from None
+    fmt = int(node.metadata.zarr_format)
+    if isinstance(node, zarr.Array):
+        axes = node.attrs.get("_ARRAY_DIMENSIONS")
+        axes = "".join(str(a)[0].lower() for a in axes) if axes else \
+            _axes_for(node.ndim, str(path))
+        if level:
+            raise ValueError(f"{path}: resolution level {level} missing (a plain zarr array "
+                             "has level 0 only)")
+        return ImageSource(str(path), "zarr", "", _check_axes(axes, node.shape, str(path)),
+                           tuple(node.shape), str(node.dtype), (1.0,) * node.ndim,
+                           ("",) * node.ndim, 0, fmt)
+    attrs = _ngff_attrs(node.attrs.asdict())
+    multiscales = attrs.get("multiscales")
+    if not multiscales:
+        arrays = list(node.array_keys())
+        if len(arrays) == 1:
+            return _open_zarr_source(path / arrays[0], level)
+        raise ValueError(f"{path}: no image in this zarr group (no OME-Zarr 'multiscales' "
+                         f"metadata and {len(arrays) or 'no'} arrays)")
+    ms = multiscales[0]
+    datasets = ms.get("datasets") or []
+    if level >= len(datasets):
+        raise ValueError(f"{path}: resolution level {level} missing (the image has levels "
+                         f"0-{len(datasets) - 1})")
+    axes_meta = ms.get("axes") or [{"name": a} for a in "tczyx"[5 - node[datasets[0]["path"]].ndim:]]
+    names = [(a if isinstance(a, str) else a.get("name", "")).lower() for a in axes_meta]
+    units = tuple("" if isinstance(a, str) else str(a.get("unit", "")) for a in axes_meta)
+    array = node[datasets[level]["path"]]
+    scale = np.ones(array.ndim)
+    for transforms in (datasets[level].get("coordinateTransformations") or [],
+                       ms.get("coordinateTransformations") or []):
+        for t in transforms:
+            if t.get("type") == "scale" and len(t.get("scale", ())) == array.ndim:
+                scale = scale * np.asarray(t["scale"], float)
+    axes = "".join(n[:1] for n in names)
+    if len(axes) != array.ndim:
+        raise ValueError(f"{path}: {len(axes)} axes in the metadata for an array of shape "
+                         f"{array.shape}")
+    return ImageSource(str(path), "ome-zarr", datasets[level]["path"],
+                       _check_axes(axes, tuple(array.shape), str(path)), tuple(array.shape),
+                       str(array.dtype), tuple(float(s) for s in scale), units, level, fmt)
+
+
+def describe_error(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+
+
+def ngff_label_attrs(name: str, axes: str, scales: list[tuple[float, ...]],
+                     units: tuple[str, ...], zarr_format: int,
+                     source_image: str | None = "../../") -> dict:
+    """Attributes of an OME-Zarr label image (``multiscales`` + ``image-label``), NGFF 0.4
+    for zarr v2 and 0.5 for zarr v3.
+
+    >>> a = ngff_label_attrs("nuclei", "yx", [(1.0, 1.0), (2.0, 2.0)], ("", ""), 2)
+    >>> a["multiscales"][0]["datasets"][1]
+    {'path': '1', 'coordinateTransformations': [{'type': 'scale', 'scale': [2.0, 2.0]}]}
+    """
+    version = "0.4" if zarr_format == 2 else "0.5"
+    kinds = {"t": "time", "c": "channel"}
+    axes_meta = []
+    for a, unit in zip(axes, units):
+        entry = {"name": a, "type": kinds.get(a, "space")}
+        if unit:
+            entry["unit"] = unit
+        axes_meta.append(entry)
+    ms = {"name": name, "axes": axes_meta,
+          "datasets": [{"path": str(i), "coordinateTransformations": [
+              {"type": "scale", "scale": [float(s) for s in sc]}]}
+              for i, sc in enumerate(scales)]}
+    label = {"version": version} if version == "0.4" else {}
+    if source_image:
+        label["source"] = {"image": source_image}
+    if version == "0.4":
+        return {"multiscales": [dict(ms, version=version)], "image-label": label}
+    return {"ome": {"version": version, "multiscales": [ms], "image-label": label}}
+
+
+def ngff_labels_group_attrs(names: list[str], zarr_format: int) -> dict:
+    """Attributes of the ``labels`` group listing the label images."""
+    if zarr_format == 2:
+        return {"labels": list(names)}
+    return {"ome": {"version": "0.5", "labels": list(names)}}
+
+
+def write_ome_zarr_image(path: str | os.PathLike, image: np.ndarray, axes: str = "yx", *,
+                         scale: tuple[float, ...] | None = None, chunks=None,
+                         levels: int = 1, zarr_format: int = 2) -> Path:
+    """Write ``image`` as an OME-Zarr image (levels by 2x2 striding of y and x); mainly
+    for tests, samples and benchmarks. Written to a temporary folder, then moved into
+    place."""
+    zarr = _import_zarr()
+    import shutil
+
+    path = Path(path)
+    scale = tuple(scale or (1.0,) * image.ndim)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent if str(path.parent) else "."))
+    try:
+        root = zarr.open_group(str(tmp), mode="w", zarr_format=zarr_format)
+        scales = []
+        level = image
+        for i in range(levels):
+            factor = [2.0 ** i if a in "yx" else 1.0 for a in axes]
+            scales.append(tuple(s * f for s, f in zip(scale, factor)))
+            arr = root.create_array(str(i), shape=level.shape, dtype=level.dtype,
+                                    chunks=chunks or tuple(min(s, 256) for s in level.shape))
+            arr[...] = level
+            level = level[tuple(slice(None, None, 2) if a in "yx" else slice(None) for a in axes)]
+        attrs = ngff_label_attrs(path.stem, axes, scales, ("",) * len(axes), zarr_format,
+                                 source_image=None)
+        if zarr_format == 2:
+            attrs.pop("image-label")
+        else:
+            attrs["ome"].pop("image-label")
+        root.attrs.update(attrs)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path

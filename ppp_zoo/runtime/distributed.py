@@ -1,0 +1,750 @@
+"""Whole slides and volumes: blocks of a large image on dask.distributed, labels in zarr.
+
+The image is cut into blocks (cores). Three passes, each one task per block:
+
+1. **segment** - read the core plus a pad (the network's halo, two patch sizes of assembly
+   context and a ``strip`` of overlap), run the block function (:class:`SegmentBlocks`: the
+   :class:`~ppp_zoo.runtime.segment.Segmenter` as for a whole image; :class:`AssembleBlocks`:
+   :func:`~ppp_zoo.postprocess.assemble` on raw outputs), keep the instances with a pixel in
+   the core, write them (ids ``1..n``) into the core of a temporary array and return what
+   the block saw in the strips of its neighbours' cores.
+2. **match** - compare each strip with what the neighbour wrote there: two instances are
+   one when they overlap by at least ``merge_overlap`` of the smaller (as the in-process
+   stitcher of :func:`~ppp_zoo.postprocess.assemble_blockwise` decides).
+3. **relabel** - union-find over all pairs at once (connected components of a sparse graph,
+   linear in the labels) gives consecutive global ids ordered by block and local id;
+   each block writes its core with them (uint32, uint64 beyond 2**32 - 1 ids).
+
+The result does not depend on the number of workers (each block's work is the same), and
+intensity normalisation uses statistics of the whole image (not of each block). Outputs go
+to a temporary folder and are moved into place at the end, so a failed run leaves no label
+image behind. Needs the ``[dask]`` extra (dask, distributed, zarr).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import SetupError
+from ..io import ImageSource, ngff_label_attrs, ngff_labels_group_attrs, open_image_source
+
+MERGE_OVERLAP = 0.5
+"""Two block instances are one when they overlap by this fraction of the smaller."""
+SAMPLE_PIXELS = 1 << 24
+"""Normalisation statistics are computed on at most about this many pixels of the image."""
+PYRAMID_MIN = 256
+"""Label pyramids stop when y and x are at most this size."""
+
+Progress = Callable[[int, int], None] | None
+
+
+def _import_dask():
+    try:
+        import dask  # noqa: F401
+        import distributed
+        import zarr  # noqa: F401
+    except ImportError:
+        raise SetupError('distributed segmentation needs the [dask] extra: '
+                         'pip install "ppp-zoo[dask]"') from None
+    return distributed
+
+
+# --------------------------------------------------------------------------- geometry
+@dataclasses.dataclass(frozen=True)
+class BlockGrid:
+    """Cores of ``block`` over ``shape`` and the pad read around each.
+
+    >>> g = BlockGrid((100, 70), (40, 40), (5, 5))
+    >>> g.grid, g.core((1, 1)), g.crop((1, 1))
+    ((3, 2), (slice(40, 80, None), slice(40, 70, None)), (slice(35, 85, None), slice(35, 70, None)))
+    """
+
+    shape: tuple[int, ...]
+    block: tuple[int, ...]
+    pad: tuple[int, ...]
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        return tuple(math.ceil(s / b) for s, b in zip(self.shape, self.block))
+
+    def indices(self) -> list[tuple[int, ...]]:
+        return list(itertools.product(*(range(g) for g in self.grid)))
+
+    def core(self, index) -> tuple[slice, ...]:
+        return tuple(slice(i * b, min((i + 1) * b, s))
+                     for i, b, s in zip(index, self.block, self.shape))
+
+    def crop(self, index, extra: Sequence[int] | None = None) -> tuple[slice, ...]:
+        pad = self.pad if extra is None else extra
+        return tuple(slice(max(c.start - p, 0), min(c.stop + p, s))
+                     for c, p, s in zip(self.core(index), pad, self.shape))
+
+    def neighbours(self, index) -> list[tuple[int, ...]]:
+        out = []
+        for step in itertools.product((-1, 0, 1), repeat=len(index)):
+            n = tuple(i + d for i, d in zip(index, step))
+            if any(step) and all(0 <= k < g for k, g in zip(n, self.grid)):
+                out.append(n)
+        return out
+
+
+def _intersect(a: tuple[slice, ...], b: tuple[slice, ...]) -> tuple[slice, ...] | None:
+    out = tuple(slice(max(x.start, y.start), min(x.stop, y.stop)) for x, y in zip(a, b))
+    return None if any(s.start >= s.stop for s in out) else out
+
+
+def _local(region: tuple[slice, ...], within: tuple[slice, ...]) -> tuple[slice, ...]:
+    return tuple(slice(r.start - w.start, r.stop - w.start) for r, w in zip(region, within))
+
+
+# --------------------------------------------------------------------------- block functions
+_segmenters: dict = {}  # per worker process: a loaded model per configuration
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentBlocks:
+    """Block function: :meth:`Segmenter.segment` of a block of the image.
+
+    ``preprocessing`` replaces the package's (statistics fixed for the whole image).
+    """
+
+    model: str
+    preprocessing: tuple
+    engine: str = "onnx"
+    device: str = "cpu"
+    fast: bool | None = None
+    tile: tuple[int, ...] | None = None
+    threads: int = 1
+
+    def segmenter(self):
+        key = repr(self)
+        if key not in _segmenters:
+            from .engine import create_engine
+            from .package import open_package
+            from .segment import Segmenter
+
+            package = dataclasses.replace(open_package(self.model),
+                                          preprocessing=self.preprocessing)
+            _segmenters.clear()
+            _segmenters[key] = Segmenter(package, create_engine(package, self.engine,
+                                                                self.device, self.threads))
+        return _segmenters[key]
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        seg = self.segmenter()
+        if seg.params.assembly.overlapping:
+            raise ValueError("distributed segmentation writes label images: this model "
+                             "assembles overlapping instances")
+        return seg.segment(image, tile=self.tile, fast=self.fast).labels
+
+
+@dataclasses.dataclass(frozen=True)
+class AssembleBlocks:
+    """Block function: :func:`~ppp_zoo.postprocess.assemble` of raw outputs, the block
+    given as ``(numinst (3, ...), patches (P, ...))`` stacked on the channel axis."""
+
+    params: Any
+
+    def __call__(self, block: np.ndarray) -> np.ndarray:
+        from ..postprocess import assemble
+
+        return assemble(np.ascontiguousarray(block[:3]),
+                        np.ascontiguousarray(block[3:], dtype=np.float32), self.params)
+
+
+# --------------------------------------------------------------------------- tasks
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    source: Any  # ImageSource, or any object with read(space slices) and space_shape
+    block_fn: Callable[[np.ndarray], np.ndarray]
+    grid: BlockGrid
+    strip: tuple[int, ...]
+    scratch: str  # zarr array of local ids
+    threads: int = 1
+    fault: Callable[[tuple[int, ...]], None] | None = None
+
+
+def _set_threads(n: int) -> None:
+    try:
+        import numba
+
+        numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+    except ImportError:  # pragma: no cover - numba is a core dependency
+        pass
+
+
+def _segment_task(job: _Job, index: tuple[int, ...]):
+    """Pass 1 for one block: local ids in the core; strips of the neighbours' cores."""
+    import zarr
+
+    if job.fault is not None:
+        job.fault(index)
+    _set_threads(job.threads)
+    grid = job.grid
+    core, crop = grid.core(index), grid.crop(index)
+    labels = np.asarray(job.block_fn(job.source.read(crop)))
+    if labels.shape != tuple(s.stop - s.start for s in crop):
+        raise ValueError(f"block function returned shape {labels.shape} for a block of "
+                         f"{tuple(s.stop - s.start for s in crop)}")
+    written = np.unique(labels[_local(core, crop)])
+    written = written[written > 0]
+    lut = np.zeros(int(labels.max(initial=0)) + 1, np.uint32)
+    lut[written] = np.arange(1, written.size + 1, dtype=np.uint32)
+    zarr.open_array(job.scratch, mode="r+")[core] = lut[labels[_local(core, crop)]]
+    seen = grid.crop(index, job.strip)
+    strips = {}
+    for n in grid.neighbours(index):
+        region = _intersect(seen, grid.core(n))
+        if region is not None:
+            strips[n] = (region, lut[labels[_local(region, crop)]])
+    return int(written.size), strips
+
+
+def _match_task(job: _Job, index, n_written: int, strips: dict) -> np.ndarray:
+    """Pass 2 for one block: pairs (block, local id, neighbour, its local id) that are one
+    instance, from the overlap of what this block saw in each strip and what was written."""
+    import zarr
+
+    scratch = zarr.open_array(job.scratch, mode="r")
+    pairs = []
+    for n, (region, seen) in strips.items():
+        there = np.asarray(scratch[region]).ravel().astype(np.int64)
+        seen = seen.ravel().astype(np.int64)
+        both = (seen > 0) & (there > 0)
+        if not both.any():
+            continue
+        a_size = np.bincount(seen, minlength=n_written + 1)
+        b_size = np.bincount(there)
+        key, inter = np.unique(seen[both] * (len(b_size)) + there[both], return_counts=True)
+        a, b = key // len(b_size), key % len(b_size)
+        keep = inter >= MERGE_OVERLAP * np.minimum(a_size[a], b_size[b])
+        if keep.any():
+            block = np.empty(int(keep.sum()), np.int64)
+            pairs.append(np.stack([block, a[keep], block, b[keep]], axis=1))
+            pairs[-1][:, 0] = _flat(job.grid, index)
+            pairs[-1][:, 2] = _flat(job.grid, n)
+    return np.concatenate(pairs) if pairs else np.zeros((0, 4), np.int64)
+
+
+def _flat(grid: BlockGrid, index) -> int:
+    return int(np.ravel_multi_index(index, grid.grid))
+
+
+def _relabel_task(job: _Job, index, lut: np.ndarray, target: str, label_index: tuple) -> None:
+    """Pass 3 for one block: local ids -> global ids in the output array."""
+    import zarr
+
+    core = job.grid.core(index)
+    local = np.asarray(zarr.open_array(job.scratch, mode="r")[core])
+    out = zarr.open_array(target, mode="r+")
+    out[label_index + core] = lut[local]
+
+
+def merge_pairs(counts: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """Union-find over the instances of all blocks: global id per (block, local id).
+
+    Parameters
+    ----------
+    counts : ndarray of int, shape (B,)
+        Instances written per block (flat block index).
+    pairs : ndarray of int, shape (K, 4)
+        ``(block, local id, other block, its local id)`` rows of instances that are one.
+
+    Returns
+    -------
+    ids : ndarray of int64, shape (sum(counts),)
+        Global id ``1..N`` of each block's instance ``k`` at ``offsets[block] + k - 1``,
+        numbered in order of their first block and local id.
+
+    Examples
+    --------
+    >>> merge_pairs(np.array([2, 2]), np.array([[0, 2, 1, 1]])).tolist()
+    [1, 2, 2, 3]
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    total = int(offsets[-1])
+    if total == 0:
+        return np.zeros(0, np.int64)
+    a = offsets[pairs[:, 0]] + pairs[:, 1] - 1
+    b = offsets[pairs[:, 2]] + pairs[:, 3] - 1
+    graph = coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(total, total))
+    _, comp = connected_components(graph, directed=True, connection="weak")
+    # number components by their smallest node, whatever order scipy found them in
+    first = np.full(comp.max() + 1, total, np.int64)
+    np.minimum.at(first, comp, np.arange(total))
+    rank = np.empty_like(first)
+    rank[np.argsort(first, kind="stable")] = np.arange(1, len(first) + 1)
+    return rank[comp]
+
+
+# --------------------------------------------------------------------------- driver
+@dataclasses.dataclass(frozen=True)
+class DistributedResult:
+    """What :func:`segment_distributed` / :func:`assemble_distributed` wrote."""
+
+    output: str
+    n_instances: int
+    shape: tuple[int, ...]
+    block: tuple[int, ...]
+    n_blocks: int
+    dtype: str
+    workers: int
+    timings: dict
+
+    def summary(self) -> dict:
+        return {"output": self.output, "n_instances": self.n_instances,
+                "shape": list(self.shape), "block": list(self.block),
+                "n_blocks": self.n_blocks, "dtype": self.dtype, "workers": self.workers,
+                "timings": {k: round(v, 3) for k, v in self.timings.items()}}
+
+
+class _Cluster:
+    """A client on a given scheduler, or on a LocalCluster of ``workers`` processes."""
+
+    def __init__(self, workers: int | None, scheduler: str | None, client=None):
+        distributed = _import_dask()
+        self._own = []
+        if client is not None:
+            self.client = client
+        elif scheduler:
+            self.client = distributed.Client(scheduler)
+            self._own.append(self.client)
+        else:
+            n = workers or max(1, min(os.cpu_count() or 1, 4))
+            threads = max(1, (os.cpu_count() or 1) // n)
+            env = {"OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": str(threads)}
+            cluster = distributed.LocalCluster(
+                n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                env=env, silence_logs=40)
+            self.client = distributed.Client(cluster)
+            self._own += [self.client, cluster]
+        info = self.client.scheduler_info()["workers"]
+        self.workers = max(1, len(info))
+        self.threads = max(1, (os.cpu_count() or 1) // self.workers) if not scheduler \
+            and client is None else 1
+
+    def close(self) -> None:
+        for obj in self._own:
+            obj.close()
+
+
+def _run(client, fn, args_per_block: list, progress: Progress, what: str, retries: int):
+    import distributed
+
+    futures = [client.submit(fn, *args, retries=retries, pure=False) for args in args_per_block]
+    done = 0
+    for _ in distributed.as_completed(futures):
+        done += 1
+        if progress is not None:
+            progress(done, len(futures))
+    try:
+        return client.gather(futures)
+    except Exception as err:
+        from ..errors import describe
+
+        raise RuntimeError(f"{what} failed ({describe(err)})") from err
+
+
+def _validate_block(block: Sequence[int] | None, ndim: int, halo: Sequence[int]) -> tuple:
+    if block is None:
+        block = (1024, 1024) if ndim == 2 else (64, 256, 256)
+    block = tuple(int(b) for b in block)
+    if len(block) != ndim:
+        raise ValueError(f"block {'x'.join(map(str, block))} must have {ndim} entries for "
+                         f"a {ndim}D image")
+    small = [i for i, (b, h) in enumerate(zip(block, halo)) if b < 2 * h or b < 1]
+    if small:
+        raise ValueError(f"block {'x'.join(map(str, block))} is smaller than twice the "
+                         f"halo {'x'.join(map(str, halo))}: use at least "
+                         f"{'x'.join(str(max(2 * h, 1)) for h in halo)}")
+    return block
+
+
+def _round_up(n: int, k: int) -> int:
+    return -(-int(n) // k) * k
+
+
+def _fixed_preprocessing(source, ops: Sequence[dict], space_axes: Sequence[str]) -> tuple:
+    """The package's preprocessing with per-sample statistics computed once on the whole
+    image (a strided sample of at most :data:`SAMPLE_PIXELS` pixels) and fixed, so every
+    block is normalised alike."""
+    fixed = []
+    stride = None
+    sample = None
+    for op in ops:
+        kw = dict(op.get("kwargs") or {})
+        if op["id"] not in ("scale_range", "zero_mean_unit_variance"):
+            fixed.append(op)
+            continue
+        if sample is None:
+            n = math.prod(source.space_shape)
+            step = max(1, math.ceil((n / SAMPLE_PIXELS) ** (1 / len(source.space_shape))))
+            stride = tuple(slice(None, None, step) for _ in source.space_shape)
+            sample = _read_strided(source, stride).astype(np.float64)
+            if sample.ndim == len(source.space_shape):
+                sample = sample[None]
+        per_channel = "channel" not in [str(a) for a in (kw.get("axes") or ["channel"])]
+        data = sample.reshape(len(sample), -1) if per_channel else sample.reshape(1, -1)
+        if op["id"] == "scale_range":
+            q = np.array([float(kw.get("min_percentile", 0.0)),
+                          float(kw.get("max_percentile", 100.0))]) / 100.0
+            lo, hi = np.quantile(data, q, axis=1, method="linear")
+            gain = 1.0 / (hi - lo + float(kw.get("eps", 1e-6)))
+            offset = -lo * gain
+        else:
+            mean, std = data.mean(axis=1), data.std(axis=1)
+            gain = 1.0 / (std + float(kw.get("eps", 1e-6)))
+            offset = -mean * gain
+        if per_channel and len(gain) > 1:
+            fixed.append({"id": "scale_linear", "kwargs": {
+                "gain": gain.tolist(), "offset": offset.tolist(), "axis": "channel"}})
+        else:
+            fixed.append({"id": "scale_linear", "kwargs": {"gain": float(gain[0]),
+                                                           "offset": float(offset[0])}})
+    return tuple(fixed)
+
+
+def _read_strided(source, stride: tuple[slice, ...]) -> np.ndarray:
+    full = tuple(slice(0, s) for s in source.space_shape)
+    if all(s.step == 1 for s in stride):
+        return source.read(full)
+    # read along the first axis in slabs so the driver never holds the whole image
+    first = stride[0].step
+    slabs = []
+    block = max(first, 256 // first * first)
+    for z in range(0, source.space_shape[0], block):
+        part = source.read((slice(z, min(z + block, source.space_shape[0])),) + full[1:])
+        slabs.append(part[(Ellipsis,) + stride])
+    return np.concatenate(slabs, axis=-len(stride))
+
+
+def run_blocks(source, block_fn, *, block: Sequence[int], pad: Sequence[int],
+               strip: Sequence[int], output: str | os.PathLike, name: str = "labels",
+               workers: int | None = None, scheduler: str | None = None, client=None,
+               progress: Progress = None, retries: int = 2, threads: int | None = None,
+               fault=None, pyramid: bool = True) -> DistributedResult:
+    """Label ``source`` block by block with ``block_fn`` on dask.distributed.
+
+    Parameters
+    ----------
+    source : ImageSource or object with ``read(space slices)``, ``space_shape``
+        The input; ``read`` returns ``([C,] [Z,] Y, X)`` blocks.
+    block_fn : callable
+        A block (as ``read`` gives it) -> labels of the block's space shape. Must pickle.
+    block, pad, strip : sequence of int
+        Core size, pixels read around it (network halo + assembly context + strip), and
+        the overlap compared with each neighbour (at most ``pad`` minus the context).
+    output : path
+        ``*.zarr``: an OME-Zarr label image ``labels/<name>`` (inside the input when
+        ``output`` is the input's own store); ``*.tif``/``*.tiff``: a TIFF;
+        ``*.zarr`` with ``name=""``: a plain zarr array.
+    workers, scheduler, client
+        A LocalCluster of ``workers`` processes (default), the scheduler at ``scheduler``,
+        or an existing ``distributed.Client``.
+    progress : callable, optional
+        Called with (blocks done, blocks total) in each pass.
+    retries : int
+        Times dask retries a failed block task.
+    fault : callable, optional
+        Called with the block index at the start of each segment task (for tests).
+
+    Returns
+    -------
+    DistributedResult
+    """
+    _import_dask()
+    import zarr
+
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    shape = tuple(int(s) for s in source.space_shape)
+    grid = BlockGrid(shape, tuple(block), tuple(pad))
+    plan = _OutputPlan.create(source, Path(output), name)
+    cluster = None
+    try:
+        cluster = _Cluster(workers, scheduler, client)
+        nthreads = threads or cluster.threads
+        scratch = str(plan.tmp / "_blocks")
+        zarr.create_array(scratch, shape=shape, chunks=grid.block, dtype=np.uint32,
+                          zarr_format=2, fill_value=0)
+        job = _Job(source, block_fn, grid, tuple(strip), scratch, nthreads, fault)
+        c = cluster.client
+        indices = grid.indices()
+        [job_f] = c.scatter([job], broadcast=True)
+        t = time.perf_counter()
+        first = _run(c, _segment_task, [(job_f, i) for i in indices], progress,
+                     "segmenting a block", retries)
+        timings["blocks"] = time.perf_counter() - t
+        t = time.perf_counter()
+        counts = np.array([n for n, _ in first], np.int64)
+        pairs = _run(c, _match_task, [(job_f, i, n, s) for i, (n, s) in zip(indices, first)],
+                     None, "matching block faces", retries)
+        del first
+        ids = merge_pairs(counts, np.concatenate(pairs))
+        n_total = int(ids.max(initial=0))
+        dtype = np.dtype(np.uint32 if n_total < 2**32 else np.uint64)
+        timings["merge"] = time.perf_counter() - t
+        t = time.perf_counter()
+        target, label_index = plan.create_level0(shape, grid.block, dtype)
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        luts = [np.concatenate([[0], ids[offsets[k]:offsets[k + 1]]]).astype(dtype)
+                for k in range(len(indices))]
+        _run(c, _relabel_task, [(job_f, i, lut, target, label_index)
+                                for i, lut in zip(indices, luts)],
+             None, "writing labels", retries)
+        shutil.rmtree(scratch, ignore_errors=True)
+        if pyramid:
+            plan.write_pyramid(c)
+        timings["write"] = time.perf_counter() - t
+        plan.finish()
+    except BaseException:
+        plan.abandon()
+        raise
+    finally:
+        if cluster is not None:
+            cluster.close()
+    timings["total"] = time.perf_counter() - t0
+    return DistributedResult(str(output), n_total, shape, tuple(block), len(indices),
+                             str(dtype), cluster.workers, timings)
+
+
+# --------------------------------------------------------------------------- output
+@dataclasses.dataclass
+class _OutputPlan:
+    """Where the labels go, written under ``tmp`` and moved into place by :meth:`finish`."""
+
+    target: Path  # final folder (label group, zarr array) or TIFF file
+    tmp: Path
+    kind: str  # "ome-zarr", "zarr", "tiff"
+    axes: str
+    scale: tuple[float, ...]
+    units: tuple[str, ...]
+    zarr_format: int
+    name: str
+    labels_group: Path | None = None
+    levels: int = 1
+    source_image: str | None = None
+
+    @classmethod
+    def create(cls, source, output: Path, name: str) -> _OutputPlan:
+        space = getattr(source, "space_axes", "zyx"[3 - len(source.space_shape):])
+        axes = getattr(source, "axes", space)
+        scale = getattr(source, "scale", (1.0,) * len(axes))
+        units = getattr(source, "units", ("",) * len(axes))
+        fmt = getattr(source, "zarr_format", 0) or 2
+        suffix = output.suffix.lower()
+        inside = getattr(source, "kind", "") == "ome-zarr" and output.exists() and \
+            output.resolve() == Path(source.path).resolve()
+        if suffix in (".tif", ".tiff"):
+            kind, target, axes = "tiff", output, space
+        elif suffix == ".zarr" and name:
+            kind = "ome-zarr"
+            if not inside:
+                fmt = 2
+            target = output / "labels" / name
+        elif suffix == ".zarr":
+            kind, target, axes = "zarr", output, space
+        else:
+            raise ValueError(f"{output}: write labels to a .zarr store or a .tif file")
+        if kind != "ome-zarr" or "c" not in axes and "t" not in axes:
+            keep = [i for i, a in enumerate(axes) if a in space] if kind != "ome-zarr" \
+                else list(range(len(axes)))
+            scale = tuple(scale[i] for i in keep) if len(scale) == len(axes) else scale
+            units = tuple(units[i] for i in keep) if len(units) == len(axes) else units
+            axes = "".join(axes[i] for i in keep)
+        parent = target.parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=parent))
+        except OSError as err:
+            raise ValueError(f"{output}: cannot write there ({err.strerror or err})") from None
+        plan = cls(target, tmp, kind, axes, tuple(scale), tuple(units), fmt, name)
+        if kind == "ome-zarr":
+            plan.labels_group = output / "labels"
+            plan.source_image = "../../" if inside else None
+        return plan
+
+    def _array_path(self) -> Path:
+        return self.tmp / "0" if self.kind == "ome-zarr" else self.tmp / "labels"
+
+    def create_level0(self, shape, block, dtype) -> tuple[str, tuple]:
+        import zarr
+
+        full = tuple(1 if a in "tc" else s for a, s in
+                     zip(self.axes, _expand(self.axes, shape)))
+        chunks = tuple(1 if a in "tc" else b for a, b in
+                       zip(self.axes, _expand(self.axes, block)))
+        path = self._array_path()
+        zarr.create_array(str(path), shape=full, chunks=chunks, dtype=dtype, fill_value=0,
+                          zarr_format=self.zarr_format,
+                          **({"dimension_names": list(self.axes)}
+                             if self.zarr_format == 3 else {}))
+        return str(path), tuple(0 for a in self.axes if a in "tc")
+
+    def write_pyramid(self, client) -> None:
+        if self.kind != "ome-zarr":
+            return
+        import dask.array as da
+        import zarr
+
+        level = 0
+        while True:
+            prev = zarr.open_array(str(self.tmp / str(level)), mode="r")
+            yx = [i for i, a in enumerate(self.axes) if a in "yx"]
+            if max(prev.shape[i] for i in yx) <= PYRAMID_MIN:
+                break
+            arr = da.from_zarr(prev)
+            down = arr[tuple(slice(None, None, 2) if i in yx else slice(None)
+                             for i in range(arr.ndim))]
+            chunks = prev.chunks
+            down = down.rechunk(chunks)
+            level += 1
+            out = zarr.create_array(str(self.tmp / str(level)), shape=down.shape,
+                                    chunks=chunks, dtype=prev.dtype, fill_value=0,
+                                    zarr_format=self.zarr_format)
+            client.compute(da.store(down, out, lock=False, compute=False)).result()
+        self.levels = level + 1
+
+    def finish(self) -> None:
+        import zarr
+
+        if self.kind == "tiff":
+            from ..io import atomic_path
+
+            labels = zarr.open_array(str(self._array_path()), mode="r")[...]
+            import tifffile
+
+            with atomic_path(self.target) as tmp_file:
+                tifffile.imwrite(tmp_file, labels, compression="zlib",
+                                 photometric="minisblack", bigtiff=labels.nbytes > 2**31)
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        if self.kind == "zarr":
+            _replace_dir(self.tmp / "labels", self.target)
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        scales = [tuple(s * (2.0 ** k if a in "yx" else 1.0) for s, a in zip(self.scale, self.axes))
+                  for k in range(self.levels)]
+        group = zarr.open_group(str(self.tmp), mode="a", zarr_format=self.zarr_format)
+        group.attrs.update(ngff_label_attrs(self.name, self.axes, scales, self.units,
+                                            self.zarr_format, self.source_image))
+        _replace_dir(self.tmp, self.target)
+        root = self.labels_group.parent
+        if not any((root / n).exists() for n in (".zgroup", "zarr.json")):
+            zarr.open_group(str(root), mode="a", zarr_format=self.zarr_format)
+        labels = zarr.open_group(str(self.labels_group), mode="a",
+                                 zarr_format=self.zarr_format)
+        names = list(_ngff_names(labels.attrs.asdict()))
+        if self.name not in names:
+            names.append(self.name)
+        labels.attrs.update(ngff_labels_group_attrs(names, self.zarr_format))
+
+    def abandon(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _ngff_names(attrs: dict) -> list[str]:
+    return list(attrs.get("ome", attrs).get("labels", []))
+
+
+def _expand(axes: str, space: Sequence[int]) -> list[int]:
+    it = iter(space)
+    return [1 if a in "tc" else next(it) for a in axes]
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(new, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- entry points
+def segment_distributed(source: str | os.PathLike | ImageSource, output: str | os.PathLike, *,
+                        model: str | os.PathLike, level: int = 0,
+                        block: Sequence[int] | None = None, name: str = "nuclei",
+                        engine: str = "onnx", device: str = "cpu", fast: bool | None = None,
+                        tile: Sequence[int] | None = None, workers: int | None = None,
+                        scheduler: str | None = None, client=None, progress: Progress = None,
+                        retries: int = 2, fault=None) -> DistributedResult:
+    """Segment a large image with a model package, block by block on dask.distributed.
+
+    Parameters
+    ----------
+    source : path or ImageSource
+        OME-Zarr image (``level`` picks the resolution), zarr array, TIFF or ``.npy``.
+    output : path
+        ``*.zarr``: OME-Zarr label image ``labels/<name>`` with a pyramid (inside the
+        input when ``output`` is the input); ``*.tif``: a TIFF.
+    model : path
+        Model package (.zip or folder).
+    block : sequence of int, optional
+        Core size per space axis (default 1024x1024, 64x256x256 in 3D); at least twice
+        the network's halo.
+    workers, scheduler, client
+        A LocalCluster of ``workers`` processes, a running scheduler, or a Client.
+
+    Returns
+    -------
+    DistributedResult
+    """
+    _import_dask()
+    from .package import open_package
+    from .preprocess import validate_preprocessing
+
+    src = source if isinstance(source, ImageSource) else open_image_source(source, level)
+    package = open_package(model)
+    validate_preprocessing(package.preprocessing)
+    if len(src.space_shape) != package.ndim:
+        raise ValueError(f"{src.path}: {len(src.space_shape)} space axes "
+                         f"({src.space_axes.upper()}), the model is {package.ndim}D")
+    if src.channels != package.n_channels:
+        raise ValueError(f"{src.path}: {src.channels} channels, the model takes "
+                         f"{package.n_channels}")
+    halo = tuple(int(h) for h in package.halo)
+    block = _validate_block(block, package.ndim, halo)
+    patch = tuple(package.model_params.assembly.patchshape)
+    strip = tuple(p for p in patch)
+    # crops start on the model's step grid (and on even pixels for the fast mode's
+    # stride-2 voting), as the whole image does: blocks and pads are multiples of it
+    align = [math.lcm(int(s), 2) for s in package.step]
+    block = tuple(_round_up(b, a) for b, a in zip(block, align))
+    pad = tuple(_round_up(h + 2 * p + s, a) for h, p, s, a in zip(halo, patch, strip, align))
+    fn = SegmentBlocks(str(model), _fixed_preprocessing(src, package.preprocessing,
+                                                        package.space_axes),
+                       engine, device, fast, tuple(tile) if tile else None)
+    return run_blocks(src, fn, block=block, pad=pad, strip=strip, output=output, name=name,
+                      workers=workers, scheduler=scheduler, client=client, progress=progress,
+                      retries=retries, fault=fault)
+
+
+def assemble_distributed(source, output: str | os.PathLike, params, *,
+                         block: Sequence[int] | None = None, name: str = "instances",
+                         **kwargs) -> DistributedResult:
+    """Assemble raw outputs ``(numinst (3), patches (P))`` stacked on the channel axis of
+    ``source`` (a zarr array ``(3 + P, [Z,] Y, X)`` opened with
+    :func:`~ppp_zoo.io.open_image_source`, or any object with ``read``/``space_shape``)
+    block by block; see :func:`run_blocks` for ``output`` and ``kwargs``."""
+    patch = tuple(params.patchshape)
+    block = _validate_block(block, params.ndim, tuple(0 for _ in patch))
+    strip = patch
+    pad = tuple(2 * p + s for p, s in zip(patch, strip))
+    return run_blocks(source, AssembleBlocks(params), block=block, pad=pad, strip=strip,
+                      output=output, name=name, **kwargs)
