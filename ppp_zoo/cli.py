@@ -389,8 +389,17 @@ def segment(
     fast: Annotated[Optional[bool], typer.Option("--fast/--exact", help="Assemble in fast mode (stride-2 voting) or exact mode (default: as the model package says).", show_default=False)] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the JSON summary to stdout.")] = False,
     demo: Annotated[bool, typer.Option(help="Segment the model's own sample image (written to OUTPUT/demo_input.tif).")] = False,
+    block: Annotated[Optional[str], typer.Option(help="Segment in blocks of this size on dask.distributed, e.g. 1024x1024 (needs the [dask] extra).")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Blocks on a local cluster of this many worker processes.")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(help="Blocks on the dask scheduler at this address (e.g. tcp://host:8786).")] = None,
+    level: Annotated[int, typer.Option(min=0, help="Resolution level of an OME-Zarr input.")] = 0,
+    name: Annotated[str, typer.Option(help="Name of the OME-Zarr label image (labels/<name>).")] = "nuclei",
 ):
-    """Segment images with a model package; writes OUTPUT/<stem>_labels.tif per image."""
+    """Segment images with a model package; writes OUTPUT/<stem>_labels.tif per image.
+
+    A zarr input, or --block/--workers/--scheduler, segments one large image block by block
+    on dask.distributed: -o OUT.zarr writes the OME-Zarr label image OUT.zarr/labels/NAME
+    (the input's own path: inside it), -o OUT.tif a TIFF."""
     from .postprocess.params import parse_shape
     from .runtime.batch import segment_files, write_demo_input
     from .runtime.models import resolve_model
@@ -398,6 +407,11 @@ def segment(
     tile_shape = parse_shape(tile) if tile is not None else None
     model_path = resolve_model(model)
     inputs = list(inputs or [])
+    if block or workers or scheduler or any(_is_zarr(i) for i in inputs):
+        return _segment_blocks(inputs, output, model_path, parse_shape(block) if block else None,
+                               workers=workers, scheduler=scheduler, level=level, name=name,
+                               engine=engine, device=device, fast=fast, tile=tile_shape,
+                               json_out=json_out)
     if demo:
         inputs.append(str(write_demo_input(model_path, output)))
     if not inputs:
@@ -414,6 +428,70 @@ def segment(
         typer.echo(json.dumps(report.to_dict()))
     if not report.ok:
         raise typer.Exit(code=1)
+
+
+def _is_zarr(path: str) -> bool:
+    from .io import is_zarr
+
+    return is_zarr(path)
+
+
+def _segment_blocks(inputs: list[str], output: Path, model: Path, block, *, workers, scheduler,
+                    level, name, engine, device, fast, tile, json_out) -> None:
+    """One large image, block by block on dask.distributed."""
+    from .runtime.distributed import segment_distributed
+
+    if len(inputs) != 1:
+        raise UserError(f"block-wise segmentation takes one image, got {len(inputs)}")
+    if workers and scheduler:
+        raise UserError("give --workers or --scheduler, not both")
+    source = Path(inputs[0].rstrip("/"))
+    if output.suffix.lower() not in (".zarr", ".tif", ".tiff"):
+        output = output / f"{source.name.split('.')[0]}_labels.ome.zarr"
+    with _BlockProgress(enabled=_interactive()) as progress:
+        result = segment_distributed(source, output, model=model, level=level, block=block,
+                                     name=name, engine=engine,
+                                     device="cpu" if device == "auto" else device, fast=fast,
+                                     tile=tile, workers=workers, scheduler=scheduler,
+                                     progress=progress)
+    where = f"{output}/labels/{name}" if output.suffix.lower() == ".zarr" else str(output)
+    t = result.timings
+    _status(f"wrote {where}: {result.n_instances} instances ({result.n_blocks} blocks of "
+            f"{'x'.join(map(str, result.block))}, {result.workers} workers, "
+            f"{t['total']:.1f} s; merge {t['merge']:.1f} s)")
+    if json_out:
+        typer.echo(json.dumps(result.summary()))
+
+
+class _BlockProgress:
+    """A progress bar over blocks (rich, on a terminal; else a line per tenth)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self._progress, self._shown = enabled, None, -1
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
+                TimeElapsedColumn
+
+            self._progress = Progress(TextColumn("blocks"), BarColumn(), MofNCompleteColumn(),
+                                      TimeElapsedColumn(), console=Console(stderr=True),
+                                      transient=True)
+            self._progress.start()
+            self._task = self._progress.add_task("blocks", total=None)
+        return self
+
+    def __call__(self, done: int, total: int) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=done, total=total)
+        elif done * 10 // total > self._shown:
+            self._shown = done * 10 // total
+            _status(f"  blocks {done}/{total}")
+
+    def __exit__(self, *exc):
+        if self._progress is not None:
+            self._progress.stop()
 
 
 def _segment_error(name: str, message: str) -> list[str]:

@@ -210,3 +210,22 @@ def test_bad_block_and_unwritable_output_are_refused(image_zarr, tmp_path):
     with pytest.raises(ValueError, match="cannot write there"):
         dist.segment_distributed(path, tmp_path / "file" / "o.zarr", model=model,
                                  block=(128, 128), workers=1)
+
+
+# --------------------------------------------------------------------------- command line
+def test_cli_bad_level_and_missing_extra_are_one_error_line(image_zarr, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from ppp_zoo.cli import app
+
+    _, path = image_zarr
+    res = CliRunner().invoke(app, ["segment", str(path), "--level", "2", "-o",
+                                   str(tmp_path / "o.zarr")])
+    assert res.exit_code == 1
+    assert res.output.strip() == f"error: {path}: resolution level 2 missing (the image has " \
+                                 "levels 0-0)"
+    monkeypatch.setitem(__import__("sys").modules, "distributed", None)
+    res = CliRunner().invoke(app, ["segment", str(path), "--block", "128x128", "-o",
+                                   str(tmp_path / "o.zarr")])
+    assert res.exit_code == 1 and 'pip install "ppp-zoo[dask]"' in res.output
+    assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "o.zarr").exists()
