@@ -244,7 +244,8 @@ def _write_cover(path: Path, image: np.ndarray, numinst: np.ndarray, labels: np.
     from matplotlib.figure import Figure
 
     if labels.dtype == bool:  # overlapping masks: show each pixel's first instance
-        labels = np.where(labels.any(axis=0), labels.argmax(axis=0) + 1, 0)
+        labels = (np.where(labels.any(axis=0), labels.argmax(axis=0) + 1, 0) if len(labels)
+                  else np.zeros(image.shape, np.int32))
     if image.ndim == 3:  # 3D: the middle slice
         z = image.shape[0] // 2
         image, numinst, labels = image[z], numinst[:, z], labels[z]
