@@ -1,0 +1,131 @@
+"""Benchmark of block-wise segmentation on dask.distributed (``ppp_zoo.runtime.distributed``).
+
+2D: a mosaic of the DSB 2018 sample (``--size`` pixels square, stored as OME-Zarr),
+segmented with the default model by 1 and by 2 workers. 3D: a volume tiled from the 3D
+nuclei sample (``--size3d`` as ZxYxX), GT patches assembled block by block (oracle: the
+postprocess path). Prints wall time, megapixels per minute, peak memory per worker and
+the 1-worker / 2-worker time ratio.
+
+    python scripts/bench_distributed.py --size 2048 --block 1024 --size3d 32x192x192
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _mosaic(tile: np.ndarray, shape) -> np.ndarray:
+    reps = [-(-s // t) for s, t in zip(shape, tile.shape)]
+    # flip alternate tiles so that neighbours join without a straight seam of copies
+    return np.tile(tile, reps)[tuple(slice(0, s) for s in shape)]
+
+
+def _peak_rss(client) -> float:
+    import psutil
+
+    def peak():
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # GiB (Linux: KiB)
+
+    del psutil
+    return max(client.run(peak).values())
+
+
+class Oracle3D:
+    def __init__(self, patchshape):
+        from ppp_zoo.postprocess import AssemblyParams
+
+        self.params = AssemblyParams(patchshape=patchshape)
+
+    def __call__(self, labels):
+        from ppp_zoo.data.targets import instance_targets
+        from ppp_zoo.postprocess import assemble
+
+        return assemble(*instance_targets(labels, self.params.patchshape), self.params)
+
+
+def _cluster(n):
+    import distributed
+
+    cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1, dashboard_address=None,
+                                       silence_logs=40,
+                                       env={"NUMBA_NUM_THREADS": str(max(1, 2 // n)),
+                                            "OMP_NUM_THREADS": "1"})
+    return cluster, distributed.Client(cluster)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=2048, help="2D mosaic side (pixels)")
+    ap.add_argument("--block", type=int, default=1024)
+    ap.add_argument("--size3d", default="32x192x192")
+    ap.add_argument("--block3d", default="32x96x96")
+    ap.add_argument("--workers", default="2,1")
+    args = ap.parse_args()
+    from ppp_zoo.data.sample import load_dsb_sample, load_nuclei3d_sample
+    from ppp_zoo.io import open_image_source, write_ome_zarr_image
+    from ppp_zoo.runtime import distributed as dist
+    from ppp_zoo.runtime.models import resolve_model
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-distributed-"))
+    image, _ = load_dsb_sample()
+    big = _mosaic(image, (args.size, args.size))
+    path2d = write_ome_zarr_image(tmp / "mosaic.ome.zarr", big, chunks=(1024, 1024))
+    _, labels3d = load_nuclei3d_sample()
+    shape3d = tuple(int(s) for s in args.size3d.split("x"))
+    vol = _mosaic(labels3d.astype(np.uint32), shape3d)
+    # tiled copies of an instance are separate instances
+    tiles = np.indices(shape3d)[0] // labels3d.shape[0] * 1000 + \
+        np.indices(shape3d)[1] // labels3d.shape[1] * 100 + np.indices(shape3d)[2] // labels3d.shape[2]
+    vol = np.where(vol > 0, vol + tiles * (labels3d.max() + 1), 0).astype(np.uint32)
+    path3d = write_ome_zarr_image(tmp / "vol.ome.zarr", vol, "zyx", chunks=(32, 128, 128))
+    block3d = tuple(int(s) for s in args.block3d.split("x"))
+    times = {}
+    for n in (int(w) for w in args.workers.split(",")):
+        cluster, client = _cluster(n)
+        try:
+            t = time.perf_counter()
+            r = dist.segment_distributed(path2d, path2d, model=str(resolve_model(None)),
+                                         block=(args.block, args.block), client=client,
+                                         name=f"w{n}")
+            wall = time.perf_counter() - t
+            mem = _peak_rss(client)
+            times[("2d", n)] = wall
+            print(f"2D {args.size}x{args.size}, block {args.block}, {n} worker(s): {wall:.1f} s, "
+                  f"{args.size ** 2 / 1e6 / wall * 60:.1f} MP/min, {r.n_instances} instances, "
+                  f"peak memory per worker {mem:.2f} GiB, merge {r.timings['merge']:.2f} s",
+                  flush=True)
+        finally:
+            client.close()
+            cluster.close()
+        cluster, client = _cluster(n)
+        try:
+            t = time.perf_counter()
+            r = dist.run_blocks(open_image_source(path3d), Oracle3D((9, 9, 9)), block=block3d,
+                                pad=(27, 27, 27), strip=(9, 9, 9), output=path3d,
+                                name=f"w{n}", client=client)
+            wall = time.perf_counter() - t
+            mem = _peak_rss(client)
+            times[("3d", n)] = wall
+            n_gt = len(np.unique(vol)) - 1
+            print(f"3D {args.size3d}, block {args.block3d}, GT patches 9x9x9, {n} worker(s): "
+                  f"{wall:.1f} s, {np.prod(shape3d) / 1e6 / wall * 60:.1f} MP/min, "
+                  f"{r.n_instances} instances (GT {n_gt}), peak memory per worker "
+                  f"{mem:.2f} GiB", flush=True)
+        finally:
+            client.close()
+            cluster.close()
+    for kind in ("2d", "3d"):
+        if (kind, 1) in times and (kind, 2) in times:
+            print(f"{kind.upper()} 1-worker / 2-worker time: "
+                  f"{times[(kind, 1)] / times[(kind, 2)]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
