@@ -30,7 +30,7 @@ def n_threads() -> int:
 
 @njit(cache=True, nogil=True)
 def _load_centre_row(patches, cy, row_start, cand, cflat, offs, r, fshape, vmask, th, bg, ring,
-                     rcls, rspan, lspan, by_line, line_cost, n_high, n_low):
+                     rcls, rspan, n_high, n_low):
     """Pitched dense copies of the patches of the candidates on centre row ``cy``.
 
     The patch of the j-th candidate c of the row goes to ``ring[j]`` with patch pixel
@@ -40,11 +40,7 @@ def _load_centre_row(patches, cy, row_start, cand, cflat, offs, r, fshape, vmask
     (class 1), else NaN (neither in H_c nor in L_c; the inputs are finite), and NaN in the
     gaps. ``rcls`` gets the same layout as int8 classes: 1 in H_c, -1 in L_c, else 0.
     ``rspan[j, z]`` gets the first and one-past-last position (within the plane) of
-    the pixels in H_c or L_c (columns 0, 1) and in H_c (columns 2, 3) of each patch plane,
-    ``lspan[j, line]`` the same per patch line, and ``by_line[j, z, 0 / 1]`` whether the
-    pairs with that plane's H_c or L_c / H_c pixels are cheaper as one loop per line than
-    as one run over the plane (thin shapes in a wide pitch; a loop start costs
-    ``line_cost`` iterations);
+    the pixels in H_c or L_c (columns 0, 1) and in H_c (columns 2, 3) of each patch plane;
     ``n_high[i]`` / ``n_low[i]`` get |H_c| and |L_c| (i: the candidate's index).
     """
     P = offs.shape[0]
@@ -57,16 +53,11 @@ def _load_centre_row(patches, cy, row_start, cand, cflat, offs, r, fshape, vmask
     rspan[:n, :, 1] = 0
     rspan[:n, :, 2] = plane
     rspan[:n, :, 3] = 0
-    lspan[:n, :, 0] = plane
-    lspan[:n, :, 1] = 0
-    lspan[:n, :, 2] = plane
-    lspan[:n, :, 3] = 0
     n_high[i0:i0 + n] = 0
     n_low[i0:i0 + n] = 0
     # offsets outer, centres inner: the centres of a row are neighbours in every channel
     for k in range(P):
         zk = k // (py * px)
-        line = k // px
         pos = ((k // px) % py) * fshape[2] + k % px
         for j in range(n):
             i = i0 + j
@@ -80,8 +71,6 @@ def _load_centre_row(patches, cy, row_start, cand, cflat, offs, r, fshape, vmask
             if p > th:
                 rspan[j, zk, 2] = min(rspan[j, zk, 2], pos)
                 rspan[j, zk, 3] = max(rspan[j, zk, 3], pos + 1)
-                lspan[j, line, 2] = min(lspan[j, line, 2], pos)
-                lspan[j, line, 3] = max(lspan[j, line, 3], pos + 1)
                 n_high[i] += 1
                 rcls[j, zk * plane + pos] = 1
             elif p < bg:
@@ -91,18 +80,6 @@ def _load_centre_row(patches, cy, row_start, cand, cflat, offs, r, fshape, vmask
                 continue
             rspan[j, zk, 0] = min(rspan[j, zk, 0], pos)
             rspan[j, zk, 1] = max(rspan[j, zk, 1], pos + 1)
-            lspan[j, line, 0] = min(lspan[j, line, 0], pos)
-            lspan[j, line, 1] = max(lspan[j, line, 1], pos + 1)
-    for j in range(n):
-        for zk in range(rspan.shape[1]):
-            for col in (0, 2):
-                useful = 0
-                for yk in range(py):
-                    width = lspan[j, zk * py + yk, col + 1] - lspan[j, zk * py + yk, col]
-                    if width > 0:
-                        useful += width + line_cost
-                run = rspan[j, zk, col + 1] - rspan[j, zk, col]
-                by_line[j, zk, col // 2] = 1 if useful < run else 0
 
 
 #: fast-math flags of the vote loops: everything but the no-NaN assumption (NaN marks the
@@ -118,15 +95,13 @@ def _run_column(za, zb, ya, xa, pshape, fshape, half):
 
 
 @njit(cache=True, nogil=True, fastmath=_VOTE_MATH)
-def _votes_with_centre(ka, buf, span, lspan, by_line, pshape, fshape, half, th, bg, th2,
-                       inv_norm, srow, crow):
+def _votes_with_centre(ka, buf, span, pshape, fshape, half, th, bg, th2, inv_norm, srow, crow):
     """Add the votes of one centre for the pairs (u, v), v after u, to u's row.
 
     ``ka`` is u's index in the centre's patch, ``buf`` / ``span`` the centre's pitched patch
     (see :func:`_load_centre_row`); ``srow`` is u's consensus row (vote sums), ``crow`` its
-    vote counts. One branch-free loop per patch plane, or per patch line where ``by_line``
-    says so (0-based, over slices, so that it vectorises); gap and non-voting positions add
-    zero. The vote of a pair is computed as
+    vote counts. One branch-free loop per patch plane (0-based, over slices, so that it
+    vectorises); gap and non-voting positions add zero. The vote of a pair is computed as
     the per-patch formulation does, so every sum is the same float32 sequence.
     """
     py, px = pshape[1], pshape[2]
@@ -143,40 +118,38 @@ def _votes_with_centre(ka, buf, span, lspan, by_line, pshape, fshape, half, th, 
         return
     ya = (ka // px) % py
     xa = ka % px
-    col = 0 if high_a else 2
     for zb in range(za, pshape[0]):
         cb = _run_column(za, zb, ya, xa, pshape, fshape, half)
         first = pa_pos + 1 if zb == za else 0
-        # one run over the plane, or one per line where the shape is thin in the pitch
-        n_runs = py - (ya if zb == za else 0) if by_line[zb, col // 2] else 1
-        for t in range(n_runs):
-            if n_runs == 1:
-                lo, hi = max(first, span[zb, col]), span[zb, col + 1]
-            else:
-                line = zb * py + t + (ya if zb == za else 0)
-                lo, hi = max(first, lspan[line, col]), lspan[line, col + 1]
+        if high_a:
+            lo, hi = max(first, span[zb, 0]), span[zb, 1]
             if lo >= hi:
                 continue
             s = srow[cb + lo:cb + hi]
             c = crow[cb + lo:cb + hi]
             b = buf[zb * plane + lo:zb * plane + hi]
-            if high_a:
-                for i in range(hi - lo):
-                    pb = b[i]  # NaN (no vote) selects 0, never multiplies
-                    v = (pa * pb - th2) if pb > th else (
-                        -(pa * (one - pb) - th2) if pb < bg else np.float32(0.0))
-                    s[i] += v * inv_norm
-                    c[i] += np.uint16(1) if (pb > th or pb < bg) else np.uint16(0)
-            else:
-                for i in range(hi - lo):
-                    pb = b[i]
-                    v = -(pb * (one - pa) - th2) if pb > th else np.float32(0.0)
-                    s[i] += v * inv_norm
-                    c[i] += np.uint16(1) if pb > th else np.uint16(0)
+            for i in range(hi - lo):
+                pb = b[i]  # NaN (no vote) selects 0, never multiplies
+                v = (pa * pb - th2) if pb > th else (
+                    -(pa * (one - pb) - th2) if pb < bg else np.float32(0.0))
+                s[i] += v * inv_norm
+                c[i] += np.uint16(1) if (pb > th or pb < bg) else np.uint16(0)
+        else:
+            lo, hi = max(first, span[zb, 2]), span[zb, 3]
+            if lo >= hi:
+                continue
+            s = srow[cb + lo:cb + hi]
+            c = crow[cb + lo:cb + hi]
+            b = buf[zb * plane + lo:zb * plane + hi]
+            for i in range(hi - lo):
+                pb = b[i]
+                v = -(pb * (one - pa) - th2) if pb > th else np.float32(0.0)
+                s[i] += v * inv_norm
+                c[i] += np.uint16(1) if pb > th else np.uint16(0)
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz"})
-def _score_with_centre(ka, cls, span, lspan, by_line, pshape, fshape, half, srow):
+def _score_with_centre(ka, cls, span, pshape, fshape, half, srow):
     """A centre's score terms for the pairs (u, v), v after u: +C(u, v) for u, v in H_c,
     -C(u, v) for one in H_c and one in L_c, summed in float64.
 
@@ -193,37 +166,35 @@ def _score_with_centre(ka, cls, span, lspan, by_line, pshape, fshape, half, srow
         return 0.0
     ya = (ka // px) % py
     xa = ka % px
-    col = 0 if ca == 1 else 2
     total = 0.0
     for zb in range(za, pshape[0]):
         cb = _run_column(za, zb, ya, xa, pshape, fshape, half)
         first = pa_pos + 1 if zb == za else 0
-        n_runs = py - (ya if zb == za else 0) if by_line[zb, col // 2] else 1
-        for t in range(n_runs):
-            if n_runs == 1:
-                lo, hi = max(first, span[zb, col]), span[zb, col + 1]
-            else:
-                line = zb * py + t + (ya if zb == za else 0)
-                lo, hi = max(first, lspan[line, col]), lspan[line, col + 1]
+        acc = 0.0
+        if ca == 1:
+            lo, hi = max(first, span[zb, 0]), span[zb, 1]
             if lo >= hi:
                 continue
             s = srow[cb + lo:cb + hi]
             b = cls[zb * plane + lo:zb * plane + hi]
-            acc = 0.0
-            if ca == 1:
-                for i in range(hi - lo):
-                    acc += np.float64(s[i]) * b[i] if b[i] != 0 else 0.0
-            else:
-                for i in range(hi - lo):
-                    acc -= np.float64(s[i]) if b[i] == 1 else 0.0
-            total += acc
+            for i in range(hi - lo):
+                acc += np.float64(s[i]) * b[i] if b[i] != 0 else 0.0
+        else:
+            lo, hi = max(first, span[zb, 2]), span[zb, 3]
+            if lo >= hi:
+                continue
+            s = srow[cb + lo:cb + hi]
+            b = cls[zb * plane + lo:zb * plane + hi]
+            for i in range(hi - lo):
+                acc -= np.float64(s[i]) if b[i] == 1 else 0.0
+        total += acc
     return total
 
 
 @njit(cache=True, parallel=True)
 def consensus_rows(patches, cand, cflat, row_start, slot, bands, n_workers, slab_start, max_row,
-                   offs, r, pshape, fshape, half, vmask, vidx, th, bg, height, line_cost, cons,
-                   score_part, n_high, n_low):
+                   offs, r, pshape, fshape, half, vmask, vidx, th, bg, height, cons, score_part,
+                   n_high, n_low):
     """Steps 1-2: the consensus C of every voting pixel, one row at a time, and the score
     terms of every candidate patch.
 
@@ -252,8 +223,6 @@ def consensus_rows(patches, cand, cflat, row_start, slot, bands, n_workers, slab
         ring = np.empty((R, max_row, pz * py * fshape[2]), np.float32)
         rcls = np.empty((R, max_row, pz * py * fshape[2]), np.int8)
         rspan = np.empty((R, max_row, pz, 4), np.int64)
-        lspan = np.empty((R, max_row, pz * py, 4), np.int64)
-        by_line = np.empty((R, max_row, pz, 2), np.uint8)
         ring_y = np.full(R, -1, np.int64)
         crow = np.empty(n_cols, np.uint16)
         for band in range(w * n_bands // n_workers, (w + 1) * n_bands // n_workers):
@@ -264,19 +233,17 @@ def consensus_rows(patches, cand, cflat, row_start, slot, bands, n_workers, slab
                     if ring_y[cy % R] != cy:
                         _load_centre_row(patches, cy, row_start, cand, cflat, offs, r, fshape,
                                          vmask, th, bg, ring[cy % R], rcls[cy % R],
-                                         rspan[cy % R], lspan[cy % R], by_line[cy % R],
-                                         line_cost, n_high, n_low)
+                                         rspan[cy % R], n_high, n_low)
                         ring_y[cy % R] = cy
                 _consensus_of_row(y, Z, Y, X, r, pshape, fshape, half, th, bg, th2, inv_norm,
-                                  height, slot, row_start, vidx, ring, rcls, rspan, lspan,
-                                  by_line, crow, cons, part,
+                                  height, slot, row_start, vidx, ring, rcls, rspan, crow, cons,
+                                  part,
                                   slab_start[band])
 
 
 @njit(cache=True, nogil=True)
 def _consensus_of_row(y, Z, Y, X, r, pshape, fshape, half, th, bg, th2, inv_norm, height, slot,
-                      row_start, vidx, ring, rcls, rspan, lspan, by_line, crow, cons, part,
-                      part_start):
+                      row_start, vidx, ring, rcls, rspan, crow, cons, part, part_start):
     """Consensus rows and score terms of the voting pixels of image row y (see
     :func:`consensus_rows`)."""
     py, px = pshape[1], pshape[2]
@@ -301,10 +268,9 @@ def _consensus_of_row(y, Z, Y, X, r, pshape, fshape, half, th, bg, th2, inv_norm
                                 continue
                             ka = ((z - cz + r[0]) * py + (y - cy + r[1])) * px \
                                 + (x - cx + r[2])
-                            q = cy % R
-                            _votes_with_centre(ka, ring[q, j], rspan[q, j], lspan[q, j],
-                                               by_line[q, j], pshape, fshape, half, th, bg,
-                                               th2, inv_norm, srow, crow)
+                            _votes_with_centre(ka, ring[cy % R, j], rspan[cy % R, j],
+                                               pshape, fshape, half, th, bg, th2,
+                                               inv_norm, srow, crow)
             for col in range(n_cols):
                 if crow[col] > 0:
                     srow[col] = srow[col] / crow[col]
@@ -318,10 +284,9 @@ def _consensus_of_row(y, Z, Y, X, r, pshape, fshape, half, th, bg, th2, inv_norm
                             continue
                         ka = ((z - cz + r[0]) * py + (y - cy + r[1])) * px \
                             + (x - cx + r[2])
-                        q = cy % R
                         part[row_start[cy] + j - part_start] += \
-                            _score_with_centre(ka, rcls[q, j], rspan[q, j], lspan[q, j],
-                                               by_line[q, j], pshape, fshape, half, srow)
+                            _score_with_centre(ka, rcls[cy % R, j], rspan[cy % R, j],
+                                               pshape, fshape, half, srow)
 
 
 @njit(cache=True)

@@ -223,9 +223,6 @@ class _Prepared:
 #: pixel rows per band of the consensus pass (fixed, so that the float64 score sums do not
 #: depend on the number of threads)
 BAND_ROWS = 16
-#: cost of starting a loop, in loop iterations: the consensus pass loops per patch line
-#: instead of once per pitched patch plane where that is cheaper (thin shapes, wide pitch)
-LINE_COST = 48
 
 
 def compute_consensus(prep: _Prepared, cand_flat: np.ndarray) -> Consensus:
@@ -255,15 +252,13 @@ def compute_consensus(prep: _Prepared, cand_flat: np.ndarray) -> Consensus:
     # each worker holds a ring of pitched patches; together they stay within the memory of
     # a vote count per consensus entry, which the row-by-row pass does not need
     pitched = int(np.prod(geo.patchshape[:2])) * int(prep.fshape[2])  # one pitched patch
-    lines = int(np.prod(geo.patchshape[:2]))
-    # float32 values + int8 classes, and int64 spans per patch line
-    ring_bytes = (2 * ry + 1) * max_row * (pitched * 5 + lines * 32)
+    ring_bytes = (2 * ry + 1) * max_row * pitched * 5  # float32 values + int8 classes
     budget = max(prep.n_voting * n_cols * 2, ring_bytes)
     n_workers = max(1, min(K.n_threads(), len(bands) - 1, budget // ring_bytes))
     K.consensus_rows(prep.patches, by_row, np.ascontiguousarray(cand_flat[order]), row_start,
                      slot, bands, n_workers, slab_start, max_row, prep.offs, prep.r,
                      prep.pshape, prep.fshape, n_cols, prep.vmask, prep.vidx, prep.th, prep.bg,
-                     height, LINE_COST, cons, score_part, n_high, n_low)
+                     height, cons, score_part, n_high, n_low)
     scores_by_row = np.empty(len(by_row), np.float64)
     K.finish_scores(score_part, slab_start, slab_end, n_high, n_low, scores_by_row)
     scores = np.empty(len(cand_flat), np.float64)
