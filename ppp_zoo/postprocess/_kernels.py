@@ -193,8 +193,8 @@ def _score_with_centre(ka, cls, span, pshape, fshape, half, srow):
 
 @njit(cache=True, parallel=True)
 def consensus_rows(patches, cand, cflat, row_start, slot, bands, n_workers, slab_start, max_row,
-                   offs, r, pshape, fshape, half, vmask, vidx, th, bg, height, cons, score_part,
-                   n_high, n_low):
+                   offs, r, pshape, fshape, half, vmask, vidx, th, bg, height, step, cons,
+                   score_part, n_high, n_low):
     """Steps 1-2: the consensus C of every voting pixel, one row at a time, and the score
     terms of every candidate patch.
 
@@ -210,7 +210,8 @@ def consensus_rows(patches, cand, cflat, row_start, slot, bands, n_workers, slab
     (y, z, x)), so every C is the same float32 value. Then the pairs (u, v), v after u, of
     every centre add their score terms to ``score_part[band, i - slab_start[band]]``
     (float64; a band's centres are those within ``ry`` rows of it), so the scores do not
-    depend on the number of workers. ``n_high`` / ``n_low`` get |H_c| and |L_c|.
+    depend on the number of workers. ``n_high`` / ``n_low`` get |H_c| and |L_c|. All
+    candidates have coordinates that are multiples of ``step``.
     """
     Z, Y, X = vmask.shape[0] - 2 * r[0], vmask.shape[1] - 2 * r[1], vmask.shape[2] - 2 * r[2]
     pz, py, px = pshape[0], pshape[1], pshape[2]
@@ -236,16 +237,23 @@ def consensus_rows(patches, cand, cflat, row_start, slot, bands, n_workers, slab
                                          rspan[cy % R], n_high, n_low)
                         ring_y[cy % R] = cy
                 _consensus_of_row(y, Z, Y, X, r, pshape, fshape, half, th, bg, th2, inv_norm,
-                                  height, slot, row_start, vidx, ring, rcls, rspan, crow, cons,
+                                  height, step, slot, row_start, vidx, ring, rcls, rspan, crow, cons,
                                   part,
                                   slab_start[band])
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _first(lo, step):
+    """The first multiple of ``step`` that is >= max(lo, 0)."""
+    return 0 if lo <= 0 else (lo + step - 1) // step * step
+
+
 @njit(cache=True, nogil=True)
-def _consensus_of_row(y, Z, Y, X, r, pshape, fshape, half, th, bg, th2, inv_norm, height, slot,
-                      row_start, vidx, ring, rcls, rspan, crow, cons, part, part_start):
+def _consensus_of_row(y, Z, Y, X, r, pshape, fshape, half, th, bg, th2, inv_norm, height, step,
+                      slot, row_start, vidx, ring, rcls, rspan, crow, cons, part, part_start):
     """Consensus rows and score terms of the voting pixels of image row y (see
-    :func:`consensus_rows`)."""
+    :func:`consensus_rows`). Candidate centres lie on a grid of spacing ``step`` (the fast
+    mode's stride, else 1), so only grid positions are looked up."""
     py, px = pshape[1], pshape[2]
     R = 2 * r[1] + 1
     n_cols = cons.shape[1]
@@ -258,11 +266,11 @@ def _consensus_of_row(y, Z, Y, X, r, pshape, fshape, half, th, bg, th2, inv_norm
             srow[:] = 0.0
             crow[:] = 0
             for parity in range(2):
-                for cy in range(max(0, y - r[1]), min(Y, y + r[1] + 1)):
+                for cy in range(_first(y - r[1], step), min(Y, y + r[1] + 1), step):
                     if (cy // height) % 2 != parity:
                         continue
-                    for cz in range(max(0, z - r[0]), min(Z, z + r[0] + 1)):
-                        for cx in range(max(0, x - r[2]), min(X, x + r[2] + 1)):
+                    for cz in range(_first(z - r[0], step), min(Z, z + r[0] + 1), step):
+                        for cx in range(_first(x - r[2], step), min(X, x + r[2] + 1), step):
                             j = slot[cz, cy, cx]
                             if j < 0:
                                 continue
@@ -276,9 +284,9 @@ def _consensus_of_row(y, Z, Y, X, r, pshape, fshape, half, th, bg, th2, inv_norm
                     srow[col] = srow[col] / crow[col]
                 else:
                     srow[col] = np.nan
-            for cy in range(max(0, y - r[1]), min(Y, y + r[1] + 1)):
-                for cz in range(max(0, z - r[0]), min(Z, z + r[0] + 1)):
-                    for cx in range(max(0, x - r[2]), min(X, x + r[2] + 1)):
+            for cy in range(_first(y - r[1], step), min(Y, y + r[1] + 1), step):
+                for cz in range(_first(z - r[0], step), min(Z, z + r[0] + 1), step):
+                    for cx in range(_first(x - r[2], step), min(X, x + r[2] + 1), step):
                         j = slot[cz, cy, cx]
                         if j < 0:
                             continue

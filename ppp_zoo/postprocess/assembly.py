@@ -249,6 +249,7 @@ def compute_consensus(prep: _Prepared, cand_flat: np.ndarray) -> Consensus:
     n_high = np.empty(len(by_row), np.int64)
     n_low = np.empty(len(by_row), np.int64)
     height = max(2 * ry, 1)  # stripes of the per-patch formulation: the order of the votes
+    step = prep.params.fast_stride if prep.params.fast else 1  # the candidates' grid
     # each worker holds a ring of pitched patches; together they stay within the memory of
     # a vote count per consensus entry, which the row-by-row pass does not need
     pitched = int(np.prod(geo.patchshape[:2])) * int(prep.fshape[2])  # one pitched patch
@@ -258,7 +259,7 @@ def compute_consensus(prep: _Prepared, cand_flat: np.ndarray) -> Consensus:
     K.consensus_rows(prep.patches, by_row, np.ascontiguousarray(cand_flat[order]), row_start,
                      slot, bands, n_workers, slab_start, max_row, prep.offs, prep.r,
                      prep.pshape, prep.fshape, n_cols, prep.vmask, prep.vidx, prep.th, prep.bg,
-                     height, cons, score_part, n_high, n_low)
+                     height, step, cons, score_part, n_high, n_low)
     scores_by_row = np.empty(len(by_row), np.float64)
     K.finish_scores(score_part, slab_start, slab_end, n_high, n_low, scores_by_row)
     scores = np.empty(len(cand_flat), np.float64)
