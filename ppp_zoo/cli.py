@@ -618,6 +618,7 @@ def export_command(
     checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Checkpoint (.pt) written by 'ppp-zoo train'.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Model package to write (.zip, or a folder with --folder).")],
     name: Annotated[Optional[str], typer.Option(help="Model name (default: from variant, dimensions and data).")] = None,
+    nickname: Annotated[Optional[str], typer.Option(help="Short id that deepImageJ lists the model by: lowercase letters, digits, - and _ (default: from the name).")] = None,
     author: Annotated[Optional[list[str]], typer.Option("--author", help="Author name; repeat for several.")] = None,
     formats: Annotated[str, typer.Option(help="Weight formats, comma-separated.")] = "torchscript,onnx",
     folder: Annotated[bool, typer.Option(help="Write an unpacked folder instead of a zip.")] = False,
@@ -628,7 +629,8 @@ def export_command(
     from .export import export_model
 
     recorded = _read_metrics(metrics) if metrics is not None else None
-    result = export_model(checkpoint, output, name=name, authors=author, formats=formats,
+    result = export_model(checkpoint, output, name=name, nickname=nickname, authors=author,
+                          formats=formats,
                           folder=folder, metrics=recorded,
                           progress=_step_progress if _interactive() else None)
     if json_out:

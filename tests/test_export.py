@@ -347,12 +347,16 @@ def test_cli_export_folder_and_validate(exported, tmp_path):
     out = tmp_path / "model"
     result = runner.invoke(app, ["export", "--checkpoint", ckpt, "-o", str(out), "--folder",
                                  "--formats", "onnx", "--author", "A. Person",
-                                 "--name", "tiny test model"])
+                                 "--name", "tiny test model", "--nickname", "tiny-nuclei"])
     assert result.exit_code == 0, result.output
     assert "MB" in result.output and " s" in result.output
     assert "onnx          | passed" in result.output
     assert (out / "rdf.yaml").is_file() and not (out / "weights_torchscript.pt").exists()
     assert "A. Person" in (out / "rdf.yaml").read_text()
+    assert "nickname: tiny-nuclei" in (out / "rdf.yaml").read_text()
+    bad = runner.invoke(app, ["export", "--checkpoint", ckpt, "-o", str(tmp_path / "m.zip"),
+                              "--nickname", "Tiny Model"])
+    assert "nickname 'Tiny Model'" in _error_line(bad) and not (tmp_path / "m.zip").exists()
     result = runner.invoke(app, ["validate", str(out)])
     assert result.exit_code == 0, result.output
     assert "weight format | status" in result.output and "onnx          | passed" in result.output
