@@ -153,7 +153,7 @@ def accumulate_votes(patches, centres, cflat, stripes, parity, offs, r, pshape, 
 def per_patch_consensus(prep, cand_flat):
     """Consensus values (NaN where undefined) of the per-patch formulation.
 
-    prep is an assembly._Prepared; the result has the layout of
+    prep is an assembly.Prepared; the result has the layout of
     Consensus.values.
     """
     geo = prep.geo

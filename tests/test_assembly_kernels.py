@@ -76,7 +76,7 @@ def _prepare(name):
     patches = np.ascontiguousarray(patches, np.float32)
     cls = A.foreground_classes(numinst, patches, params)
     cand = np.flatnonzero(A.candidate_mask(cls, params))
-    return numinst, patches, params, cls, cand, A._Prepared(patches, cls, params)
+    return numinst, patches, params, cls, cand, A.Prepared(patches, cls, params)
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -100,7 +100,7 @@ def test_independent_of_threads_and_bands(name, monkeypatch):
             numba.set_num_threads(n_threads)
             monkeypatch.setattr(A, "BAND_ROWS", band_rows)
             cons = A.compute_consensus(prep, cand)
-            ranked, _ = A.rank_patches(prep, cand, cons)
+            ranked, _ = A.rank_patches(cand, cons)
             sel = A.cover_foreground(prep, ranked)
             edges, weights = A.patch_graph(prep, sel, cons)
             runs.append((cons, ranked, edges, weights, A.assemble(numinst, patches, params)))
@@ -133,7 +133,7 @@ def test_larger_images_match_reference(name, monkeypatch):
     ref_sc = R.ref_scores(patches, cls, cand.tolist(), ref_cons, params)
     np.testing.assert_allclose(cons.scores, [ref_sc[c][0] for c in cand.tolist()], atol=TOL)
     assert cons.n_high.tolist() == [ref_sc[c][1] for c in cand.tolist()]
-    ranked, _ = A.rank_patches(prep, cand, cons)
+    ranked, _ = A.rank_patches(cand, cons)
     sel = A.cover_foreground(prep, ranked)
     edges, weights = A.patch_graph(prep, sel, cons)
     assert len(edges) > 2 * len(sel)  # patches with several neighbours

@@ -190,7 +190,7 @@ def test_steps_match_reference(name):
     assert len(cand) > 0
 
     # step 1: consensus
-    prep = A._Prepared(patches, cls, params)
+    prep = A.Prepared(patches, cls, params)
     cons = A.compute_consensus(prep, cand)
     got_cons = cons.to_dict()
     ref_cons = R.ref_consensus(patches, cls, cand.tolist(), params)
@@ -210,7 +210,7 @@ def test_steps_match_reference(name):
 
     # step 2: scores and ranking
     ref_sc = R.ref_scores(patches, cls, cand.tolist(), ref_cons, params)
-    ranked, scores = A.rank_patches(prep, cand, cons)
+    ranked, scores = A.rank_patches(cand, cons)
     assert sorted(ranked.tolist()) == cand.tolist()
     got_sc = dict(zip(ranked.tolist(), scores.tolist()))
     _assert_close_dicts(got_sc, {c: s for c, (s, _) in ref_sc.items()}, "scores")
@@ -324,7 +324,7 @@ def test_hand_computed_consensus_and_steps():
     cls = A.foreground_classes(numinst, patches, params)
     assert cls.tolist() == [[1, 1, 1, 1, 1]]
     cand = np.flatnonzero(A.candidate_mask(cls, params))
-    prep = A._Prepared(patches, cls, params)
+    prep = A.Prepared(patches, cls, params)
     cons = A.compute_consensus(prep, cand)
     _assert_close_dicts(cons.to_dict(), want, "hand consensus")
     _assert_close_dicts(R.ref_consensus(patches, cls, cand.tolist(), params), want,
@@ -334,7 +334,7 @@ def test_hand_computed_consensus_and_steps():
 
     # scores: c=0: a; c=1: mean(a, -b, a); c=2: 1; c=3: mean(1, 1, 1); c=4: -1
     want_scores = {0: a, 1: (2 * a - b) / 3, 2: 1.0, 3: 1.0, 4: -1.0}
-    ranked, scores = A.rank_patches(prep, cand, cons)
+    ranked, scores = A.rank_patches(cand, cons)
     _assert_close_dicts(dict(zip(ranked.tolist(), scores.tolist())), want_scores, "hand scores")
     assert set(ranked[:2].tolist()) == {2, 3}  # tie (score 1, |H| = 2): broken by the hash
     assert ranked[2:].tolist() == [0, 1, 4]
@@ -368,9 +368,9 @@ def test_ideal_ties_ranked_by_size(th):
     params = AssemblyParams(patchshape=(3, 3), patch_threshold=th)
     cls = A.foreground_classes(numinst, patches, params)
     cand = np.flatnonzero(A.candidate_mask(cls, params))
-    prep = A._Prepared(patches, cls, params)
+    prep = A.Prepared(patches, cls, params)
     cons = A.compute_consensus(prep, cand)
-    ranked, _ = A.rank_patches(prep, cand, cons)
+    ranked, _ = A.rank_patches(cand, cons)
     ref_cons = R.ref_consensus(patches, cls, cand.tolist(), params)
     assert set(ref_cons.values()) == {1.0}
     want = R.ref_ranking(R.ref_scores(patches, cls, cand.tolist(), ref_cons, params))
@@ -386,7 +386,7 @@ def test_overlapping_empty_component_is_dropped():
     for overlapping in (False, True):
         params = AssemblyParams(patchshape=(1, 3), overlapping=overlapping)
         cls = A.foreground_classes(numinst, patches, params)
-        prep = A._Prepared(patches, cls, params)
+        prep = A.Prepared(patches, cls, params)
         out = A.label_instances(prep, np.array(sel), comp)
         np.testing.assert_array_equal(out, R.ref_label(patches, cls, sel, comp, params))
         assert (len(out) if overlapping else out.max()) == 2

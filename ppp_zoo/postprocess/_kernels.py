@@ -1,6 +1,6 @@
 """numba kernels of the instance assembly.
 
-Common preconditions (guaranteed by the wrappers in ``assemble.py``):
+Common preconditions (guaranteed by the wrappers in ``assembly.py``):
 
 - Everything is 3D: a 2D problem is a 3D one with Z = 1 and a patch depth of 1.
 - ``patches`` is C-contiguous float32 of shape (P, N), N = Z * Y * X (unpadded raster order).
@@ -347,7 +347,7 @@ def foreground_cover(patches, centres, cflat, offs, r, fgmask, fc, covered, sele
 def candidate_edges(centres, patchshape):
     """Pairs (a < b) of centres closer than ``2 * patchshape`` on every axis.
 
-    ``centres`` must be sorted by y, then any order; returns an (E, 2) int64 array.
+    ``centres`` (n, 3) in any order (sorted by y here); returns an (E, 2) int64 array.
     """
     n = centres.shape[0]
     cap = 16 * n + 16

@@ -15,6 +15,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from . import _kernels as K
+from .labels import relabel_consecutive
 from .params import AssemblyParams
 
 ProgressCallback = Optional[Callable[[str], None]]
@@ -56,14 +57,6 @@ class Geometry:
     @property
     def n_columns(self) -> int:
         return int(np.prod(self.fullshape)) // 2
-
-    def pair_table(self) -> np.ndarray:
-        """(P, P) int32 consensus column of offset ``o_l - o_k`` for l > k (-1 otherwise)."""
-        offs = self.offsets
-        d = offs[None, :, :] - offs[:, None, :] + 2 * self.r
-        g = np.ravel_multi_index(tuple(np.moveaxis(d, -1, 0)), tuple(self.fullshape))
-        col = g - self.n_columns - 1
-        return np.where(col >= 0, col, -1).astype(np.int32)
 
     def pad(self, arr: np.ndarray, value=0) -> np.ndarray:
         r = self.r
@@ -192,8 +185,30 @@ class Consensus:
         return out
 
 
-class _Prepared:
-    """Arrays shared by the kernels, built once per assembly."""
+class Prepared:
+    """The state every assembly step reads, built once per assembly (by :func:`prepare`).
+
+    Parameters
+    ----------
+    patches : ndarray, float32, C-contiguous, shape (P, [Z,] Y, X)
+        Validated patch probabilities.
+    cls : ndarray, int8, shape ([Z,] Y, X)
+        Foreground classes (:func:`foreground_classes`).
+    params : AssemblyParams
+
+    Attributes
+    ----------
+    geo : Geometry
+        Image and patch geometry (as 3D; padded by the patch radius).
+    patches : ndarray, shape (P, n_pixels)
+        The patches, one column per pixel.
+    vmask, fgmask : ndarray of uint8
+        Padded voting (class 1) and foreground (class >= 1) masks.
+    vidx : ndarray of int32
+        Padded index of each voting pixel among the voting pixels (-1 elsewhere).
+    n_voting : int
+        Voting pixels.
+    """
 
     def __init__(self, patches, cls, params: AssemblyParams):
         geo = _geometry(cls.shape, params.patchshape)
@@ -220,12 +235,27 @@ class _Prepared:
                                     dtype=np.int64)
 
 
+def prepare(numinst, patches, params: AssemblyParams) -> tuple[Prepared, np.ndarray]:
+    """Validate the inputs and build the state of the steps: ``(Prepared, candidates)``,
+    the candidates being the flat indices of the candidate centres (step 0).
+
+    The steps :func:`compute_consensus`, :func:`rank_patches`, :func:`cover_foreground`,
+    :func:`patch_graph`, :func:`partition_graph` and :func:`label_instances` then run in
+    that order, as :func:`assemble` runs them.
+    """
+    numinst, patches = _validate_inputs(numinst, patches, params)
+    patches = np.ascontiguousarray(patches, dtype=np.float32)
+    cls = foreground_classes(numinst, patches, params)
+    cand_flat = np.flatnonzero(candidate_mask(cls, params)).astype(np.int64)
+    return Prepared(patches, cls, params), cand_flat
+
+
 #: pixel rows per band of the consensus pass (fixed, so that the float64 score sums do not
 #: depend on the number of threads)
 BAND_ROWS = 16
 
 
-def compute_consensus(prep: _Prepared, cand_flat: np.ndarray) -> Consensus:
+def compute_consensus(prep: Prepared, cand_flat: np.ndarray) -> Consensus:
     """Steps 1-2: accumulate every candidate's votes, then score every candidate patch."""
     geo = prep.geo
     n_cols = geo.n_columns
@@ -269,7 +299,7 @@ def compute_consensus(prep: _Prepared, cand_flat: np.ndarray) -> Consensus:
     return Consensus(cons, prep.vidx, geo, scores, high)
 
 
-def rank_patches(prep: _Prepared, cand_flat: np.ndarray, consensus: Consensus):
+def rank_patches(cand_flat: np.ndarray, consensus: Consensus):
     """Step 2: order the candidates best first; returns (flat centres, rounded scores).
 
     Scores are rounded to ``SCORE_DECIMALS`` decimals first, so that values equal up to
@@ -290,7 +320,7 @@ def _tie_key(flat: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
-def cover_foreground(prep: _Prepared, ranked_flat: np.ndarray) -> np.ndarray:
+def cover_foreground(prep: Prepared, ranked_flat: np.ndarray) -> np.ndarray:
     """Step 3: greedy foreground cover; returns the flat centres of the selected patches."""
     centres = prep.centres_of(ranked_flat)
     covered = np.zeros_like(prep.fgmask)
@@ -301,7 +331,7 @@ def cover_foreground(prep: _Prepared, ranked_flat: np.ndarray) -> np.ndarray:
     return ranked_flat[selected[:m]]
 
 
-def patch_graph(prep: _Prepared, selected_flat: np.ndarray, consensus: Consensus):
+def patch_graph(prep: Prepared, selected_flat: np.ndarray, consensus: Consensus):
     """Steps 4-5: candidate edges between selected patches and their consensus weights.
 
     Returns ``(edges, weights)``: (E, 2) int64 node indices (a < b, into ``selected_flat``)
@@ -388,7 +418,7 @@ def _mutex_watershed(n_nodes: int, edges: np.ndarray, weights: np.ndarray) -> np
     return np.array([find(i) for i in range(n_nodes)], np.int64)
 
 
-def label_instances(prep: _Prepared, selected_flat: np.ndarray, comp: np.ndarray) -> np.ndarray:
+def label_instances(prep: Prepared, selected_flat: np.ndarray, comp: np.ndarray) -> np.ndarray:
     """Step 7: paint the instances; label image, or (N, ...) bool masks when overlapping."""
     params = prep.params
     geo = prep.geo
@@ -414,11 +444,9 @@ def label_instances(prep: _Prepared, selected_flat: np.ndarray, comp: np.ndarray
 
 def _remove_small_and_relabel(labels: np.ndarray, min_size: int) -> np.ndarray:
     sizes = np.bincount(labels.reshape(-1))
-    keep = sizes >= max(min_size, 1)
-    keep[0] = False
-    new_ids = np.zeros(len(sizes), np.int32)
-    new_ids[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    return new_ids[labels]
+    small = sizes < max(min_size, 1)
+    small[0] = True
+    return relabel_consecutive(np.where(small[labels], 0, labels), np.int32)
 
 
 # --------------------------------------------------------------------------- public
@@ -513,7 +541,7 @@ def assemble(numinst, patches, params: AssemblyParams, *, progress: ProgressCall
         patches = np.ascontiguousarray(patches, dtype=np.float32)
     cls = foreground_classes(numinst, patches, params)
     cand_flat = np.flatnonzero(candidate_mask(cls, params)).astype(np.int64)
-    prep = _Prepared(patches, cls, params)
+    prep = Prepared(patches, cls, params)
     done("foreground")
     spatial = patches.shape[1:]
     if cand_flat.size == 0:
@@ -525,7 +553,7 @@ def assemble(numinst, patches, params: AssemblyParams, *, progress: ProgressCall
     consensus = compute_consensus(prep, cand_flat)
     done("consensus+scores")
     step("ranking")
-    ranked, _scores = rank_patches(prep, cand_flat, consensus)
+    ranked, _scores = rank_patches(cand_flat, consensus)
     done("ranking")
     step("cover")
     selected = cover_foreground(prep, ranked)

@@ -295,9 +295,11 @@ def decode_codes(decoder: Decoder, codes: np.ndarray) -> np.ndarray:
 
 
 def voting_mask(numinst: np.ndarray, params: AssemblyParams) -> np.ndarray:
-    """Pixels of numinst class 1 (the ones whose patches the assembly reads)."""
-    t1, t2 = params.numinst_thresholds
-    return (numinst[1] > t1) & ~(numinst[2] > t2)
+    """Pixels of numinst class 1 (the ones whose patches the assembly reads), by the rule
+    of :func:`~ppp_zoo.postprocess.assembly.foreground_classes`."""
+    from .assembly import foreground_classes
+
+    return foreground_classes(numinst, None, params) == 1
 
 
 PixelDecoder = Union[Decoder, PatchHead]
