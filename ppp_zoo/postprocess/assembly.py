@@ -208,11 +208,14 @@ class Prepared:
         Padded index of each voting pixel among the voting pixels (-1 elsewhere).
     n_voting : int
         Voting pixels.
+    spatial : tuple of int
+        The image's space shape.
     """
 
     def __init__(self, patches, cls, params: AssemblyParams):
         geo = _geometry(cls.shape, params.patchshape)
         self.geo = geo
+        self.spatial = tuple(int(n) for n in cls.shape)
         self.params = params
         self.patches = patches.reshape(patches.shape[0], -1)
         cls3 = cls.reshape(geo.shape)
@@ -525,7 +528,6 @@ def assemble(numinst, patches, params: AssemblyParams, *, progress: ProgressCall
     >>> int(out.max()), bool((out > 0).sum() == (labels > 0).sum())
     (3, True)
     """
-    numinst, patches = _validate_inputs(numinst, patches, params)
     timings: dict[str, float] = {}
 
     def step(name: str):
@@ -537,13 +539,9 @@ def assemble(numinst, patches, params: AssemblyParams, *, progress: ProgressCall
         timings[name] = time.perf_counter() - timings[name]
 
     step("foreground")
-    if patches.dtype != np.float32 or not patches.flags.c_contiguous:
-        patches = np.ascontiguousarray(patches, dtype=np.float32)
-    cls = foreground_classes(numinst, patches, params)
-    cand_flat = np.flatnonzero(candidate_mask(cls, params)).astype(np.int64)
-    prep = Prepared(patches, cls, params)
+    prep, cand_flat = prepare(numinst, patches, params)
     done("foreground")
-    spatial = patches.shape[1:]
+    spatial = prep.spatial
     if cand_flat.size == 0:
         empty = np.zeros((0,) + spatial, bool) if params.overlapping else np.zeros(spatial, np.int32)
         result = AssemblyResult(empty, 0, 0, 0, 0, timings)
