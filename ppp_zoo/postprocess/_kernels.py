@@ -491,31 +491,25 @@ def edge_weight_parts(centres, offs, hmask, hspan, nbr_start, nbr_node, nbr_slot
 
 
 @njit(cache=True)
-def paint_labels(patches, centres, cflat, comp, offs, r, mask, th, labels):
-    """Paint {P > th} & mask of each patch with its component id, in the given order."""
+def paint(patches, centres, cflat, comp, offs, r, mask, th, out):
+    """Paint {P > th} & mask of each patch, in the given order, into ``out``.
+
+    ``out`` (L, Z, Y, X): with one layer (L == 1) a label image, each patch writing its
+    component id (later patches win); with one layer per component, a mask stack, each patch
+    setting its component's mask (``comp - 1``) to 1.
+    """
     P = offs.shape[0]
+    stack = out.shape[0] > 1
     for i in range(centres.shape[0]):
         c = centres[i]
+        layer = comp[i] - 1 if stack else 0
+        value = 1 if stack else comp[i]
         for k in range(P):
             z = c[0] + offs[k, 0] + r[0]
             y = c[1] + offs[k, 1] + r[1]
             x = c[2] + offs[k, 2] + r[2]
             if mask[z, y, x] != 0 and patches[k, cflat[i]] > th:
-                labels[z, y, x] = comp[i]
-
-
-@njit(cache=True)
-def paint_masks(patches, centres, cflat, comp, offs, r, mask, th, masks):
-    """Union of {P > th} & mask of each patch into the mask of its component (id - 1)."""
-    P = offs.shape[0]
-    for i in range(centres.shape[0]):
-        c = centres[i]
-        for k in range(P):
-            z = c[0] + offs[k, 0] + r[0]
-            y = c[1] + offs[k, 1] + r[1]
-            x = c[2] + offs[k, 2] + r[2]
-            if mask[z, y, x] != 0 and patches[k, cflat[i]] > th:
-                masks[comp[i] - 1, z, y, x] = 1
+                out[layer, z, y, x] = value
 
 
 @njit(cache=True)

@@ -430,18 +430,19 @@ def label_instances(prep: Prepared, selected_flat: np.ndarray, comp: np.ndarray)
     cflat = np.ascontiguousarray(selected_flat, np.int64)
     n_comp = int(comp.max()) if comp.size else 0
     if params.overlapping:
-        masks = np.zeros((n_comp,) + geo.padded_shape, np.uint8)
-        K.paint_masks(prep.patches, centres, cflat, comp.astype(np.int64), prep.offs, prep.r,
-                      mask, prep.th, masks)
-        masks = geo.unpad(masks).astype(bool)
+        # one layer per component (at least two, so the kernel paints a stack)
+        masks = np.zeros((max(n_comp, 2),) + geo.padded_shape, np.uint8)
+        K.paint(prep.patches, centres, cflat, comp.astype(np.int64), prep.offs, prep.r,
+                mask, prep.th, masks)
+        masks = geo.unpad(masks[:n_comp]).astype(bool)
         sizes = masks.reshape(n_comp, -1).sum(axis=1)
         return masks[sizes >= max(params.min_size, 1)]
-    labels = np.zeros(geo.padded_shape, np.int32)
+    labels = np.zeros((1,) + geo.padded_shape, np.int32)
     rev = slice(None, None, -1)  # worst-ranked first, so the best patches are painted last
-    K.paint_labels(prep.patches, np.ascontiguousarray(centres[rev]), np.ascontiguousarray(cflat[rev]),
-                   np.ascontiguousarray(comp[rev].astype(np.int64)), prep.offs, prep.r, mask,
-                   prep.th, labels)
-    labels = np.ascontiguousarray(geo.unpad(labels))
+    K.paint(prep.patches, np.ascontiguousarray(centres[rev]), np.ascontiguousarray(cflat[rev]),
+            np.ascontiguousarray(comp[rev].astype(np.int64)), prep.offs, prep.r, mask,
+            prep.th, labels)
+    labels = np.ascontiguousarray(geo.unpad(labels[0]))
     return _remove_small_and_relabel(labels, params.min_size)
 
 
