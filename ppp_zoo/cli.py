@@ -153,6 +153,8 @@ def postprocess(
     block: Annotated[Optional[str], typer.Option(help="Assemble in blocks of this core size (e.g. 256x256) and stitch: bounded memory for large images.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary to stdout.")] = False,
     model: Annotated[Optional[Path], typer.Option("--model", help="Exported model package (.zip or folder): every parameter, and the decoding of its output, come from it; the options above override them.")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Assemble a zarr OUTPUTS array block by block on a local dask cluster of this many processes (needs the [dask] extra).")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(help="... or on the dask scheduler at this address.")] = None,
 ):
     """Assemble instances from PatchPerPix outputs (numinst + patches), or from a model's raw
     output with --model."""
@@ -163,6 +165,9 @@ def postprocess(
 
     changes = dict(patch_threshold=patch_threshold, fc_threshold=fc_threshold,
                    partition=partition, min_size=min_size, fast=fast, overlapping=overlapping)
+    if _is_zarr(str(outputs)) or workers or scheduler:
+        return _postprocess_blocks(outputs, output, model, patchshape, changes, block,
+                                   workers=workers, scheduler=scheduler, json_out=json_out)
     if model is not None:
         numinst, patches, params = _load_outputs_for_model(outputs, model, patchshape, changes,
                                                            lazy=block is not None)
@@ -192,6 +197,53 @@ def postprocess(
     else:
         _status(f"wrote {output}: {summary['n_instances']} instances "
                 f"({sum(summary['timings'].values()):.2f} s)")
+
+
+def _postprocess_blocks(outputs: Path, output: Path, model: Optional[Path],
+                        patchshape: Optional[str], changes: dict, block: Optional[str], *,
+                        workers, scheduler, json_out: bool) -> None:
+    """Raw outputs stored in zarr, assembled block by block on dask.distributed."""
+    import dataclasses
+
+    from .io import open_image_source
+    from .postprocess import AssemblyParams, load_model_params, parse_shape
+    from .runtime.distributed import assemble_distributed
+
+    if workers and scheduler:
+        raise UserError("give --workers or --scheduler, not both")
+    if model is not None:
+        params = load_model_params(model)
+        params = dataclasses.replace(params, assembly=params.assembly.replace(**changes))
+        channels = params.n_output_channels
+    elif patchshape is not None:
+        params = AssemblyParams(patchshape=parse_shape(patchshape)).replace(**changes)
+        channels = 3 + int(np.prod(params.patchshape))
+    else:
+        raise UserError(f"{outputs}: pass --model (or --patchshape for numinst and patches "
+                        "stacked on the first axis)")
+    source = open_image_source(outputs)
+    ndim = (params.assembly if model is not None else params).ndim
+    if "c" not in source.axes and len(source.shape) == ndim + 1:
+        # a plain array without axis metadata: the model's output, channels first
+        source = dataclasses.replace(source, axes="c" + "zyx"[3 - ndim:])
+    if source.channels != channels or len(source.space_shape) != ndim:
+        raise UserError(f"{outputs}: shape {tuple(source.shape)} (axes {source.axes}), "
+                        f"expected ({channels}, {'Z, ' if ndim == 3 else ''}Y, X): the "
+                        "output of this model, channels first")
+    if output.suffix.lower() not in (".zarr", ".tif", ".tiff"):
+        raise UserError(f"{output}: block-wise assembly writes .zarr (OME-Zarr labels) or .tif")
+    with _BlockProgress(enabled=_interactive()) as progress:
+        result = assemble_distributed(source, output, params,
+                                      block=parse_shape(block) if block else None,
+                                      workers=workers, scheduler=scheduler, progress=progress)
+    summary = {"output": str(output), "n_instances": result.n_instances,
+               "n_blocks": result.n_blocks, "workers": result.workers,
+               "timings": {k: round(v, 4) for k, v in result.timings.items()}}
+    if json_out:
+        typer.echo(json.dumps(summary))
+    else:
+        _status(f"wrote {output}: {result.n_instances} instances ({result.n_blocks} blocks, "
+                f"{result.workers} workers)")
 
 
 def _load_outputs_for_model(path: Path, model: Path, patchshape: Optional[str],

@@ -229,3 +229,39 @@ def test_cli_bad_level_and_missing_extra_are_one_error_line(image_zarr, tmp_path
                                    str(tmp_path / "o.zarr")])
     assert res.exit_code == 1 and 'pip install "ppp-zoo[dask]"' in res.output
     assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "o.zarr").exists()
+
+
+def test_postprocess_assembles_a_model_output_stored_in_zarr(dsb_sample, client, tmp_path):
+    """The default model's output (numinst + features, as `segment --save-outputs` keeps it)
+    stored as a zarr array: `postprocess --model --workers 2` decodes and assembles it block
+    by block, and agrees with the whole-image assembly."""
+    from typer.testing import CliRunner
+
+    from ppp_zoo.cli import app
+    from ppp_zoo.runtime import segment_image
+    from ppp_zoo.runtime.models import embedded_model_path
+
+    package = embedded_model_path()
+    image = dsb_sample[0][:, 256:]
+    result = segment_image(package, image, keep_outputs=True, device="cpu")
+    prediction = result.outputs["prediction"]
+    store = tmp_path / "prediction.zarr"
+    z = zarr.open_array(str(store), mode="w", shape=prediction.shape, dtype="float32",
+                        chunks=(prediction.shape[0], 128, 128))
+    z[...] = prediction
+    out = tmp_path / "labels.tif"
+    res = CliRunner().invoke(app, ["postprocess", str(store), "--model", str(package),
+                                   "--workers", "2", "--block", "128x128", "--json",
+                                   "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["n_blocks"] == 8 and summary["n_instances"] > 50
+    import tifffile
+
+    labels = tifffile.imread(out)
+    assert labels.shape == image.shape
+    assert evaluate_image(labels, result.labels).ap["0.9"] >= 0.98
+    wrong = CliRunner().invoke(app, ["postprocess", str(store), "--patchshape", "5x5",
+                                     "-o", str(tmp_path / "l.tif")])
+    assert wrong.exit_code == 1 and "expected (28, Y, X)" in wrong.stderr
+    assert not (tmp_path / "l.tif").exists()

@@ -151,16 +151,28 @@ class SegmentBlocks:
 
 @dataclasses.dataclass(frozen=True)
 class AssembleBlocks:
-    """Block function: :func:`~ppp_zoo.postprocess.assemble` of raw outputs, the block
-    given as ``(numinst (3, ...), patches (P, ...))`` stacked on the channel axis."""
+    """Block function: :func:`~ppp_zoo.postprocess.assemble` of raw outputs.
+
+    With :class:`~ppp_zoo.postprocess.AssemblyParams` the block is ``(numinst (3, ...),
+    patches (P, ...))`` stacked on the channel axis; with a model package's
+    :class:`~ppp_zoo.postprocess.ModelParams` it is the model's output (numinst and features
+    for the current layout), decoded into patches block by block."""
 
     params: Any
 
     def __call__(self, block: np.ndarray) -> np.ndarray:
-        from ..postprocess import assemble
+        from ..postprocess import ModelParams, assemble
 
-        return assemble(np.ascontiguousarray(block[:3]),
-                        np.ascontiguousarray(block[3:], dtype=np.float32), self.params)
+        block = np.asarray(block, dtype=np.float32)
+        if isinstance(self.params, ModelParams):
+            model = self.params
+            numinst, values = model.split(block) if model.format >= 2 else \
+                (block[:3], block[3:])
+            numinst = np.ascontiguousarray(numinst)
+            return assemble(numinst, model.patches(numinst, np.ascontiguousarray(values)),
+                            model.assembly)
+        return assemble(np.ascontiguousarray(block[:3]), np.ascontiguousarray(block[3:]),
+                        self.params)
 
 
 # --------------------------------------------------------------------------- tasks
@@ -738,13 +750,24 @@ def segment_distributed(source: str | os.PathLike | ImageSource, output: str | o
 def assemble_distributed(source, output: str | os.PathLike, params, *,
                          block: Sequence[int] | None = None, name: str = "instances",
                          **kwargs) -> DistributedResult:
-    """Assemble raw outputs ``(numinst (3), patches (P))`` stacked on the channel axis of
-    ``source`` (a zarr array ``(3 + P, [Z,] Y, X)`` opened with
-    :func:`~ppp_zoo.io.open_image_source`, or any object with ``read``/``space_shape``)
-    block by block; see :func:`run_blocks` for ``output`` and ``kwargs``."""
-    patch = tuple(params.patchshape)
-    block = _validate_block(block, params.ndim, tuple(0 for _ in patch))
+    """Assemble raw outputs block by block: ``(numinst (3), patches (P))`` stacked on the
+    channel axis of ``source`` with :class:`~ppp_zoo.postprocess.AssemblyParams`, or a model
+    package's output (e.g. ``(3 + F, ...)``: numinst and features) with its
+    :class:`~ppp_zoo.postprocess.ModelParams`. ``source`` is a zarr array opened with
+    :func:`~ppp_zoo.io.open_image_source`, or any object with ``read``/``space_shape``; see
+    :func:`run_blocks` for ``output`` and ``kwargs``."""
+    assembly = getattr(params, "assembly", params)
+    if assembly.overlapping:
+        raise ValueError("block-wise assembly writes label images: use --no-overlapping")
+    patch = tuple(assembly.patchshape)
+    block = _validate_block(block, assembly.ndim, tuple(0 for _ in patch))
     strip = patch
-    pad = tuple(2 * p + s for p, s in zip(patch, strip))
+    # blocks start on the fast mode's voting grid, so that every block votes with the
+    # centres the whole image would
+    stride = assembly.fast_stride if assembly.fast else 1
+    pad = tuple(_round_up(2 * p + s, stride) for p, s in zip(patch, strip))
+    if any(b % stride for b in block):
+        raise ValueError(f"block {'x'.join(map(str, block))} must be a multiple of the fast "
+                         f"mode's stride {stride}")
     return run_blocks(source, AssembleBlocks(params), block=block, pad=pad, strip=strip,
                       output=output, name=name, **kwargs)
