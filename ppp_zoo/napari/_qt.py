@@ -11,8 +11,11 @@ from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
     QHBoxLayout,
+    QLabel,
     QLineEdit,
+    QProgressBar,
     QPushButton,
+    QVBoxLayout,
     QWidget,
 )
 
@@ -25,6 +28,34 @@ def notify_error(message: str) -> None:
 
 def notify_info(message: str) -> None:
     show_info(message)
+
+
+def run_controls(label: str, run, cancel):
+    """The controls under both dock widgets' forms: a ``label`` button calling ``run`` and a
+    disabled Cancel button calling ``cancel`` side by side, an idle progress bar, and a
+    wrapping status line.
+
+    Returns ``(run_button, cancel_button, progress, status_label, box)``; ``box`` is the
+    layout holding them all.
+    """
+    run_button = QPushButton(label)
+    run_button.clicked.connect(run)
+    cancel_button = QPushButton("Cancel")
+    cancel_button.setEnabled(False)
+    cancel_button.clicked.connect(cancel)
+    buttons = QHBoxLayout()
+    buttons.addWidget(run_button)
+    buttons.addWidget(cancel_button)
+    progress = QProgressBar()
+    progress.setRange(0, 1)
+    progress.setValue(0)
+    status_label = QLabel()
+    status_label.setWordWrap(True)
+    box = QVBoxLayout()
+    box.addLayout(buttons)
+    box.addWidget(progress)
+    box.addWidget(status_label)
+    return run_button, cancel_button, progress, status_label, box
 
 
 class Relay(QObject):

@@ -18,7 +18,6 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
-    QProgressBar,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
@@ -29,7 +28,14 @@ from ..postprocess.model_package import PackageError
 from ..runtime.models import embedded_model_path, embedded_models
 from ..runtime.package import ModelPackage, open_package
 from ..runtime.segment import InputError, SegmentResult, load_segmenter
-from ._qt import LayerBox, Relay, layer_array, notify_error, space_transform
+from ._qt import (
+    LayerBox,
+    Relay,
+    layer_array,
+    notify_error,
+    run_controls,
+    space_transform,
+)
 from .layers import label_planes
 
 MODES = {"as the package says": None, "fast": True, "exact": False}
@@ -115,19 +121,8 @@ class SegmentWidget(QWidget):
         self.tile_box.setSpecialValueText("auto")
         self.tile_box.setToolTip("Side of the inference tiles (auto: by the model's output size)")
 
-        self.run_button = QPushButton("Segment")
-        self.run_button.clicked.connect(self.run)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(self.cancel)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.cancel_button)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        self.status_label = QLabel()
-        self.status_label.setWordWrap(True)
+        (self.run_button, self.cancel_button, self.progress, self.status_label,
+         controls) = run_controls("Segment", self.run, self.cancel)
 
         form = QFormLayout()
         form.addRow("model", model_row)
@@ -138,9 +133,7 @@ class SegmentWidget(QWidget):
         form.addRow("tile", self.tile_box)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
-        layout.addLayout(buttons)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.status_label)
+        layout.addLayout(controls)
         layout.addStretch(1)
         self._update_hint()
 

@@ -20,10 +20,6 @@ from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
-    QHBoxLayout,
-    QLabel,
-    QProgressBar,
-    QPushButton,
     QVBoxLayout,
     QWidget,
 )
@@ -31,7 +27,7 @@ from qtpy.QtWidgets import (
 from ..config import Config, config_from_dict, load_config, load_preset, merge_config_dicts, preset_names
 from ..errors import SetupError
 from ..runtime.segment import segment_image
-from ._qt import LayerBox, PathField, Relay, layer_array, notify_error
+from ._qt import LayerBox, PathField, Relay, layer_array, notify_error, run_controls
 from ._segment import describe_result, result_layers
 from .layers import check_training_pair, write_training_folder
 
@@ -110,19 +106,8 @@ class TrainWidget(QWidget):
         self.validate_box = QCheckBox("test the package with bioimageio.core")
         self.validate_box.setChecked(True)
 
-        self.train_button = QPushButton("Train")
-        self.train_button.clicked.connect(self.run)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(self.cancel)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.train_button)
-        buttons.addWidget(self.cancel_button)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        self.status_label = QLabel()
-        self.status_label.setWordWrap(True)
+        (self.train_button, self.cancel_button, self.progress, self.status_label,
+         controls) = run_controls("Train", self.run, self.cancel)
 
         form = QFormLayout()
         form.addRow("image", self.image_box)
@@ -136,9 +121,7 @@ class TrainWidget(QWidget):
         form.addRow("", self.validate_box)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
-        layout.addLayout(buttons)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.status_label)
+        layout.addLayout(controls)
         self.canvas = self._make_plot()
         if self.canvas is not None:
             layout.addWidget(self.canvas, 1)
