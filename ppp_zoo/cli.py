@@ -213,16 +213,17 @@ def _postprocess_blocks(outputs: Path, output: Path, model: Optional[Path],
         raise UserError("give --workers or --scheduler, not both")
     if model is not None:
         params = load_model_params(model)
-        params = dataclasses.replace(params, assembly=params.assembly.replace(**changes))
+        assembly = params.assembly.replace(**changes)
+        params = dataclasses.replace(params, assembly=assembly)
         channels = params.n_output_channels
     elif patchshape is not None:
-        params = AssemblyParams(patchshape=parse_shape(patchshape)).replace(**changes)
-        channels = 3 + int(np.prod(params.patchshape))
+        params = assembly = AssemblyParams(patchshape=parse_shape(patchshape)).replace(**changes)
+        channels = 3 + int(np.prod(assembly.patchshape))
     else:
         raise UserError(f"{outputs}: pass --model (or --patchshape for numinst and patches "
                         "stacked on the first axis)")
     source = open_image_source(outputs)
-    ndim = (params.assembly if model is not None else params).ndim
+    ndim = assembly.ndim
     if "c" not in source.axes and len(source.shape) == ndim + 1:
         # a plain array without axis metadata: the model's output, channels first
         source = dataclasses.replace(source, axes="c" + "zyx"[3 - ndim:])
@@ -236,11 +237,8 @@ def _postprocess_blocks(outputs: Path, output: Path, model: Optional[Path],
         result = assemble_distributed(source, output, params,
                                       block=parse_shape(block) if block else None,
                                       workers=workers, scheduler=scheduler, progress=progress)
-    summary = {"output": str(output), "n_instances": result.n_instances,
-               "n_blocks": result.n_blocks, "workers": result.workers,
-               "timings": {k: round(v, 4) for k, v in result.timings.items()}}
     if json_out:
-        typer.echo(json.dumps(summary))
+        typer.echo(json.dumps(result.summary()))
     else:
         _status(f"wrote {output}: {result.n_instances} instances ({result.n_blocks} blocks, "
                 f"{result.workers} workers)")

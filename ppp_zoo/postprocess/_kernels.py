@@ -214,7 +214,7 @@ def consensus_rows(patches, cand, cflat, row_start, slot, bands, n_workers, slab
     candidates have coordinates that are multiples of ``step``.
     """
     Z, Y, X = vmask.shape[0] - 2 * r[0], vmask.shape[1] - 2 * r[1], vmask.shape[2] - 2 * r[2]
-    pz, py, px = pshape[0], pshape[1], pshape[2]
+    pz, py = pshape[0], pshape[1]
     R = 2 * r[1] + 1
     th2 = np.float32(th * th)
     inv_norm = np.float32(1.0 / (1.0 - th * th))

@@ -269,11 +269,11 @@ class ModelParams:
 
     def decode(self, numinst: np.ndarray, values: np.ndarray, *,
                memory_budget: int = DEFAULT_MEMORY_BUDGET) -> np.ndarray:
-        """Patches ``(P, ...)`` from the model's numinst and codes (or features)."""
+        """Patches ``(P, ...)`` from the model's numinst and codes (or features); like
+        :meth:`patches`, but an error for a model whose output is the patches."""
         if self.decoder is None:
             raise ValueError("this model outputs patches, it has no decoder")
-        return decode(numinst, values, self.decoder, self.assembly,
-                      memory_budget=memory_budget)
+        return self.patches(numinst, values, memory_budget=memory_budget)
 
 
 def model_params_from_info(info: dict, files: PackageFiles) -> ModelParams:

@@ -145,6 +145,11 @@ def _channel_count(tensor: dict, pkg: ModelPackage) -> int:
     return pkg.n_output_channels
 
 
+def _output_channels(pkg: ModelPackage) -> int:
+    """Channels of all output tensors together, as rdf.yaml declares them."""
+    return sum(_channel_count(o, pkg) for o in pkg.rdf.get("outputs") or [])
+
+
 def _tile_bytes(pkg: ModelPackage, side: dict[int, int]) -> tuple[tuple[int, ...], int]:
     """The tile a tool picks with target ``side`` (smallest ``min + n*step >= side``; fixed
     sizes as they are) and the bytes of all outputs for it (float32, batch 1)."""
@@ -152,8 +157,7 @@ def _tile_bytes(pkg: ModelPackage, side: dict[int, int]) -> tuple[tuple[int, ...
     for lo, step in zip(pkg.min_shape, pkg.step):
         target = side[pkg.ndim]
         tile.append(lo if step == 0 else lo + max(0, math.ceil((target - lo) / step)) * step)
-    channels = sum(_channel_count(o, pkg) for o in pkg.rdf.get("outputs") or [])
-    return tuple(tile), 4 * channels * math.prod(tile)
+    return tuple(tile), 4 * _output_channels(pkg) * math.prod(tile)
 
 
 def _row(tool: str, rule: str, passed: bool, detail: str, where: str) -> RuleResult:
@@ -302,7 +306,7 @@ def _deepimagej(pkg: ModelPackage) -> list[RuleResult]:
     if not pkg.weights:
         rows.append(_row("deepimagej", "weights", False, "no torchscript or onnx weights",
                          "JDLL engines"))
-    channels = sum(_channel_count(o, pkg) for o in rdf.get("outputs") or [])
+    channels = _output_channels(pkg)
     max_pixels = DEEPIMAGEJ_OUTPUT_BYTES // max(4 * channels, 1)
     rows.append(_row("deepimagej", "output of one tile < 2 GiB", max_pixels >=
                      DEEPIMAGEJ_ONE_TILE_PIXELS,
