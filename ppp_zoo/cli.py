@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -433,7 +434,7 @@ def segment(
     engine: Annotated[str, typer.Option(help="onnx (ONNX Runtime) or torchscript (needs PyTorch).")] = "onnx",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     tile: Annotated[Optional[str], typer.Option(help="Tile size for inference, e.g. 512x512 (rounded to a size the model accepts).")] = None,
-    scale: Annotated[float, typer.Option(min=0.01, max=100.0, help="Resample the images by this factor before the model (objects larger than in training: < 1); labels come back on the input grid.")] = 1.0,
+    scale: Annotated[str, typer.Option(help="'auto': measure the objects and resample so that they match the training size (one extra pass when they differ); or a factor (objects larger than in training: < 1). Labels come back on the input grid.")] = "auto",
     overlay: Annotated[bool, typer.Option(help="Also write <stem>_overlay.png: instance outlines over the image.")] = False,
     save_outputs: Annotated[bool, typer.Option(help="Also write <stem>_outputs.npz: the raw network outputs.")] = False,
     fast: Annotated[Optional[bool], typer.Option("--fast/--exact", help="Assemble in fast mode (stride-2 voting) or exact mode (default: as the model package says).", show_default=False)] = None,
@@ -455,9 +456,13 @@ def segment(
     from .runtime.models import resolve_model
 
     tile_shape = parse_shape(tile) if tile is not None else None
+    scale_value = _parse_scale(scale)
     model_path = resolve_model(model)
     inputs = list(inputs or [])
     if block or workers or scheduler or any(_is_zarr(i) for i in inputs):
+        if scale_value not in ("auto", 1.0):
+            raise UserError("--scale is not available block by block: resample the image "
+                            "first (blocks run at scale 1)")
         return _segment_blocks(inputs, output, model_path, parse_shape(block) if block else None,
                                workers=workers, scheduler=scheduler, level=level, name=name,
                                engine=engine, device=device, fast=fast, tile=tile_shape,
@@ -469,7 +474,7 @@ def segment(
     with _SegmentProgress(enabled=_interactive()) as progress:
         report = segment_files(
             inputs, output, model=model_path, engine=engine, device=device,
-            tile=tile_shape, scale=scale, fast=fast, overlay=overlay,
+            tile=tile_shape, scale=scale_value, fast=fast, overlay=overlay,
             save_outputs=save_outputs, hooks=progress.hooks(_segment_error, _segment_done))
     if report.device_note:
         _status(f"note: {report.device_note}")
@@ -478,6 +483,19 @@ def segment(
         typer.echo(json.dumps(report.to_dict()))
     if not report.ok:
         raise typer.Exit(code=1)
+
+
+def _parse_scale(text: str) -> float | str:
+    """``--scale``: 'auto' or a factor in [0.01, 100]."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        raise UserError(f"--scale must be 'auto' or a number, got {text!r}") from None
+    if not 0.01 <= value <= 100 or not math.isfinite(value):
+        raise UserError(f"--scale must lie in [0.01, 100], got {text}")
+    return value
 
 
 def _is_zarr(path: str) -> bool:
@@ -554,6 +572,10 @@ def _segment_done(name: str, entry: dict) -> list[str]:
     why = " (constant image)" if constant else ""
     seconds = sum(entry["timings"].values())
     lines = [f"wrote {entry['labels']}: {n} instance{'' if n == 1 else 's'}{why} ({seconds:.2f} s)"]
+    auto = entry.get("auto_scale")
+    if auto and auto.get("confident"):
+        lines.append(f"scale auto: {entry['scale']:g} (objects about {auto['diameter']:.0f} px "
+                     f"across, trained on {auto['trained_diameter']:.0f} px)")
     notes = entry["notes"][1:] if constant else entry["notes"]  # the first says "constant"
     return lines + [f"note: {name}: {note}" for note in notes]
 

@@ -43,7 +43,8 @@ try:
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-Source = Literal["dsb-sample", "synth-nuclei", "synth-worms", "folder"]
+Source = Literal["dsb-sample", "synth-nuclei", "synth-fluorescence-nuclei", "synth-worms",
+                 "folder"]
 NormalizeMode = Literal["percentile", "zero_mean_unit_variance"]
 VariantName = Literal["ppp", "ppp+dec"]
 
@@ -56,12 +57,20 @@ class DataConfig:
     """``[data]``: the training and validation images.
 
     ``source``: ``"dsb-sample"`` (the left half of the DSB 2018 crop; its right half is the
-    test set and is never used), ``"synth-nuclei"``, ``"synth-worms"`` (overlapping masks) or
-    ``"folder"`` (``path`` with ``images/`` and ``masks/``, see
+    test set and is never used), ``"synth-nuclei"`` (plain ellipses),
+    ``"synth-fluorescence-nuclei"`` (nuclei rendered like many microscopes, see
+    :func:`~ppp_zoo.data.synth_fluorescence_nuclei`), ``"synth-worms"`` (overlapping masks)
+    or ``"folder"`` (``path`` with ``images/`` and ``masks/``, see
     :class:`~ppp_zoo.data.FolderDataset`). ``val_strip``: dsb-sample only, the last columns
     of the left half held out for validation. ``val_fraction``: the other sources, the
     fraction of images (the last ones) held out. ``synth``: extra keyword arguments of the
     synthetic generator (e.g. ``n_nuclei``, ``length``).
+
+    ``synth_extra``: 2D nuclei sources, also train on this many 256 x 256
+    :func:`~ppp_zoo.data.synth_fluorescence_nuclei` images (seeded by ``seed``; ``synth``
+    holds their generator's arguments when the source itself is not synthetic), drawing a
+    ``synth_extra_fraction`` share of the training crops from them. They are never
+    validated on, and the recorded training object diameter stays that of the source.
     """
 
     source: Source = "synth-nuclei"
@@ -73,6 +82,8 @@ class DataConfig:
     val_fraction: float = 0.25
     val_strip: int = 48
     synth: dict = dataclasses.field(default_factory=dict)
+    synth_extra: int = 0
+    synth_extra_fraction: float = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +115,12 @@ class TrainConfig:
     angle in degrees of a random rotation in the Y/X plane; 0 turns it off),
     ``elastic_spacing``/``elastic_jitter`` (a random displacement with standard deviation
     ``elastic_jitter`` pixels on a control grid of this spacing, smoothly interpolated; a
-    jitter of 0 turns it off), mirrors and transposes, intensity scale and shift.
+    jitter of 0 turns it off), mirrors and transposes, intensity scale and shift. For
+    generalisation, each of these acts on a random half of the crops when enabled: ``zoom``
+    (objects resized by a factor log-uniform in [1/zoom, zoom], anti-aliased when
+    shrinking), ``gamma`` (intensity gamma log-uniform in [1/gamma, gamma]), ``blur``
+    (Gaussian blur, sigma uniform in [0, blur] pixels) and ``noise`` (Gaussian noise, standard
+    deviation uniform in [0, noise] of the normalised intensity range).
     ``decode_samples``: ``ppp+dec`` only, the numinst == 1 pixels per batch whose codes
     are decoded for the loss (the paper: 1024). ``overlap_fraction``: for overlapping instances, the fraction of crops centred on an
     overlap pixel. ``tune_thresholds``: after training, choose the assembly thresholds
@@ -127,6 +143,10 @@ class TrainConfig:
     rotate: float = 0.0
     elastic_spacing: int = 10
     elastic_jitter: float = 0.0
+    zoom: float = 1.0
+    gamma: float = 1.0
+    blur: float = 0.0
+    noise: float = 0.0
     overlap_fraction: float = 0.0
     tune_thresholds: bool = False
     decode_samples: int = 1024
@@ -302,6 +322,13 @@ def _validate_config(cfg: Config) -> None:
     if t.rotate < 0 or t.elastic_jitter < 0 or t.elastic_spacing < 2:
         raise ValueError("[train] rotate and elastic_jitter must be >= 0 and elastic_spacing "
                          ">= 2")
+    if t.zoom < 1 or t.gamma < 1 or t.blur < 0 or t.noise < 0:
+        raise ValueError("[train] zoom and gamma must be >= 1 (1: off), blur and noise >= 0")
+    if d.synth_extra < 0 or not 0 < d.synth_extra_fraction < 1:
+        raise ValueError("[data] synth_extra must be >= 0 and synth_extra_fraction in (0, 1)")
+    if d.synth_extra and (d.overlapping or len(m.patchshape) != 2):
+        raise ValueError("[data] synth_extra adds 2D nuclei: it needs a 2D model and "
+                         "overlapping = false")
     if t.lr_min < 0:
         raise ValueError(f"[train] lr_min must be >= 0, got {t.lr_min}")
     if not 0 <= t.min_foreground < 1:

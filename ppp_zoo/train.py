@@ -3,7 +3,8 @@
 One iteration draws ``batch_size`` random crops (crops with less than ``min_foreground``
 foreground are redrawn up to ``max_resample`` times), augments them (random flips along
 every axis and, for square Y/X crops, a Y/X transpose - together all 90-degree rotations
-and mirrors; intensity scale in [0.9, 1.1] and shift in [-0.1, 0.1]), computes the GT
+and mirrors; intensity scale in [0.9, 1.1] and shift in [-0.1, 0.1]; rotation, elastic
+deformation, zoom, gamma, blur and noise when the config enables them), computes the GT
 numinst and patches of each crop with :func:`~ppp_zoo.data.instance_targets`, and takes an
 Adam step on :func:`~ppp_zoo.model.total_loss`. Every ``val_every`` iterations (and at the
 end) the network segments the validation images with the real instance assembly (fast
@@ -29,7 +30,8 @@ from .config import FORMAT_VERSION, Config, config_from_dict
 from .errors import SetupError, describe
 from .postprocess.labels import instance_sizes, median_object_diameter
 from .data import FolderDataset, dsb_split, instance_targets, load_dsb_sample
-from .data.synth import synth_nuclei_dataset, synth_worms_dataset
+from .data.synth import (synth_fluorescence_nuclei_dataset, synth_nuclei_dataset,
+                         synth_worms_dataset)
 from .evaluate import evaluate_image
 from .model import PatchPerPixNet, total_loss
 from .postprocess import AssemblyParams, assemble
@@ -76,7 +78,8 @@ def load_training_data(cfg: Config) -> tuple[list[Pair], list[Pair]]:
     """``(train, val)`` lists of ``(normalised float32 image, labels or mask stack)``.
 
     The dsb-sample source uses the left half of the DSB crop only: its last ``val_strip``
-    columns are the validation image, the columns before them the training image.
+    columns are the validation image, the columns before them the training image. The
+    ``[data] synth_extra`` synthetic images come last in the training list.
     """
     d = cfg.data
     if d.source == "dsb-sample":
@@ -92,6 +95,9 @@ def load_training_data(cfg: Config) -> tuple[list[Pair], list[Pair]]:
         if d.source == "synth-nuclei":
             pairs = synth_nuclei_dataset(d.n_images, seed=d.seed, shape=d.image_size,
                                          **_synth_kwargs(cfg))
+        elif d.source == "synth-fluorescence-nuclei":
+            pairs = synth_fluorescence_nuclei_dataset(d.n_images, seed=d.seed,
+                                                      shape=d.image_size, **_synth_kwargs(cfg))
         elif d.source == "synth-worms":
             pairs = synth_worms_dataset(d.n_images, seed=d.seed, shape=d.image_size,
                                         **_synth_kwargs(cfg))
@@ -103,6 +109,12 @@ def load_training_data(cfg: Config) -> tuple[list[Pair], list[Pair]]:
             raise ValueError(f"[data] val_fraction {d.val_fraction} leaves no training image "
                              f"out of {len(pairs)}")
         train, val = pairs[:len(pairs) - n_val], pairs[len(pairs) - n_val:]
+    if d.synth_extra:
+        kwargs = _synth_kwargs(cfg) if d.source in ("dsb-sample", "folder") else {}
+        # a seed stream of its own, apart from a synthetic source's images
+        train = train + synth_fluorescence_nuclei_dataset(
+            d.synth_extra, seed=np.random.SeedSequence([d.seed, 1]), shape=(256, 256),
+            **kwargs)
     ndim = cfg.ndim
 
     def prepare(pair: Pair) -> Pair:
@@ -180,7 +192,16 @@ class CropSampler:
         self.overlaps = ([_overlap_pixels(t) for _, t in self.pairs]
                          if self.overlapping and cfg.train.overlap_fraction > 0 else None)
         t = cfg.train
-        self.warp = t.rotate > 0 or t.elastic_jitter > 0
+        self.warp = t.rotate > 0 or t.elastic_jitter > 0 or t.zoom > 1
+        # crops are drawn per image with these probabilities: the [data] synth_extra images
+        # (the last ones) share synth_extra_fraction of them
+        n_extra = cfg.data.synth_extra
+        n_own = len(self.pairs) - n_extra
+        if n_extra and n_own > 0:
+            share = cfg.data.synth_extra_fraction
+            self.weights = np.array([(1 - share) / n_own] * n_own + [share / n_extra] * n_extra)
+        else:
+            self.weights = None
 
     def _centre(self, index: int) -> np.ndarray:
         img = self.pairs[index][0]
@@ -192,7 +213,8 @@ class CropSampler:
                          for lo, s in zip(low, img.shape)])
 
     def _random_crop(self) -> Pair:
-        index = int(self.rng.integers(len(self.pairs)))
+        index = (int(self.rng.integers(len(self.pairs))) if self.weights is None else
+                 int(self.rng.choice(len(self.pairs), p=self.weights)))
         img, tgt = self.pairs[index]
         centre = self._centre(index)
         if not self.warp:
@@ -204,7 +226,7 @@ class CropSampler:
 
     def _warped_crop(self, img: np.ndarray, tgt: np.ndarray, centre: np.ndarray,
                      background: float) -> Pair:
-        from scipy.ndimage import map_coordinates
+        from scipy.ndimage import gaussian_filter, map_coordinates
 
         t = self.cfg.train
         grid = np.indices(self.crop, dtype=np.float64)
@@ -216,9 +238,27 @@ class CropSampler:
             grid[-2], grid[-1] = c * y - s * x, s * y + c * x
         if t.elastic_jitter > 0:
             grid += elastic_displacement(self.crop, t.elastic_spacing, t.elastic_jitter, self.rng)
+        factor = 1.0
+        if t.zoom > 1 and self.rng.random() < 0.5:
+            factor = math.exp(self.rng.uniform(-math.log(t.zoom), math.log(t.zoom)))
+            grid /= factor  # objects appear `factor` times larger
         grid += centre.reshape((-1,) + (1,) * len(self.crop))
-        out_img = map_coordinates(img, grid, order=1, mode="constant",
-                                  cval=background).astype(np.float32)
+        if factor < 1:  # shrinking: low-pass the source region first (no aliasing)
+            sigma = 0.5 * (1 / factor - 1)
+            margin = int(math.ceil(3 * sigma)) + 2
+            lo = [max(0, int(math.floor(g.min())) - margin) for g in grid]
+            hi = [min(s, int(math.ceil(g.max())) + margin + 1) for g, s in zip(grid, img.shape)]
+            if all(h > lo_ for lo_, h in zip(lo, hi)):
+                window = tuple(slice(a, b) for a, b in zip(lo, hi))
+                src = gaussian_filter(img[window].astype(np.float32), sigma, mode="nearest")
+                local = grid - np.array(lo, float).reshape((-1,) + (1,) * len(self.crop))
+                out_img = map_coordinates(src, local, order=1, mode="constant",
+                                          cval=background).astype(np.float32)
+            else:  # the whole crop lies outside the image
+                out_img = np.full(self.crop, background, np.float32)
+        else:
+            out_img = map_coordinates(img, grid, order=1, mode="constant",
+                                      cval=background).astype(np.float32)
         if self.overlapping:
             out_tgt = np.stack([map_coordinates(m.astype(np.uint8), grid, order=0,
                                                 mode="constant", cval=0) for m in tgt]) > 0
@@ -243,8 +283,23 @@ class CropSampler:
                 img, tgt = np.flip(img, axis), np.flip(tgt, axis + off)
         if img.shape[-1] == img.shape[-2] and self.rng.random() < 0.5:
             img, tgt = np.swapaxes(img, -1, -2), np.swapaxes(tgt, -1, -2)
+        img = self._appearance(img)
         scale, shift = self.rng.uniform(0.9, 1.1), self.rng.uniform(-0.1, 0.1)
         return (img * scale + shift).astype(np.float32), np.ascontiguousarray(tgt)
+
+    def _appearance(self, img: np.ndarray) -> np.ndarray:
+        """Gamma, blur and noise, each on a random half of the crops (when enabled)."""
+        from scipy.ndimage import gaussian_filter
+
+        t = self.cfg.train
+        if t.gamma > 1 and self.rng.random() < 0.5:
+            g = math.exp(self.rng.uniform(-math.log(t.gamma), math.log(t.gamma)))
+            img = np.sign(img) * np.abs(img) ** g
+        if t.blur > 0 and self.rng.random() < 0.5:
+            img = gaussian_filter(img, self.rng.uniform(0, t.blur))
+        if t.noise > 0 and self.rng.random() < 0.5:
+            img = img + self.rng.normal(0, self.rng.uniform(0, t.noise), size=img.shape)
+        return img
 
     def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One ``(image (1, ...), numinst (3, ...), patches (P, ...))`` training example."""
@@ -489,7 +544,8 @@ def train(config: Config | dict, out_dir: str | os.PathLike, *, max_minutes: flo
     train_pairs, val_pairs = load_training_data(cfg)
     sampler = CropSampler(train_pairs, cfg, rng)
     assembly = cfg.assembly_params()
-    training_info = {"object_diameter": object_diameter(train_pairs, cfg.data.overlapping),
+    own_pairs = train_pairs[:len(train_pairs) - cfg.data.synth_extra]
+    training_info = {"object_diameter": object_diameter(own_pairs, cfg.data.overlapping),
                      "source": cfg.data.source, "n_train_images": len(train_pairs),
                      "n_val_images": len(val_pairs)}
 

@@ -4,7 +4,10 @@ from .folder import FolderDataset, load_bbbc010
 from .sample import dsb_split, load_dsb_sample, load_nuclei3d_sample, write_sample
 from .targets import instance_targets
 from .synth import (
+    NucleiInfo,
     posture_source,
+    synth_fluorescence_nuclei,
+    synth_fluorescence_nuclei_dataset,
     synth_nuclei,
     synth_nuclei_dataset,
     synth_worms,
@@ -20,7 +23,10 @@ __all__ = [
     "load_bbbc010",
     "load_dsb_sample",
     "load_nuclei3d_sample",
+    "NucleiInfo",
     "posture_source",
+    "synth_fluorescence_nuclei",
+    "synth_fluorescence_nuclei_dataset",
     "synth_nuclei",
     "synth_nuclei_dataset",
     "synth_worms",

@@ -213,7 +213,7 @@ def write_demo_input(model: str | os.PathLike, out_dir: str | os.PathLike) -> Pa
 
 def segment_files(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
                   model: str | os.PathLike, engine: str = "onnx", device: str = "auto",
-                  tile: Sequence[int] | None = None, scale: float = 1.0,
+                  tile: Sequence[int] | None = None, scale: float | str = 1.0,
                   fast: bool | None = None,
                   overlay: bool = False, save_outputs: bool = False,
                   hooks: BatchHooks | None = None) -> BatchReport:
@@ -272,7 +272,7 @@ def segment_files(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLik
     return report
 
 
-def _segment_one(seg: Segmenter, path: Path, out_dir: Path, *, tile, scale: float,
+def _segment_one(seg: Segmenter, path: Path, out_dir: Path, *, tile, scale: float | str,
                  fast: bool | None,
                  overlay: bool, save_outputs: bool, on_tile) -> dict[str, Any]:
     t0 = time.perf_counter()

@@ -1,7 +1,8 @@
 """Image in, instance labels out, with a model package: the library side of ``ppp-zoo segment``.
 
 Steps (each timed): check the image against the model's input (dimensions, channels,
-values) -> optional resampling by ``scale`` -> the package's preprocessing -> tiled
+values) -> optional resampling by ``scale`` (``"auto"``: measured, see
+:meth:`Segmenter.segment`) -> the package's preprocessing -> tiled
 inference -> decoding of codes to patches (``ppp+dec``) -> instance assembly with the
 package's parameters (blockwise, with bounded memory, for large images) -> labels back on
 the input's grid (nearest neighbour).
@@ -36,6 +37,17 @@ TILE_BYTES = 96 * 2**20
 """Default tiles hold at most about this many bytes of network output."""
 MIN_DIAMETER = 4.0
 """Objects measured smaller than this (pixels) give no ``scale`` suggestion."""
+AUTO_SCALE_PROBES = (1.0, 0.5, 0.25)
+"""``scale="auto"`` segments at these scales to measure the objects."""
+AUTO_SCALE_MIN_RATIO = 2.5
+"""A probe counts when its objects measure at least the training diameter over this."""
+AUTO_SCALE_REUSE = 1.1
+"""A probe within this factor of the wanted scale is kept instead of another pass."""
+AUTO_SCALE_TOLERANCE = 1.25
+"""``scale="auto"`` is confident when the kept pass's objects measure within this factor of
+the training diameter."""
+AUTO_SCALE_RANGE = {2: (0.25, 4.0), 3: (0.4, 2.5)}
+"""The scales ``scale="auto"`` may choose (2D, 3D)."""
 
 
 class InputError(ValueError):
@@ -67,6 +79,11 @@ class SegmentResult:
         Raw network outputs (at the processing scale) when asked for.
     constant_image : bool
         The image had one value everywhere: nothing was run, no instances.
+    auto_scale : dict or None
+        With ``scale="auto"``: ``confident`` (the objects of the chosen pass measure within
+        :data:`AUTO_SCALE_TOLERANCE` of the training size), ``trained_diameter``,
+        ``diameter`` (the objects' median diameter on the input grid), and ``passes``
+        (``[scale, measured diameter at that scale or None]`` per segmentation pass).
     """
 
     labels: np.ndarray
@@ -78,11 +95,12 @@ class SegmentResult:
     suggested_scale: float | None = None
     outputs: dict | None = None
     constant_image: bool = False
+    auto_scale: dict | None = None
 
     def summary(self) -> dict:
         """A JSON-ready dict (without the arrays)."""
         return {"n_instances": self.n_instances, "shape": list(self.labels.shape),
-                "scale": self.scale, "n_tiles": self.n_tiles,
+                "scale": self.scale, "auto_scale": self.auto_scale, "n_tiles": self.n_tiles,
                 "suggested_scale": self.suggested_scale, "notes": list(self.notes),
                 "constant_image": self.constant_image,
                 "timings": {k: round(v, 4) for k, v in self.timings.items()}}
@@ -212,27 +230,116 @@ class Segmenter:
         self.close()
 
     def segment(self, image: np.ndarray, *, tile: Sequence[int] | None = None,
-                scale: float = 1.0, fast: bool | None = None,
+                scale: float | str = 1.0, fast: bool | None = None,
                 block: Sequence[int] | None = None, keep_outputs: bool = False,
                 tile_progress: Progress = None, **assembly_changes: Any) -> SegmentResult:
-        """See :func:`segment_image`."""
+        """See :func:`segment_image`.
+
+        ``scale="auto"`` measures the median diameter of the instances found in probe
+        passes and segments at the scale that brings them to the package's training
+        diameter (within :data:`AUTO_SCALE_RANGE`); see :meth:`_segment_auto`. The
+        estimate is confident when the kept pass's objects measure within
+        :data:`AUTO_SCALE_TOLERANCE` of the training size; otherwise a note says so.
+        """
         pkg = self.package
-        timings: dict[str, float] = {}
         t = time.perf_counter()
         img = as_model_input(image, pkg)
+        auto = isinstance(scale, str)
+        if auto and scale != "auto":
+            raise InputError(f"scale must be a positive number or 'auto', got {scale!r}")
+        if not auto and not (scale > 0 and math.isfinite(scale)):
+            raise InputError(f"scale must be a positive number or 'auto', got {scale}")
+        params = pkg.assembly_params(fast=fast, **assembly_changes)
+        if float(img.max()) == float(img.min()):
+            in_shape = tuple(img.shape[1:])
+            shape = ((0,) + in_shape) if params.overlapping else in_shape
+            labels = np.zeros(shape, bool if params.overlapping else np.int32)
+            return SegmentResult(labels, 0, {"rescale": time.perf_counter() - t},
+                                 1.0 if auto else scale, 0, ("constant image: no instances",),
+                                 constant_image=True)
+        run = dict(tile=tile, fast=fast, block=block, keep_outputs=keep_outputs,
+                   tile_progress=tile_progress, params=params)
+        if not auto:
+            result, _ = self._segment_at(img, scale, hint=True, **run)
+            return result
+        return self._segment_auto(img, run)
+
+    def _segment_auto(self, img: np.ndarray, run: dict) -> SegmentResult:
+        """``scale="auto"``: probe passes at scales 1/4, 1/2 and 1 (coarse first, skipping
+        those whose image would be too small to hold a few objects of the training size),
+        then the pass at the scale that brings the objects to the training size (a probe
+        within :data:`AUTO_SCALE_REUSE` of it is kept instead).
+
+        A network shown objects much larger than in training tends to cut them into pieces
+        of about the training size, so the size measured at scale 1 alone cannot reveal
+        large objects. The first (coarsest) probe whose objects (at least 5) measure at
+        least 1 / :data:`AUTO_SCALE_MIN_RATIO` of the training diameter gives the estimate:
+        objects measured at a coarse scale are not fragments. Images at about the training
+        size cost 1.3 passes, images of large objects less than one.
+        """
+        trained = self.package.object_diameter
+        lo, hi = AUTO_SCALE_RANGE[self.package.ndim]
+        min_side = max(int(np.max(self.package.min_shape)), 2 * MIN_SIZE)
+        passes: dict[float, tuple[float | None, SegmentResult]] = {}
+
+        def run_at(scale: float) -> None:
+            passes[scale] = tuple(reversed(self._segment_at(img, scale, hint=False, **run)))
+
+        valid: list[tuple[float, float]] = []
+        for probe in sorted(AUTO_SCALE_PROBES):  # coarse first: stop at the first that counts
+            if probe != 1.0 and (probe < lo or min(img.shape[1:]) * probe <
+                                 max(min_side, 4 * (trained or math.inf))):
+                continue
+            run_at(probe)
+            measured = passes[probe][0]
+            if trained and measured is not None and measured >= trained / AUTO_SCALE_MIN_RATIO:
+                valid.append((probe, measured))
+                break
+        notes: list[str] = []
+        if not trained:
+            chosen = 1.0
+            notes.append("scale auto: the package records no training object size; used "
+                         "scale 1")
+        elif not valid:
+            chosen = 1.0
+            notes.append("scale auto: too few objects to measure their size; used scale 1")
+        else:
+            coarse, measured = min(valid)
+            wanted = float(np.clip(trained * coarse / measured, lo, hi))
+            near = min(passes, key=lambda s: abs(math.log(s / wanted)))
+            chosen = near if abs(math.log(near / wanted)) <= math.log(AUTO_SCALE_REUSE) \
+                else round(wanted, 3)
+            if chosen not in passes:
+                run_at(chosen)
+        measured, result = passes[chosen]
+        confident = bool(trained and measured and abs(math.log(trained / measured)) <=
+                         math.log(AUTO_SCALE_TOLERANCE))
+        if trained and valid and not confident:
+            notes.append(f"scale auto: the objects at scale {chosen:g} measure "
+                         f"{measured or 0:.0f} px across, the model was trained on "
+                         f"{trained:.0f} px; check the result or give --scale")
+        timings: dict[str, float] = {}
+        for _, r in passes.values():
+            for key, value in r.timings.items():
+                timings[key] = timings.get(key, 0.0) + value
+        info = {"confident": confident, "trained_diameter": trained,
+                "diameter": None if measured is None else round(measured / chosen, 2),
+                "passes": [[s, None if d is None else round(d, 2)]
+                           for s, (d, _) in passes.items()]}
+        return dataclasses.replace(result, timings=timings, notes=tuple(notes + list(result.notes)),
+                                   auto_scale=info)
+
+    def _segment_at(self, img: np.ndarray, scale: float, *, hint: bool, tile, fast, block,
+                    keep_outputs, tile_progress, params) -> tuple[SegmentResult, float | None]:
+        """One pass at ``scale``: the result and the median object diameter (at ``scale``)."""
+        pkg = self.package
+        timings: dict[str, float] = {}
         in_shape = tuple(img.shape[1:])
-        if not (scale > 0 and math.isfinite(scale)):
-            raise InputError(f"scale must be a positive number, got {scale}")
+        t = time.perf_counter()
         if scale != 1.0:
             img = _rescale(img, scale)
             _check_size(img.shape[1:], f"image scaled by {scale}")
         timings["rescale"] = time.perf_counter() - t
-        params = pkg.assembly_params(fast=fast, **assembly_changes)
-        if float(img.max()) == float(img.min()):
-            shape = ((0,) + in_shape) if params.overlapping else in_shape
-            labels = np.zeros(shape, bool if params.overlapping else np.int32)
-            return SegmentResult(labels, 0, timings, scale, 0,
-                                 ("constant image: no instances",), constant_image=True)
 
         t = time.perf_counter()
         x = preprocess(img[None], ("batch", "channel") + pkg.space_axes, pkg.preprocessing)
@@ -250,7 +357,9 @@ class Segmenter:
                                 blockwise=not params.overlapping and (
                                     block is not None or n_pix > BLOCKWISE_PIXELS[pkg.ndim]),
                                 block=block)
-        suggested, notes = _scale_hint(labels, scale, pkg.object_diameter)
+        measured = _median_diameter(labels)
+        suggested, notes = (_scale_hint(measured, scale, pkg.object_diameter) if hint
+                            else (None, []))
 
         t = time.perf_counter()
         labels = _labels_to_grid(labels, in_shape)
@@ -262,7 +371,7 @@ class Segmenter:
             notes.append("no instances found")
         outputs = dict(zip(pkg.output_ids, raw)) if keep_outputs else None
         return SegmentResult(labels, n, timings, scale, n_tiles, tuple(notes), suggested,
-                             outputs)
+                             outputs), measured
 
     def _infer(self, x: np.ndarray, tile, progress: Progress):
         """Tiled inference: the outputs without batch axis (float16 when large), tiles run."""
@@ -299,10 +408,10 @@ class Segmenter:
         return labels
 
 
-def _scale_hint(labels: np.ndarray, scale: float,
+def _scale_hint(measured: float | None, scale: float,
                 trained: float | None) -> tuple[float | None, list[str]]:
-    """A ``scale`` suggestion when the objects found differ from the training size."""
-    measured = _median_diameter(labels)
+    """A ``scale`` suggestion when the objects found (``measured``: their median diameter
+    at ``scale``) differ from the training size."""
     # fragments of a few pixels say more about a failed segmentation than about scale
     if measured is None or measured < MIN_DIAMETER or not trained:
         return None, []
@@ -341,7 +450,7 @@ def load_segmenter(model: str | os.PathLike | ModelPackage, engine: EngineName =
 
 def segment_image(model: str | os.PathLike | ModelPackage | Segmenter, image: np.ndarray, *,
                   engine: EngineName = "onnx", device: Device = "auto",
-                  tile: Sequence[int] | None = None, scale: float = 1.0,
+                  tile: Sequence[int] | None = None, scale: float | str = 1.0,
                   fast: bool | None = None,
                   block: Sequence[int] | None = None, keep_outputs: bool = False,
                   tile_progress: Progress = None, **assembly_changes: Any) -> SegmentResult:
@@ -359,9 +468,10 @@ def segment_image(model: str | os.PathLike | ModelPackage | Segmenter, image: np
     device : {"auto", "cpu", "cuda"}
     tile : sequence of int, optional
         Tile size for inference (rounded to a size the model accepts).
-    scale : float
+    scale : float or "auto"
         Resample the image by this factor before the model; labels come back on the
-        input's grid.
+        input's grid. ``"auto"``: measure the objects and bring them to the training size
+        (see :meth:`Segmenter.segment`; the choice is in ``SegmentResult.auto_scale``).
     fast : bool or None
         Assemble in fast (True) or exact (False) mode; None: as the package says.
     block : sequence of int, optional
