@@ -7,6 +7,12 @@ postprocess path). Prints wall time, megapixels per minute, peak memory per work
 the 1-worker / 2-worker time ratio.
 
     python scripts/bench_distributed.py --size 2048 --block 1024 --size3d 32x192x192
+    python scripts/bench_distributed.py --merge-labels 1e6,1e7   # the merge pass alone
+
+``--merge-labels`` times the global merge (``merge_pairs``: union-find over the instances
+of all blocks) on synthetic block counts and face pairs at each number of labels (4096
+blocks; 10 % of the instances touch a face and are paired with a neighbour's), and prints
+seconds, peak memory growth and the ratio of time per label against the first size.
 """
 
 from __future__ import annotations
@@ -60,6 +66,33 @@ def _cluster(n):
     return cluster, distributed.Client(cluster)
 
 
+def bench_merge(sizes: list[int], n_blocks: int = 4096) -> None:
+    """Seconds of ``merge_pairs`` at each number of labels (face pairs: 10 % of them)."""
+    import resource
+
+    from ppp_zoo.runtime.distributed import merge_pairs
+
+    first = None
+    for total in sizes:
+        rng = np.random.default_rng(0)
+        counts = np.full(n_blocks, total // n_blocks, np.int64)
+        counts[: total - counts.sum()] += 1
+        k = total // 10
+        block = rng.integers(0, n_blocks - 1, size=k)
+        pairs = np.stack([block, rng.integers(1, counts[block] + 1), block + 1,
+                          rng.integers(1, counts[block + 1] + 1)], axis=1)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        t = time.perf_counter()
+        ids = merge_pairs(counts, pairs)
+        seconds = time.perf_counter() - t
+        grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 2**20
+        per_label = seconds / total
+        first = first or per_label
+        print(f"merge {total:.0e} labels ({k:.0e} face pairs, {n_blocks} blocks): "
+              f"{seconds:.2f} s, {int(ids.max())} global ids, peak memory +{grown:.2f} GiB, "
+              f"time per label x{per_label / first:.2f} of the first size", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=2048, help="2D mosaic side (pixels)")
@@ -67,7 +100,11 @@ def main() -> None:
     ap.add_argument("--size3d", default="32x192x192")
     ap.add_argument("--block3d", default="32x96x96")
     ap.add_argument("--workers", default="2,1")
+    ap.add_argument("--merge-labels", default=None,
+                    help="only time the merge pass at these label counts, e.g. 1e6,1e7")
     args = ap.parse_args()
+    if args.merge_labels:
+        return bench_merge([int(float(n)) for n in args.merge_labels.split(",")])
     from ppp_zoo.data.sample import load_dsb_sample, load_nuclei3d_sample
     from ppp_zoo.io import open_image_source, write_ome_zarr_image
     from ppp_zoo.runtime import distributed as dist

@@ -1,0 +1,213 @@
+"""Does a nuclei model hold up beyond its training image? The model against a classic
+Otsu + watershed baseline on sets of other scales and other (synthetic) microscopes.
+
+Sets (AP = TP / (TP + FP + FN), averaged over the images of a set):
+  * ``dsb-test``: the right half of the real DSB 2018 sample (columns 256-511, 57 nuclei;
+    the default model never saw it);
+  * ``dsb-test x0.5`` and ``dsb-test x2``: the same half resampled (image linear and
+    anti-aliased, labels nearest), so its nuclei are half / twice as large;
+  * ``synth snr S``: ``--n-synth`` images (256 x 256) of
+    :func:`ppp_zoo.data.synth_fluorescence_nuclei` at signal-to-noise ratio S, from a seed
+    that the training set does not use (``--seed``, default 2026), nuclei 12-48 px across.
+
+The model runs through its package with ONNX Runtime, as ``ppp-zoo segment`` does, once
+with ``--scale auto`` and once at the true scale (1, 2 and 0.5 for the DSB sets, which
+undo the resampling; the training diameter over the true median diameter of the labels
+for the synthetic sets). The baseline is the same on every set, at the image's own resolution:
+Gaussian smoothing (sigma 1), Otsu threshold, objects of >= 15 px, distance transform,
+peaks at least 4 px apart as watershed markers.
+
+Prints a Markdown table (AP@0.5, AP@0.75, avAP, seconds per image), writes ``--out``
+/generalization.json and /generalization.png (one example per set: the model's outlines
+in green, the baseline's in magenta), and exits 1 when the model does not beat the
+baseline on every set at AP@0.5 and avAP (or ``--scale auto`` loses more than 0.05 AP@0.5
+against the true scale).
+
+Usage:
+  python scripts/eval_generalization.py [--model PACKAGE] [--n-synth 6]
+      [--snr 2,4,8,30] [--seed 2026] [--out runs/generalization]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+BASELINE = {"sigma": 1.0, "min_size": 15, "min_distance": 4}
+
+
+def otsu_watershed(image: np.ndarray, sigma: float = 1.0, min_size: int = 15,
+                   min_distance: int = 4) -> np.ndarray:
+    """The classic baseline: Gaussian, Otsu threshold, small objects removed, distance
+    transform peaks as watershed markers."""
+    from scipy import ndimage
+    from skimage.feature import peak_local_max
+    from skimage.filters import gaussian, threshold_otsu
+    from skimage.morphology import remove_small_objects
+    from skimage.segmentation import watershed
+
+    smooth = gaussian(image.astype(np.float32), sigma, preserve_range=True)
+    mask = remove_small_objects(smooth > threshold_otsu(smooth), min_size)
+    distance = ndimage.distance_transform_edt(mask)
+    peaks = peak_local_max(distance, min_distance=min_distance, labels=ndimage.label(mask)[0],
+                           exclude_border=False)
+    markers = np.zeros(image.shape, np.int32)
+    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+    return watershed(-distance, markers, mask=mask).astype(np.int32)
+
+
+def resample(image: np.ndarray, labels: np.ndarray, factor: float):
+    from skimage.transform import rescale
+
+    img = rescale(image.astype(np.float32), factor, order=1, preserve_range=True,
+                  anti_aliasing=factor < 1)
+    lab = rescale(labels, factor, order=0, preserve_range=True, anti_aliasing=False)
+    return img.astype(np.float32), lab.astype(np.int32)
+
+
+def median_diameter(labels_list) -> float:
+    sizes = np.concatenate([np.bincount(lab.ravel())[1:] for lab in labels_list])
+    sizes = sizes[sizes > 0]
+    return float(np.median(2 * np.sqrt(sizes / np.pi)))
+
+
+def build_sets(n_synth: int, snrs: list[float], seed: int) -> dict[str, tuple[list, float | None]]:
+    """``{name: (pairs, true scale)}``; the true scale of the DSB sets undoes their
+    resampling, that of the synthetic sets (None) comes from their labels."""
+    from ppp_zoo.data import dsb_split, load_dsb_sample, synth_fluorescence_nuclei_dataset
+
+    image, gt = dsb_split(*load_dsb_sample())["test"]
+    sets = {"dsb-test": ([(image.astype(np.float32), gt.astype(np.int32))], 1.0),
+            "dsb-test x0.5": ([resample(image, gt, 0.5)], 2.0),
+            "dsb-test x2": ([resample(image, gt, 2.0)], 0.5)}
+    for i, snr in enumerate(snrs):
+        sets[f"synth snr {snr:g}"] = (synth_fluorescence_nuclei_dataset(
+            n_synth, seed=np.random.SeedSequence([seed, i]), shape=(256, 256), snr=snr), None)
+    return sets
+
+
+def score(pairs) -> dict:
+    from ppp_zoo.evaluate import evaluate_dataset
+
+    r = evaluate_dataset(pairs)
+    return {"ap50": round(r.ap["0.5"], 3), "ap75": round(r.ap["0.75"], 3),
+            "avAP": round(r.avAP, 3)}
+
+
+def run_set(segmenter, trained: float, pairs, true_scale: float | None) -> dict:
+    truth = [gt for _, gt in pairs]
+    if true_scale is None:
+        true_scale = round(trained / median_diameter(truth), 3)
+    out: dict = {"n_images": len(pairs), "true_scale": true_scale, "examples": {}}
+    for name, method in (("model auto", "auto"), ("model true scale", true_scale),
+                         ("baseline", None)):
+        preds, seconds, scales = [], 0.0, []
+        for image, _ in pairs:
+            t = time.perf_counter()
+            if method is None:
+                labels = otsu_watershed(image, **BASELINE)
+            else:
+                result = segmenter.segment(image, scale=method)
+                labels = result.labels
+                scales.append(result.scale)
+            seconds += time.perf_counter() - t
+            preds.append(labels)
+        out[name] = {**score(list(zip(preds, truth))),
+                     "seconds_per_image": round(seconds / len(pairs), 3)}
+        if scales:
+            out[name]["scales"] = [round(s, 3) for s in scales]
+        out["examples"][name] = preds[0]
+    return out
+
+
+def write_picture(sets: dict, results: dict, path: Path) -> None:
+    from skimage.io import imsave
+    from skimage.segmentation import find_boundaries
+    from skimage.transform import resize
+
+    panels = []
+    for name, (pairs, _) in sets.items():
+        image = pairs[0][0]
+        lo, hi = np.percentile(image, (1, 99.8))
+        gray = np.clip((image - lo) / max(hi - lo, 1e-6), 0, 1)
+        rgb = np.stack([gray] * 3, axis=-1)
+        rgb[find_boundaries(results[name]["examples"]["baseline"])] = (1.0, 0.0, 1.0)
+        rgb[find_boundaries(results[name]["examples"]["model auto"])] = (0.0, 1.0, 0.0)
+        panels.append(resize(rgb, (256, 256 * rgb.shape[1] // rgb.shape[0]), order=0))
+    height = max(p.shape[0] for p in panels)
+    row = np.concatenate([np.pad(p, ((0, height - p.shape[0]), (0, 4), (0, 0)),
+                                 constant_values=1.0) for p in panels], axis=1)
+    imsave(path, (row * 255).astype(np.uint8), check_contrast=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="model package (default: embedded)")
+    parser.add_argument("--n-synth", type=int, default=6, help="synthetic images per SNR")
+    parser.add_argument("--snr", default="2,4,8,30", help="synthetic SNR levels")
+    parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--out", type=Path, default=Path("runs") / "generalization")
+    args = parser.parse_args(argv)
+
+    import onnxruntime  # noqa: F401 - fail early without it
+
+    from ppp_zoo.runtime.models import resolve_model
+    from ppp_zoo.runtime.segment import load_segmenter
+
+    model = resolve_model(args.model)
+    segmenter = load_segmenter(model, "onnx", "cpu")
+    trained = segmenter.package.object_diameter
+    snrs = [float(s) for s in args.snr.split(",")]
+    sets = build_sets(args.n_synth, snrs, args.seed)
+    print(f"model {model} (training diameter {trained:.1f} px); baseline {BASELINE}",
+          file=sys.stderr)
+    results = {}
+    for name, (pairs, true_scale) in sets.items():
+        t = time.perf_counter()
+        results[name] = run_set(segmenter, trained, pairs, true_scale)
+        print(f"  {name}: {time.perf_counter() - t:.1f} s", file=sys.stderr, flush=True)
+
+    header = ("| set | images | true scale | method | AP@0.5 | AP@0.75 | avAP | s / image |\n"
+              "| --- | --- | --- | --- | --- | --- | --- | --- |")
+    lines = [header]
+    failures = []
+    for name, r in results.items():
+        for method in ("model auto", "model true scale", "baseline"):
+            m = r[method]
+            shown = method if method != "model auto" else \
+                f"model, --scale auto ({', '.join(f'{s:g}' for s in m['scales'][:3])}" + \
+                (", ..." if len(m["scales"]) > 3 else "") + ")"
+            lines.append(f"| {name} | {r['n_images']} | {r['true_scale']:g} | {shown} | "
+                         f"{m['ap50']:.3f} | {m['ap75']:.3f} | {m['avAP']:.3f} | "
+                         f"{m['seconds_per_image']:.2f} |")
+        auto, base, true = r["model auto"], r["baseline"], r["model true scale"]
+        for key in ("ap50", "avAP"):
+            if auto[key] <= base[key]:
+                failures.append(f"{name}: model {key} {auto[key]} <= baseline {base[key]}")
+        if auto["ap50"] < true["ap50"] - 0.05:
+            failures.append(f"{name}: --scale auto AP@0.5 {auto['ap50']} is more than 0.05 "
+                            f"below the true scale's {true['ap50']}")
+    print("\n".join(lines))
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_picture(sets, results, args.out / "generalization.png")
+    for r in results.values():
+        r.pop("examples")
+    (args.out / "generalization.json").write_text(json.dumps(
+        {"model": str(model), "training_diameter": trained, "baseline": BASELINE,
+         "n_synth": args.n_synth, "snr": snrs, "seed": args.seed, "sets": results,
+         "failures": failures}, indent=1) + "\n")
+    print(f"wrote {args.out / 'generalization.json'} and {args.out / 'generalization.png'}",
+          file=sys.stderr)
+    for failure in failures:
+        print(f"FAIL {failure}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
