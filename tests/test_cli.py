@@ -176,3 +176,36 @@ def test_an_internal_error_is_not_reported_as_a_user_error(sample_dir, tmp_path,
     monkeypatch.undo()
     res = run("evaluate", tmp_path / "missing.tif", sample_dir / "labels.tif")
     assert res.exit_code == 1 and res.stderr.startswith("error: ") and "bug" not in res.stderr
+
+
+def test_segment_scale_auto_is_the_default(sample_dir, tmp_path):
+    res = run("segment", sample_dir / "test_image.tif", "-o", tmp_path / "auto", "--json",
+              "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    (entry,) = json.loads(res.stdout.strip().splitlines()[-1])["images"]
+    auto = entry["auto_scale"]
+    assert auto["confident"] and auto["passes"][-1][0] == entry["scale"], entry
+    assert 0.75 <= entry["scale"] <= 1.25  # the sample is at about the training size
+    assert f"scale auto: {entry['scale']:g} (objects about" in res.stderr
+    res = run("segment", sample_dir / "test_image.tif", "-o", tmp_path / "half", "--json",
+              "--device", "cpu", "--scale", "0.5")
+    assert res.exit_code == 0, res.output
+    (entry,) = json.loads(res.stdout.strip().splitlines()[-1])["images"]
+    assert entry["scale"] == 0.5 and entry["auto_scale"] is None
+    assert "scale auto" not in res.output
+    labels = tifffile.imread(tmp_path / "half" / "test_image_labels.tif")
+    assert labels.shape == (512, 256) and labels.max() >= 20
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--scale", "abc"], "--scale must be 'auto' or a number"),
+    (["--scale", "0"], "--scale must lie in"),
+    (["--scale", "nan"], "--scale must lie in"),
+    (["--scale", "0.5", "--block", "128x128"], "--scale is not available block by block"),
+])
+def test_segment_bad_scale_is_one_error_line(sample_dir, tmp_path, args, msg):
+    res = run("segment", sample_dir / "test_image.tif", "-o", tmp_path / "o", *args)
+    assert res.exit_code == 1
+    lines = [line for line in res.output.strip().splitlines() if line]
+    assert len(lines) == 1 and lines[0].startswith("error:") and msg in lines[0], res.output
+    assert not (tmp_path / "o").exists()

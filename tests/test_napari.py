@@ -74,12 +74,15 @@ def test_sample_data_opens(viewer):
 
 
 def test_segment_dsb_test_half_through_the_widget(viewer, qtbot, dsb_sample):
-    """The embedded model on the half it never saw: the widget gives what the CLI gives."""
+    """The embedded model on the half it never saw: the widget gives what the CLI gives,
+    with scale auto by default (the chosen factor shown in the status line and the box)."""
     test_image, test_labels = dsb_split(*dsb_sample)["test"]
     viewer.add_image(test_image, name="DSB test half", scale=(0.5, 0.5))
     widget = dock(viewer, "Segment")
     assert widget.model_box.currentText() == "ppp-nuclei2d"
     assert "px across" in widget.hint_label.text()
+    assert widget.auto_scale_box.isChecked() and not widget.scale_box.isEnabled()
+    assert widget.scale() == "auto"
     click_and_wait(qtbot, widget, widget.run_button)
     layer = viewer.layers["DSB test half instances"]
     assert isinstance(layer, napari.layers.Labels) and layer.data.shape == (512, 256)
@@ -88,6 +91,29 @@ def test_segment_dsb_test_half_through_the_widget(viewer, qtbot, dsb_sample):
     assert ap50 >= 0.8, ap50
     text = widget.status_label.text()
     assert f"{layer.data.max()} instances" in text and "assembly" in text and "inference" in text
+    result = widget.last_result
+    assert result.auto_scale["confident"] and 0.75 <= result.scale <= 1.25
+    assert f"scale auto: {result.scale:.2f} (objects about" in text
+    assert widget.scale_box.value() == pytest.approx(result.scale, abs=0.005)
+    assert not widget.scale_box.isEnabled()
+
+
+def test_segment_at_a_fixed_scale(viewer, qtbot, dsb_sample):
+    """Unchecking auto enables the spin box; its factor is used as it is."""
+    viewer.add_image(dsb_sample[0][:128, :160], name="crop")
+    widget = dock(viewer, "Segment")
+    widget.auto_scale_box.setChecked(False)
+    assert widget.scale_box.isEnabled()
+    widget.scale_box.setValue(0.5)
+    assert widget.scale() == 0.5
+    click_and_wait(qtbot, widget, widget.run_button)
+    result = widget.last_result
+    assert result.scale == 0.5 and result.auto_scale is None
+    assert viewer.layers["crop instances"].data.shape == (128, 160)
+    assert "scale auto" not in widget.status_label.text()
+    assert widget.scale_box.value() == 0.5
+    widget.auto_scale_box.setChecked(True)
+    assert not widget.scale_box.isEnabled() and widget.scale() == "auto"
 
 
 def test_cancel_adds_no_layer(viewer, qtbot, dsb_sample):

@@ -321,6 +321,82 @@ def test_constant_image_gives_no_instances(tiny2d):
     assert "constant image: no instances" in result.notes
 
 
+# --------------------------------------------------------------------------- scale="auto"
+@pytest.fixture(scope="module")
+def nuclei2d():
+    """The embedded default model, loaded once."""
+    from ppp_zoo.runtime import load_segmenter
+    from ppp_zoo.runtime.models import resolve_model
+
+    with load_segmenter(resolve_model(None)) as segmenter:
+        yield segmenter
+
+
+def dsb_test_half_resampled(dsb_sample, factor):
+    """The DSB test half (which the embedded model never saw) with objects ``factor`` times
+    their size: the image linearly, the labels by nearest neighbour."""
+    from skimage.transform import rescale
+
+    from ppp_zoo.data import dsb_split
+
+    image, labels = dsb_split(*dsb_sample)["test"]
+    return (rescale(image.astype(np.float32), factor, order=1, preserve_range=True,
+                    anti_aliasing=factor < 1),
+            rescale(labels, factor, order=0, preserve_range=True,
+                    anti_aliasing=False).astype(np.int32))
+
+
+def test_auto_scale_finds_objects_twice_the_training_size(nuclei2d, dsb_sample):
+    """Objects twice as large as in the DSB sample: auto chooses about 1/2, is confident and
+    segments as well as the true factor."""
+    import json
+
+    from ppp_zoo.evaluate import evaluate_image
+
+    image, labels = dsb_test_half_resampled(dsb_sample, 2.0)
+    auto = nuclei2d.segment(image, scale="auto")
+    assert auto.labels.shape == labels.shape
+    assert 0.4 <= auto.scale <= 0.6 and auto.auto_scale["confident"], auto.auto_scale
+    info = auto.auto_scale
+    assert info["trained_diameter"] == nuclei2d.package.object_diameter
+    assert [s for s, _ in info["passes"]][-1] == auto.scale
+    assert not any(n.startswith("scale auto") for n in auto.notes)
+    summary = auto.summary()
+    assert summary["auto_scale"] == info and summary["scale"] == auto.scale
+    json.dumps(summary)
+    true = nuclei2d.segment(image, scale=0.5)
+    assert true.auto_scale is None
+    ap_auto = evaluate_image(auto.labels, labels).ap["0.5"]
+    ap_true = evaluate_image(true.labels, labels).ap["0.5"]
+    assert ap_auto >= ap_true - 0.05 and ap_auto >= 0.75, (ap_auto, ap_true)
+
+
+def test_auto_scale_finds_objects_half_the_training_size(nuclei2d, dsb_sample):
+    image, _ = dsb_test_half_resampled(dsb_sample, 0.5)
+    result = nuclei2d.segment(image, scale="auto")
+    assert 1.6 <= result.scale <= 2.4 and result.auto_scale["confident"], result.auto_scale
+    assert result.labels.shape == image.shape and result.n_instances >= 20
+
+
+def test_auto_scale_constant_and_objectless_images(nuclei2d):
+    constant = nuclei2d.segment(np.full((100, 120), 7, np.uint16), scale="auto")
+    assert constant.scale == 1.0 and constant.constant_image and constant.n_tiles == 0
+    assert not (constant.auto_scale or {}).get("passes")
+    noise = np.random.default_rng(0).random((256, 256)).astype(np.float32)
+    result = nuclei2d.segment(noise, scale="auto")
+    assert not result.auto_scale["confident"] and result.scale == 1.0
+    notes = [n for n in result.notes if n.startswith("scale auto:")]
+    assert len(notes) == 1, result.notes
+    if result.auto_scale["diameter"] is not None:  # fragments were found and measured
+        assert "too few" not in notes[0] and "px across" in notes[0], notes
+
+
+@pytest.mark.parametrize("scale", ["big", "Auto", 0, -1.0, float("nan"), float("inf")])
+def test_bad_scale_is_an_input_error(nuclei2d, scale):
+    with pytest.raises(InputError, match="scale must be a positive number or 'auto'"):
+        nuclei2d.segment(np.random.default_rng(0).random((64, 64)), scale=scale)
+
+
 @pytest.mark.parametrize("image, message", [
     (np.zeros((0, 10)), "empty image"),
     (np.full((40, 40), np.nan), "NaN"),

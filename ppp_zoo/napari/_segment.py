@@ -12,6 +12,7 @@ from pathlib import Path
 import napari.layers
 from napari.qt.threading import create_worker
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFileDialog,
@@ -46,7 +47,7 @@ class Cancelled(Exception):
     """Raised in the worker thread when the user cancels a run."""
 
 
-def segment_in_thread(model: Path, image, *, scale: float, fast: bool | None,
+def segment_in_thread(model: Path, image, *, scale: float | str, fast: bool | None,
                       tile: tuple[int, ...] | None, cancel: threading.Event,
                       relay: Relay) -> SegmentResult:
     """The worker's job: load the package and segment, reporting tiles, honouring cancel
@@ -70,12 +71,20 @@ def segment_in_thread(model: Path, image, *, scale: float, fast: bool | None,
 
 
 def describe_result(result: SegmentResult) -> str:
-    """Instance count, seconds per stage and notes, as the widget shows them."""
+    """Instance count, seconds per stage, the scale ``scale="auto"`` chose and notes, as
+    the widget shows them."""
     count = f"{result.n_instances} instance{'s' if result.n_instances != 1 else ''}"
     stages = ", ".join(f"{k} {result.timings[k]:.2f} s" for k in STAGES if k in result.timings)
     total = sum(result.timings.values())
     lines = [f"{count} in {total:.1f} s ({result.n_tiles} tile{'s' if result.n_tiles != 1 else ''})",
              stages]
+    auto = result.auto_scale
+    if auto is not None:
+        line = f"scale auto: {result.scale:.2f}"
+        if auto["confident"]:
+            line += (f" (objects about {auto['diameter']:.0f} px across, trained on "
+                     f"{auto['trained_diameter']:.0f} px)")
+        lines.append(line)
     lines += list(result.notes)
     return "\n".join(line for line in lines if line)
 
@@ -113,6 +122,16 @@ class SegmentWidget(QWidget):
         self.scale_box.setValue(1.0)
         self.scale_box.setToolTip("Resample the image by this factor before the model, so "
                                   "that objects reach the size the model was trained on")
+        self.scale_box.setEnabled(False)
+        self.auto_scale_box = QCheckBox("auto")
+        self.auto_scale_box.setChecked(True)
+        self.auto_scale_box.setToolTip("Measure the objects in quick coarse passes and choose "
+                                       "the scale that brings them to the training size (the "
+                                       "chosen scale appears in the box after a run)")
+        self.auto_scale_box.toggled.connect(lambda auto: self.scale_box.setEnabled(not auto))
+        scale_row = QHBoxLayout()
+        scale_row.addWidget(self.scale_box, 1)
+        scale_row.addWidget(self.auto_scale_box)
         self.mode_box = QComboBox()
         self.mode_box.addItems(list(MODES))
         self.tile_box = QSpinBox()
@@ -128,7 +147,7 @@ class SegmentWidget(QWidget):
         form.addRow("model", model_row)
         form.addRow("", self.hint_label)
         form.addRow("image", self.image_box)
-        form.addRow("scale", self.scale_box)
+        form.addRow("scale", scale_row)
         form.addRow("assembly", self.mode_box)
         form.addRow("tile", self.tile_box)
         layout = QVBoxLayout(self)
@@ -186,6 +205,10 @@ class SegmentWidget(QWidget):
         self.hint_label.setText(text)
 
     # ----------------------------------------------------------------- running
+    def scale(self) -> float | str:
+        """``"auto"`` while the auto box is checked, else the spin box's factor."""
+        return "auto" if self.auto_scale_box.isChecked() else self.scale_box.value()
+
     def run(self) -> None:
         """Check the inputs, then segment in a worker thread (returns at once)."""
         if self.worker is not None:
@@ -201,7 +224,7 @@ class SegmentWidget(QWidget):
         self._cancel.clear()
         self.worker = create_worker(
             segment_in_thread, package.source, layer_array(layer),
-            scale=self.scale_box.value(), fast=MODES[self.mode_box.currentText()], tile=tile,
+            scale=self.scale(), fast=MODES[self.mode_box.currentText()], tile=tile,
             cancel=self._cancel, relay=self._relay, _start_thread=False, _ignore_errors=True)
         self.worker.returned.connect(lambda result: self._show(result, layer))
         self.worker.errored.connect(lambda err: self._failed(err, layer.name))
@@ -249,6 +272,8 @@ class SegmentWidget(QWidget):
             return
         self.last_result = result
         self.status_label.setText(describe_result(result))
+        if result.auto_scale is not None:  # show the factor auto chose
+            self.scale_box.setValue(result.scale)
         for layer_kwargs in result_layers(result, layer.name, layer):
             self.viewer.add_labels(**layer_kwargs)
 

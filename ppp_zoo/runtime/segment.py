@@ -302,7 +302,14 @@ class Segmenter:
                          "scale 1")
         elif not valid:
             chosen = 1.0
-            notes.append("scale auto: too few objects to measure their size; used scale 1")
+            small = passes[1.0][0]  # the scale-1 probe always runs when none counts
+            if small is None:
+                notes.append("scale auto: too few objects to measure their size; used scale 1")
+            else:  # objects found, but too small against the training size to count
+                notes.append(f"scale auto: the objects at scale 1 measure {small:.0f} px "
+                             f"across, under 1/{AUTO_SCALE_MIN_RATIO:g} of the training size "
+                             f"({trained:.0f} px); used scale 1: if they are objects, give "
+                             f"--scale (about {trained / small:.1f})")
         else:
             coarse, measured = min(valid)
             wanted = float(np.clip(trained * coarse / measured, lo, hi))
@@ -315,9 +322,10 @@ class Segmenter:
         confident = bool(trained and measured and abs(math.log(trained / measured)) <=
                          math.log(AUTO_SCALE_TOLERANCE))
         if trained and valid and not confident:
-            notes.append(f"scale auto: the objects at scale {chosen:g} measure "
-                         f"{measured or 0:.0f} px across, the model was trained on "
-                         f"{trained:.0f} px; check the result or give --scale")
+            found = (f"measure {measured:.0f} px across" if measured is not None
+                     else "are too few to measure")
+            notes.append(f"scale auto: the objects at scale {chosen:g} {found}, the model was "
+                         f"trained on {trained:.0f} px; check the result or give --scale")
         timings: dict[str, float] = {}
         for _, r in passes.values():
             for key, value in r.timings.items():
