@@ -104,21 +104,12 @@ def targets(
 
 
 # --------------------------------------------------------------------------- postprocess
-def _read_npz(path: Path) -> dict:
-    """All arrays of an ``.npz`` file; a missing or unreadable file is one clear error."""
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
-    except Exception as err:
-        raise UserError(f"{path}: cannot read as .npz ({type(err).__name__}: {err})") from None
-
-
 def _load_outputs(path: Path, patchshape: Optional[str]):
     from .postprocess.params import parse_shape
 
-    arrays = _read_npz(path)
+    from .io import read_npz
+
+    arrays = read_npz(path)
     if "patches" not in arrays:
         raise UserError(
             f"{path}: no 'patches' array (found: {', '.join(sorted(arrays)) or 'nothing'}); "
@@ -156,6 +147,7 @@ def postprocess(
     model: Annotated[Optional[Path], typer.Option("--model", help="Exported model package (.zip or folder): every parameter, and the decoding of its output, come from it; the options above override them.")] = None,
     workers: Annotated[Optional[int], typer.Option(min=1, help="Assemble a zarr OUTPUTS array block by block on a local dask cluster of this many processes (needs the [dask] extra).")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="... or on the dask scheduler at this address.")] = None,
+    device: Annotated[str, typer.Option(help="Where the assembly kernels run: auto (a CUDA GPU when numba finds one it can use, else the CPU), cpu or cuda (numba's CUDA target). The labels are the same.")] = "auto",
 ):
     """Assemble instances from PatchPerPix outputs (numinst + patches), or from a model's raw
     output with --model."""
@@ -163,12 +155,18 @@ def postprocess(
 
     from .io import write_labels
     from .postprocess import AssemblyParams, assemble, assemble_blockwise, parse_shape
+    from .postprocess.assembly import resolve_device
 
+    try:
+        resolve_device(device)
+    except RuntimeError as err:  # cuda without a usable GPU
+        raise SetupError(str(err)) from None
     changes = dict(patch_threshold=patch_threshold, fc_threshold=fc_threshold,
                    partition=partition, min_size=min_size, fast=fast, overlapping=overlapping)
     if _is_zarr(str(outputs)) or workers or scheduler:
         return _postprocess_blocks(outputs, output, model, patchshape, changes, block,
-                                   workers=workers, scheduler=scheduler, json_out=json_out)
+                                   workers=workers, scheduler=scheduler, json_out=json_out,
+                                   device=device)
     if model is not None:
         numinst, patches, params = _load_outputs_for_model(outputs, model, patchshape, changes,
                                                            lazy=block is not None)
@@ -180,13 +178,14 @@ def postprocess(
             raise UserError("--block writes label images: it cannot be combined with --overlapping")
         t0 = time.perf_counter()
         labels = assemble_blockwise(numinst, patches, params, block_shape=parse_shape(block),
-                                    progress=_block_progress if _interactive() else None)
+                                    progress=_block_progress if _interactive() else None,
+                                    device=device)
         summary = {"n_instances": int(labels.max(initial=0)),
                    "timings": {"blockwise": round(time.perf_counter() - t0, 4)}}
         empty = not (labels > 0).any() and not _has_foreground(numinst, patches, params)
     else:
         result = assemble(numinst, patches, params, return_result=True,
-                          progress=_step_progress if _interactive() else None)
+                          progress=_step_progress if _interactive() else None, device=device)
         labels, summary, empty = result.labels, result.summary(), result.n_candidates == 0
     if empty:
         raise UserError(f"{outputs}: no foreground pixel (numinst/patch centre below the "
@@ -202,7 +201,7 @@ def postprocess(
 
 def _postprocess_blocks(outputs: Path, output: Path, model: Optional[Path],
                         patchshape: Optional[str], changes: dict, block: Optional[str], *,
-                        workers, scheduler, json_out: bool) -> None:
+                        workers, scheduler, json_out: bool, device: str = "auto") -> None:
     """Raw outputs stored in zarr, assembled block by block on dask.distributed."""
     import dataclasses
 
@@ -237,7 +236,8 @@ def _postprocess_blocks(outputs: Path, output: Path, model: Optional[Path],
     with _BlockProgress(enabled=_interactive()) as progress:
         result = assemble_distributed(source, output, params,
                                       block=parse_shape(block) if block else None,
-                                      workers=workers, scheduler=scheduler, progress=progress)
+                                      workers=workers, scheduler=scheduler, progress=progress,
+                                      device=device)
     if json_out:
         typer.echo(json.dumps(result.summary()))
     else:

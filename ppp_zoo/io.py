@@ -155,6 +155,26 @@ OUTPUT_SUFFIXES = (".npz", ".npy", ".tif", ".tiff", ".h5", ".hdf5", ".hdf")
 _AXIS_LETTERS = {"t": "t", "b": "t", "z": "z", "c": "c", "y": "y", "x": "x", "s": "c"}
 
 
+def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file, read eagerly (no pickles).
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    ValueError
+        Not a readable ``.npz`` (one line naming the file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except Exception as err:  # noqa: BLE001 - zip, pickle and format errors alike
+        raise ValueError(f"{path}: cannot read as .npz ({type(err).__name__}: {err})") from None
+
+
 def read_model_output(path: str | os.PathLike, *, channels: int, ndim: int,
                       tensor_id: str) -> dict[str, np.ndarray]:
     """Read a model's raw output as a tool saved it, channels first.
@@ -198,8 +218,7 @@ def read_model_output(path: str | os.PathLike, *, channels: int, ndim: int,
                          f"files, not {suffix or 'a file without suffix'}")
     try:
         if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as npz:
-                arrays = {k: npz[k] for k in npz.files}
+            arrays = read_npz(path)
             return {k: (v[0] if v.ndim == ndim + 2 and v.shape[0] == 1 else v)
                     for k, v in arrays.items()}
         if suffix == ".npy":
