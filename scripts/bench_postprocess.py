@@ -27,13 +27,21 @@ seconds, new (baseline): DSB exact cc 5.4 (11.4), mws 7.4 (12.9); DSB fast cc 1.
 mws 1.5 (4.1); 3D exact 13.6 (90.1), fast 0.87 (2.2); worms fast2 7.1 (19.4), fast3 3.2
 (8.2); worms exact 35.0 (339.5); labels identical in every case, peak RSS lower in every case.
 
+With ``--device cuda`` the timed cases run the assembly kernels on the GPU (numba's CUDA
+target; the baseline always runs on the CPU), so that one command on a GPU machine measures
+the GPU path against the CPU kernels of the same commit and checks that the labels are the
+same:
+
+    python scripts/bench_postprocess.py --cases dsb-exact,worms-41-exact --device cuda --baseline HEAD
+
 Usage:  python scripts/bench_postprocess.py [--cases dsb-exact,dsb-fast,...] [--repeat 3]
-                                            [--baseline REF]
+                                            [--baseline REF] [--device cpu|cuda|auto]
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import shutil
@@ -113,12 +121,19 @@ def _time_assembly(numinst, patches, params, labels, repeat, overlapping=False, 
 
     pkg = _postprocess()
     params = pkg.AssemblyParams(**params.to_dict())
+    # $PPP_BENCH_DEVICE (--device): where the kernels run; a package without the argument
+    # runs on the CPU
+    device = os.environ.get("PPP_BENCH_DEVICE", "cpu")
+    kw = {"device": device} if "device" in inspect.signature(pkg.assemble).parameters else {}
+    if device != "cpu" and not kw:
+        raise RuntimeError(f"this ppp_zoo.postprocess has no device argument (--device {device})")
     crop = (slice(None),) + (slice(0, 64),) * (patches.ndim - 1)
-    pkg.assemble(None if numinst is None else numinst[crop], patches[crop], params)  # JIT warm-up
+    pkg.assemble(None if numinst is None else numinst[crop], patches[crop], params,
+                 **kw)  # JIT warm-up
     runs = []
     for _ in range(max(repeat, 1)):
         t0 = time.perf_counter()
-        result = pkg.assemble(numinst, patches, params, return_result=True)
+        result = pkg.assemble(numinst, patches, params, return_result=True, **kw)
         runs.append((time.perf_counter() - t0, result))
     runs.sort(key=lambda run: run[0])
     seconds, result = runs[len(runs) // 2]
@@ -126,6 +141,7 @@ def _time_assembly(numinst, patches, params, labels, repeat, overlapping=False, 
         np.save(os.path.join(os.environ["PPP_BENCH_DIR"], f"{name}.npy"), result.labels)
     ev = evaluate_image(result.labels, labels, overlapping=overlapping)
     return {"seconds": round(seconds, 3), "all_seconds": [round(r[0], 3) for r in runs],
+            "device": getattr(result, "device", "cpu"),
             "steps": result.summary()["timings"], "n_instances": result.n_instances,
             "n_selected": result.n_selected, "n_edges": result.n_edges,
             "ap50": round(ev.ap["0.5"], 4), "ap90": round(ev.ap["0.9"], 4)}
@@ -294,9 +310,11 @@ def _cli_startup() -> dict:
     return out
 
 
-def _run_timed(case: str, repeat: int, folder: str, package: str | None) -> dict:
-    """One timed case in a fresh process (labels saved under ``folder``)."""
-    env = dict(os.environ, PPP_BENCH_DIR=folder)
+def _run_timed(case: str, repeat: int, folder: str, package: str | None,
+               device: str = "cpu") -> dict:
+    """One timed case in a fresh process (labels saved under ``folder``); the baseline
+    ``package`` always on the CPU."""
+    env = dict(os.environ, PPP_BENCH_DIR=folder, PPP_BENCH_DEVICE="cpu" if package else device)
     env.pop("PPP_BENCH_PACKAGE", None)
     if package:
         env["PPP_BENCH_PACKAGE"] = package
@@ -321,7 +339,8 @@ def _compare(case: str, new: dict, old: dict, new_dir: str, old_dir: str) -> lis
                               np.load(os.path.join(old_dir, f"{name}.npy")))
         steps = ", ".join(f"{k} {v:.2f}" for k, v in run["steps"].items() if v >= 0.005)
         base_steps = ", ".join(f"{k} {v:.2f}" for k, v in base["steps"].items() if v >= 0.005)
-        lines.append(f"  {key}: {run['seconds']:.2f} s (baseline {base['seconds']:.2f} s, "
+        lines.append(f"  {key}: {run['seconds']:.2f} s on {run.get('device', 'cpu')} "
+                     f"(baseline {base['seconds']:.2f} s on {base.get('device', 'cpu')}, "
                      f"{base['seconds'] / run['seconds']:.1f}x faster); labels identical: {same}; "
                      f"AP50 {run['ap50']} (baseline {base['ap50']})")
         lines.append(f"    steps: {steps}")
@@ -336,6 +355,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--baseline", default=None,
                     help="git ref whose ppp_zoo/postprocess is timed beside the current one")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"],
+                    help="where the timed cases run the assembly kernels (the baseline: CPU)")
     ap.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this process
     args = ap.parse_args()
     if args.case:
@@ -354,7 +375,7 @@ def main() -> None:
         elif case in TIMED:
             with tempfile.TemporaryDirectory() as new_dir, tempfile.TemporaryDirectory() as old_dir:
                 try:
-                    results[case] = _run_timed(case, args.repeat, new_dir, None)
+                    results[case] = _run_timed(case, args.repeat, new_dir, None, args.device)
                     print(f"{case}: {json.dumps(results[case])}", flush=True)
                     if base_pkg:
                         old = _run_timed(case, args.repeat, old_dir, base_pkg)

@@ -55,6 +55,11 @@ decoding (the network's patch head, and the code decoder of ``ppp+dec`` models, 
 
 Large images: :func:`assemble_blockwise` assembles blocks with a margin of one patch size
 and stitches them (memory grows with the block, not with the image).
+
+GPU: ``assemble(..., device="cuda")`` (or ``"auto"``, the default, when numba finds a usable
+CUDA GPU) runs the kernels of steps 1-5 (consensus, scores, cover, edges and their weights)
+with numba's CUDA target, with the CPU kernels' results; step 0, the ranking's sort and
+steps 6-7 stay on the CPU (see ``_cuda_kernels.py``).
 """
 
 from ._cache import configure as _configure_cache

@@ -4,12 +4,20 @@ The public entry point is :func:`assemble`. The step functions (``foreground_cla
 ``compute_consensus``, ``rank_patches``, ``cover_foreground``, ``patch_graph``,
 ``partition_graph``, ``label_instances``) are public too, so that each step can be inspected
 and tested on its own.
+
+Devices: ``compute_consensus``, ``cover_foreground`` and ``patch_graph`` run the numba CPU
+kernels (``_kernels.py``) or, with ``device="cuda"``, numba CUDA kernels
+(``_cuda_kernels.py``, imported for "cuda" and "auto") that give the same results; the other steps
+always run on the CPU. :func:`assemble` takes ``device="auto"`` (the GPU when numba finds a
+usable one, else the CPU), ``"cpu"`` or ``"cuda"``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
+from functools import partial
 from typing import Callable, Optional
 
 import numpy as np
@@ -23,6 +31,40 @@ ProgressCallback = Optional[Callable[[str], None]]
 #: patch scores are rounded to this many decimals before ranking (float32 vote sums
 #: differ in the last bits between mathematically equal scores)
 SCORE_DECIMALS = 5
+
+
+#: values of the ``device`` argument
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``"cpu"`` or ``"cuda"``: where the assembly kernels run for ``device``.
+
+    ``"auto"`` is ``"cuda"`` when numba finds a CUDA GPU it can compile for, else ``"cpu"``.
+
+    Raises
+    ------
+    ValueError
+        For a value other than ``"auto"``, ``"cpu"`` or ``"cuda"``.
+    RuntimeError
+        For ``"cuda"`` without a usable CUDA GPU (the message says what is missing).
+    """
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if device == "cpu":
+        return "cpu"
+    reason = _cuda().unavailable_reason()
+    if reason is None:
+        return "cuda"
+    if device == "auto":
+        return "cpu"
+    raise RuntimeError(f"device='cuda' cannot run: {reason}")
+
+
+def _cuda():
+    from . import _cuda_kernels
+
+    return _cuda_kernels
 
 
 # --------------------------------------------------------------------------- geometry
@@ -258,8 +300,11 @@ def prepare(numinst, patches, params: AssemblyParams) -> tuple[Prepared, np.ndar
 BAND_ROWS = 16
 
 
-def compute_consensus(prep: Prepared, cand_flat: np.ndarray) -> Consensus:
-    """Steps 1-2: accumulate every candidate's votes, then score every candidate patch."""
+def compute_consensus(prep: Prepared, cand_flat: np.ndarray, device: str = "cpu") -> Consensus:
+    """Steps 1-2: accumulate every candidate's votes, then score every candidate patch
+    (on the GPU with ``device="cuda"``; same values, see ``_cuda_kernels``)."""
+    if resolve_device(device) == "cuda":
+        return _cuda().compute_consensus(prep, cand_flat)
     geo = prep.geo
     n_cols = geo.n_columns
     if int(np.prod(geo.patchshape)) > np.iinfo(np.uint16).max:
@@ -323,8 +368,10 @@ def _tie_key(flat: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
-def cover_foreground(prep: Prepared, ranked_flat: np.ndarray) -> np.ndarray:
+def cover_foreground(prep: Prepared, ranked_flat: np.ndarray, device: str = "cpu") -> np.ndarray:
     """Step 3: greedy foreground cover; returns the flat centres of the selected patches."""
+    if resolve_device(device) == "cuda":
+        return ranked_flat[_cuda().cover_foreground(prep, ranked_flat)]
     centres = prep.centres_of(ranked_flat)
     covered = np.zeros_like(prep.fgmask)
     selected = np.empty(len(ranked_flat), np.int64)
@@ -334,22 +381,29 @@ def cover_foreground(prep: Prepared, ranked_flat: np.ndarray) -> np.ndarray:
     return ranked_flat[selected[:m]]
 
 
-def patch_graph(prep: Prepared, selected_flat: np.ndarray, consensus: Consensus):
+def patch_graph(prep: Prepared, selected_flat: np.ndarray, consensus: Consensus,
+                device: str = "cpu"):
     """Steps 4-5: candidate edges between selected patches and their consensus weights.
 
     Returns ``(edges, weights)``: (E, 2) int64 node indices (a < b, into ``selected_flat``)
     and (E,) float64 weights; pairs without any defined consensus are dropped.
     """
+    on_gpu = resolve_device(device) == "cuda"
     geo = prep.geo
     centres = prep.centres_of(selected_flat)
-    edges = K.candidate_edges(centres, np.array(geo.patchshape, np.int64))
     n, P = len(selected_flat), prep.offs.shape[0]
     pz, py, px = geo.patchshape
-    hmask = np.empty((n, P), np.uint8)
-    hspan = np.empty((n, pz * py, 2), np.int64)
     stride = prep.params.fast_stride if prep.params.fast else 1
-    K.high_masks(prep.patches, centres, np.ascontiguousarray(selected_flat, np.int64), prep.offs,
-                 prep.r, prep.vmask, prep.th, stride, hmask, hspan)
+    if on_gpu:
+        CK = _cuda()
+        edges = CK.candidate_edges(centres, geo.patchshape)
+        hmask, hspan, d_centres = CK.high_masks(prep, centres, stride)
+    else:
+        edges = K.candidate_edges(centres, np.array(geo.patchshape, np.int64))
+        hmask = np.empty((n, P), np.uint8)
+        hspan = np.empty((n, pz * py, 2), np.int64)
+        K.high_masks(prep.patches, centres, np.ascontiguousarray(selected_flat, np.int64),
+                     prep.offs, prep.r, prep.vmask, prep.th, stride, hmask, hspan)
     # weight(a, b), a < b: half 0 sums u in H_a, v in H_b (v after u), computed in b's pass;
     # half 1 sums u in H_b, v in H_a, computed in a's pass
     E = len(edges)
@@ -360,9 +414,14 @@ def patch_graph(prep: Prepared, selected_flat: np.ndarray, consensus: Consensus)
     nbr_start = np.searchsorted(node[order], np.arange(n + 1)).astype(np.int64)
     part_sum = np.zeros(2 * E, np.float64)
     part_cnt = np.zeros(2 * E, np.int64)
-    K.edge_weight_parts(centres, prep.offs, hmask, hspan, nbr_start, nbr_node, nbr_slot,
-                        prep.vidx, prep.r, prep.fshape, geo.n_columns, consensus.values,
-                        part_sum, part_cnt)
+    if on_gpu:
+        if E:
+            CK.edge_weight_parts(prep, centres, hmask, hspan, d_centres, nbr_start, nbr_node,
+                                 nbr_slot, consensus.values, part_sum, part_cnt)
+    else:
+        K.edge_weight_parts(centres, prep.offs, hmask, hspan, nbr_start, nbr_node, nbr_slot,
+                            prep.vidx, prep.r, prep.fshape, geo.n_columns, consensus.values,
+                            part_sum, part_cnt)
     count = part_cnt[0::2] + part_cnt[1::2]
     keep = count > 0
     edges = edges[keep]
@@ -467,6 +526,9 @@ class AssemblyResult:
         Sizes of the intermediate problems.
     timings : dict
         Seconds per step.
+    device : str
+        Where the consensus, cover and graph kernels ran: ``"cpu"``, ``"cuda"``, or
+        ``"cuda+cpu"`` when ``device="auto"`` fell back to the CPU part way.
     """
 
     labels: np.ndarray
@@ -475,6 +537,7 @@ class AssemblyResult:
     n_selected: int
     n_edges: int
     timings: dict
+    device: str = "cpu"
 
     def summary(self) -> dict:
         return {
@@ -482,12 +545,13 @@ class AssemblyResult:
             "n_candidates": self.n_candidates,
             "n_selected": self.n_selected,
             "n_edges": self.n_edges,
+            "device": self.device,
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
         }
 
 
 def assemble(numinst, patches, params: AssemblyParams, *, progress: ProgressCallback = None,
-             return_result: bool = False):
+             return_result: bool = False, device: str = "auto"):
     """Assemble instances from PatchPerPix outputs by patch consensus.
 
     Parameters
@@ -505,6 +569,11 @@ def assemble(numinst, patches, params: AssemblyParams, *, progress: ProgressCall
     return_result : bool
         Return an :class:`AssemblyResult` (labels plus sizes and timings) instead of the
         labels alone.
+    device : {"auto", "cpu", "cuda"}
+        Where the consensus, scores, cover and graph kernels run (the labels are the same):
+        ``"cuda"`` on the GPU with numba's CUDA target, ``"cpu"`` on the CPU, ``"auto"`` on
+        the GPU when numba finds a usable one (and back on the CPU should its driver or
+        compiler fail), else on the CPU.
 
     Returns
     -------
@@ -515,7 +584,10 @@ def assemble(numinst, patches, params: AssemblyParams, *, progress: ProgressCall
     Raises
     ------
     ValueError
-        On shapes that do not match ``patchshape``, non-numeric or non-finite inputs.
+        On shapes that do not match ``patchshape``, non-numeric or non-finite inputs, or an
+        unknown ``device``.
+    RuntimeError
+        With ``device="cuda"`` on a machine without a usable CUDA GPU.
 
     Examples
     --------
@@ -530,6 +602,26 @@ def assemble(numinst, patches, params: AssemblyParams, *, progress: ProgressCall
     (3, True)
     """
     timings: dict[str, float] = {}
+    dev = resolve_device(device)
+    used: set[str] = set()
+
+    def on_device(gpu, cpu):
+        """Run a step's GPU version when the device is cuda, else (or, with auto, after a
+        CUDA driver or compiler failure) its CPU version."""
+        nonlocal dev
+        if dev == "cuda":
+            try:
+                out = gpu()
+                used.add("cuda")
+                return out
+            except _cuda().cuda_errors() as err:
+                if device != "auto":
+                    raise
+                warnings.warn(f"the GPU assembly failed ({type(err).__name__}: {err}); "
+                              "continuing on the CPU", RuntimeWarning, stacklevel=3)
+                dev = "cpu"
+        used.add("cpu")
+        return cpu()
 
     def step(name: str):
         if progress is not None:
@@ -545,20 +637,23 @@ def assemble(numinst, patches, params: AssemblyParams, *, progress: ProgressCall
     spatial = prep.spatial
     if cand_flat.size == 0:
         empty = np.zeros((0,) + spatial, bool) if params.overlapping else np.zeros(spatial, np.int32)
-        result = AssemblyResult(empty, 0, 0, 0, 0, timings)
+        result = AssemblyResult(empty, 0, 0, 0, 0, timings, dev)
         return result if return_result else result.labels
 
     step("consensus+scores")
-    consensus = compute_consensus(prep, cand_flat)
+    consensus = on_device(partial(compute_consensus, prep, cand_flat, "cuda"),
+                          partial(compute_consensus, prep, cand_flat, "cpu"))
     done("consensus+scores")
     step("ranking")
     ranked, _scores = rank_patches(cand_flat, consensus)
     done("ranking")
     step("cover")
-    selected = cover_foreground(prep, ranked)
+    selected = on_device(partial(cover_foreground, prep, ranked, "cuda"),
+                         partial(cover_foreground, prep, ranked, "cpu"))
     done("cover")
     step("graph")
-    edges, weights = patch_graph(prep, selected, consensus)
+    edges, weights = on_device(partial(patch_graph, prep, selected, consensus, "cuda"),
+                               partial(patch_graph, prep, selected, consensus, "cpu"))
     del consensus
     done("graph")
     step("partition")
@@ -569,5 +664,5 @@ def assemble(numinst, patches, params: AssemblyParams, *, progress: ProgressCall
     done("labelling")
     n = labels.shape[0] if params.overlapping else int(labels.max(initial=0))
     result = AssemblyResult(labels, n, int(cand_flat.size), int(len(selected)), int(len(edges)),
-                            timings)
+                            timings, "+".join(sorted(used, reverse=True)) or dev)
     return result if return_result else result.labels

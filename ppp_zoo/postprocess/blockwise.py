@@ -18,7 +18,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from .assembly import assemble
+from .assembly import assemble, resolve_device
 from .labels import relabel_consecutive
 from .params import AssemblyParams
 
@@ -36,7 +36,8 @@ def _blocks(shape: Sequence[int], block: Sequence[int], margin: Sequence[int]):
 def assemble_blockwise(numinst, patches, params: AssemblyParams, *,
                        block_shape: Optional[Sequence[int]] = None,
                        merge_overlap: float = 0.5,
-                       progress: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
+                       progress: Optional[Callable[[int, int], None]] = None,
+                       device: str = "auto") -> np.ndarray:
     """Assemble instances block by block and stitch them into one label image.
 
     Parameters
@@ -53,6 +54,8 @@ def assemble_blockwise(numinst, patches, params: AssemblyParams, *,
         is at least this fraction of the smaller of the two.
     progress : callable, optional
         Called with (blocks done, blocks total).
+    device : {"auto", "cpu", "cuda"}
+        Where each block's assembly kernels run (see :func:`~ppp_zoo.postprocess.assemble`).
 
     Returns
     -------
@@ -72,6 +75,7 @@ def assemble_blockwise(numinst, patches, params: AssemblyParams, *,
     """
     if params.overlapping:
         raise ValueError("blockwise assembly writes label images: use overlapping=False")
+    resolve_device(device)  # an unknown device, or cuda without a GPU, fails before any block
     spatial = tuple(patches.shape[1:])
     if len(spatial) != params.ndim:
         raise ValueError(f"patches must have shape (P, {'Z, ' if params.ndim == 3 else ''}Y, X) "
@@ -88,7 +92,7 @@ def assemble_blockwise(numinst, patches, params: AssemblyParams, *,
     for done, (core, crop) in enumerate(blocks):
         n_crop = None if numinst is None else np.ascontiguousarray(numinst[(slice(None),) + crop])
         p_crop = np.ascontiguousarray(patches[(slice(None),) + crop], dtype=np.float32)
-        local = assemble(n_crop, p_crop, params)
+        local = assemble(n_crop, p_crop, params, device=device)
         del p_crop
         next_id = _stitch(out, local, core, crop, next_id, merge_overlap)
         if progress is not None:

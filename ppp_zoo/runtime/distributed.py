@@ -156,9 +156,11 @@ class AssembleBlocks:
     With :class:`~ppp_zoo.postprocess.AssemblyParams` the block is ``(numinst (3, ...),
     patches (P, ...))`` stacked on the channel axis; with a model package's
     :class:`~ppp_zoo.postprocess.ModelParams` it is the model's output (numinst and features
-    for the current layout), decoded into patches block by block."""
+    for the current layout), decoded into patches block by block. ``device`` is passed to
+    :func:`~ppp_zoo.postprocess.assemble` (where the assembly kernels run)."""
 
     params: Any
+    device: str = "auto"
 
     def __call__(self, block: np.ndarray) -> np.ndarray:
         from ..postprocess import ModelParams, assemble
@@ -170,9 +172,9 @@ class AssembleBlocks:
                 (block[:3], block[3:])
             numinst = np.ascontiguousarray(numinst)
             return assemble(numinst, model.patches(numinst, np.ascontiguousarray(values)),
-                            model.assembly)
+                            model.assembly, device=self.device)
         return assemble(np.ascontiguousarray(block[:3]), np.ascontiguousarray(block[3:]),
-                        self.params)
+                        self.params, device=self.device)
 
 
 # --------------------------------------------------------------------------- tasks
@@ -755,13 +757,14 @@ def segment_distributed(source: str | os.PathLike | ImageSource, output: str | o
 
 def assemble_distributed(source, output: str | os.PathLike, params, *,
                          block: Sequence[int] | None = None, name: str = "instances",
-                         **kwargs) -> DistributedResult:
+                         device: str = "auto", **kwargs) -> DistributedResult:
     """Assemble raw outputs block by block: ``(numinst (3), patches (P))`` stacked on the
     channel axis of ``source`` with :class:`~ppp_zoo.postprocess.AssemblyParams`, or a model
     package's output (e.g. ``(3 + F, ...)``: numinst and features) with its
     :class:`~ppp_zoo.postprocess.ModelParams`. ``source`` is a zarr array opened with
     :func:`~ppp_zoo.io.open_image_source`, or any object with ``read``/``space_shape``; see
-    :func:`run_blocks` for ``output`` and ``kwargs``."""
+    :func:`run_blocks` for ``output`` and ``kwargs``; ``device`` is where each block's
+    assembly kernels run (``"auto"``, ``"cpu"`` or ``"cuda"``, on the worker)."""
     assembly = getattr(params, "assembly", params)
     if assembly.overlapping:
         raise ValueError("block-wise assembly writes label images: use --no-overlapping")
@@ -775,5 +778,5 @@ def assemble_distributed(source, output: str | os.PathLike, params, *,
     if any(b % stride for b in block):
         raise ValueError(f"block {'x'.join(map(str, block))} must be a multiple of the fast "
                          f"mode's stride {stride}")
-    return run_blocks(source, AssembleBlocks(params), block=block, pad=pad, strip=strip,
+    return run_blocks(source, AssembleBlocks(params, device), block=block, pad=pad, strip=strip,
                       output=output, name=name, **kwargs)
