@@ -400,18 +400,22 @@ class Segmenter:
 
     def _assemble(self, numinst, second, params, timings: dict, *, blockwise: bool, block):
         """Decode features or codes into patches and assemble; blockwise decoding happens
-        per block, inside the assembly's time."""
+        per block, inside the assembly's time. The assembly follows the network: on the
+        GPU (when numba can use it, else the CPU) when the engine runs there, else on the
+        CPU."""
         from ..postprocess import assemble, assemble_blockwise
 
+        device = "auto" if self.engine.device == "cuda" else "cpu"
         t = time.perf_counter()
         model = dataclasses.replace(self.params, assembly=params)
         patches = model.patches(numinst, second, lazy=blockwise)
         timings["decode"] = time.perf_counter() - t
         t = time.perf_counter()
         if blockwise:
-            labels = assemble_blockwise(numinst, patches, params, block_shape=block)
+            labels = assemble_blockwise(numinst, patches, params, block_shape=block,
+                                        device=device)
         else:
-            labels = assemble(numinst, patches, params)
+            labels = assemble(numinst, patches, params, device=device)
         timings["assembly"] = time.perf_counter() - t
         return labels
 
