@@ -41,8 +41,10 @@ AUTO_SCALE_PROBES = (1.0, 0.5, 0.25)
 """``scale="auto"`` segments at these scales to measure the objects."""
 AUTO_SCALE_MIN_RATIO = 2.5
 """A probe counts when its objects measure at least the training diameter over this."""
-AUTO_SCALE_REUSE = 1.1
-"""A probe within this factor of the wanted scale is kept instead of another pass."""
+AUTO_SCALE_STEPS = 4
+"""``scale="auto"`` chooses powers of 2 ** (1 / this): quarter octaves, finer than a network
+trained with zoom augmentation tells apart, and 1 (no resampling) for objects within
+about 9 % of the training size."""
 AUTO_SCALE_TOLERANCE = 1.25
 """``scale="auto"`` is confident when the kept pass's objects measure within this factor of
 the training diameter."""
@@ -267,8 +269,9 @@ class Segmenter:
     def _segment_auto(self, img: np.ndarray, run: dict) -> SegmentResult:
         """``scale="auto"``: probe passes at scales 1/4, 1/2 and 1 (coarse first, skipping
         those whose image would be too small to hold a few objects of the training size),
-        then the pass at the scale that brings the objects to the training size (a probe
-        within :data:`AUTO_SCALE_REUSE` of it is kept instead).
+        then the pass at the scale that brings the objects to the training size, rounded
+        to quarter octaves (:data:`AUTO_SCALE_STEPS`; a probe already at that scale is
+        kept).
 
         A network shown objects much larger than in training tends to cut them into pieces
         of about the training size, so the size measured at scale 1 alone cannot reveal
@@ -313,9 +316,8 @@ class Segmenter:
         else:
             coarse, measured = min(valid)
             wanted = float(np.clip(trained * coarse / measured, lo, hi))
-            near = min(passes, key=lambda s: abs(math.log(s / wanted)))
-            chosen = near if abs(math.log(near / wanted)) <= math.log(AUTO_SCALE_REUSE) \
-                else round(wanted, 3)
+            steps = round(AUTO_SCALE_STEPS * math.log2(wanted))
+            chosen = float(np.clip(round(2.0 ** (steps / AUTO_SCALE_STEPS), 4), lo, hi))
             if chosen not in passes:
                 run_at(chosen)
         measured, result = passes[chosen]
