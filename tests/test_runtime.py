@@ -571,3 +571,25 @@ def test_names_outside_the_package_are_refused(tiny2d, tmp_path, name):
     (tmp_path / "folder" / "rdf.yaml").write_text(yaml.safe_dump(rdf))
     with pytest.raises(PackageError, match="points outside the package"):
         segment_image(tmp_path / "folder", np.zeros((64, 64)))
+
+
+@pytest.mark.parametrize("block", [None, (64, 64)])
+def test_stage_progress_names_each_stage_and_can_stop_the_assembly(tiny2d, synth512, block):
+    """A GUI cancels during the assembly by raising from ``stage_progress``."""
+    image = synth512[0][:128, :128]
+    seen: list[str] = []
+    segment_image(tiny2d[0], image, stage_progress=seen.append, block=block)
+    assert seen[:2] == ["inference", "decode"]
+    steps = [s for s in seen if s.startswith("assembly: ")]
+    assert steps and (all("block" in s for s in steps) if block else
+                      "assembly: consensus" in steps or len(steps) >= 3)
+
+    class Stop(Exception):
+        pass
+
+    def stop_in_assembly(name: str) -> None:
+        if name.startswith("assembly: "):
+            raise Stop(name)
+
+    with pytest.raises(Stop, match="assembly: "):
+        segment_image(tiny2d[0], image, stage_progress=stop_in_assembly, block=block)

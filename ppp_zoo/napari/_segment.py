@@ -50,10 +50,15 @@ class Cancelled(Exception):
 def segment_in_thread(model: Path, image, *, scale: float | str, fast: bool | None,
                       tile: tuple[int, ...] | None, cancel: threading.Event,
                       relay: Relay) -> SegmentResult:
-    """The worker's job: load the package and segment, reporting tiles, honouring cancel
-    between tiles and before the result is handed back."""
+    """The worker's job: load the package and segment, reporting tiles and stages,
+    honouring cancel between tiles, between stages and between assembly steps."""
     def tile_progress(done: int, total: int) -> None:
         relay.event.emit(("tiles", done, total))
+        if cancel.is_set():
+            raise Cancelled
+
+    def stage_progress(name: str) -> None:
+        relay.event.emit(("stage", name))
         if cancel.is_set():
             raise Cancelled
 
@@ -64,7 +69,7 @@ def segment_in_thread(model: Path, image, *, scale: float | str, fast: bool | No
             tile = tile[:1] * segmenter.package.ndim
         relay.event.emit(("stage", "inference and assembly"))
         result = segmenter.segment(image, scale=scale, fast=fast, tile=tile,
-                                   tile_progress=tile_progress)
+                                   tile_progress=tile_progress, stage_progress=stage_progress)
     if cancel.is_set():
         raise Cancelled
     return result

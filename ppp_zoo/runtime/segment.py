@@ -14,7 +14,7 @@ import dataclasses
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -234,7 +234,9 @@ class Segmenter:
     def segment(self, image: np.ndarray, *, tile: Sequence[int] | None = None,
                 scale: float | str = 1.0, fast: bool | None = None,
                 block: Sequence[int] | None = None, keep_outputs: bool = False,
-                tile_progress: Progress = None, **assembly_changes: Any) -> SegmentResult:
+                tile_progress: Progress = None,
+                stage_progress: Callable[[str], None] | None = None,
+                **assembly_changes: Any) -> SegmentResult:
         """See :func:`segment_image`.
 
         ``scale="auto"`` measures the median diameter of the instances found in probe
@@ -260,7 +262,7 @@ class Segmenter:
                                  1.0 if auto else scale, 0, ("constant image: no instances",),
                                  constant_image=True)
         run = dict(tile=tile, fast=fast, block=block, keep_outputs=keep_outputs,
-                   tile_progress=tile_progress, params=params)
+                   tile_progress=tile_progress, stage_progress=stage_progress, params=params)
         if not auto:
             result, _ = self._segment_at(img, scale, hint=True, **run)
             return result
@@ -340,7 +342,8 @@ class Segmenter:
                                    auto_scale=info)
 
     def _segment_at(self, img: np.ndarray, scale: float, *, hint: bool, tile, fast, block,
-                    keep_outputs, tile_progress, params) -> tuple[SegmentResult, float | None]:
+                    keep_outputs, tile_progress, stage_progress,
+                    params) -> tuple[SegmentResult, float | None]:
         """One pass at ``scale``: the result and the median object diameter (at ``scale``)."""
         pkg = self.package
         timings: dict[str, float] = {}
@@ -357,6 +360,8 @@ class Segmenter:
         timings["preprocess"] = time.perf_counter() - t
 
         t = time.perf_counter()
+        if stage_progress is not None:
+            stage_progress("inference")
         raw, n_tiles = self._infer(x, tile, tile_progress)
         numinst, second = self.params.split(raw[0]) if len(raw) == 1 else raw[:2]
         n_pix = math.prod(x.shape[2:])
@@ -366,7 +371,7 @@ class Segmenter:
         labels = self._assemble(numinst, second, params, timings,
                                 blockwise=not params.overlapping and (
                                     block is not None or n_pix > BLOCKWISE_PIXELS[pkg.ndim]),
-                                block=block)
+                                block=block, stage_progress=stage_progress)
         measured = _median_diameter(labels)
         suggested, notes = (_scale_hint(measured, scale, pkg.object_diameter) if hint
                             else (None, []))
@@ -400,7 +405,8 @@ class Segmenter:
                          dtype=np.float16 if big else np.float32, progress=progress)
         return outs, n_tiles
 
-    def _assemble(self, numinst, second, params, timings: dict, *, blockwise: bool, block):
+    def _assemble(self, numinst, second, params, timings: dict, *, blockwise: bool, block,
+                  stage_progress: Callable[[str], None] | None = None):
         """Decode features or codes into patches and assemble; blockwise decoding happens
         per block, inside the assembly's time. The assembly follows the network: on the
         GPU (when numba can use it, else the CPU) when the engine runs there, else on the
@@ -408,16 +414,20 @@ class Segmenter:
         from ..postprocess import assemble, assemble_blockwise
 
         device = "auto" if self.engine.device == "cuda" else "cpu"
+        report = stage_progress or (lambda name: None)
+        report("decode")
         t = time.perf_counter()
         model = dataclasses.replace(self.params, assembly=params)
         patches = model.patches(numinst, second, lazy=blockwise)
         timings["decode"] = time.perf_counter() - t
         t = time.perf_counter()
         if blockwise:
-            labels = assemble_blockwise(numinst, patches, params, block_shape=block,
-                                        device=device)
+            labels = assemble_blockwise(
+                numinst, patches, params, block_shape=block, device=device,
+                progress=lambda done, total: report(f"assembly: block {done}/{total}"))
         else:
-            labels = assemble(numinst, patches, params, device=device)
+            labels = assemble(numinst, patches, params, device=device,
+                              progress=lambda name: report(f"assembly: {name}"))
         timings["assembly"] = time.perf_counter() - t
         return labels
 
@@ -467,7 +477,9 @@ def segment_image(model: str | os.PathLike | ModelPackage | Segmenter, image: np
                   tile: Sequence[int] | None = None, scale: float | str = 1.0,
                   fast: bool | None = None,
                   block: Sequence[int] | None = None, keep_outputs: bool = False,
-                  tile_progress: Progress = None, **assembly_changes: Any) -> SegmentResult:
+                  tile_progress: Progress = None,
+                  stage_progress: Callable[[str], None] | None = None,
+                  **assembly_changes: Any) -> SegmentResult:
     """Segment one image into instances with a PatchPerPix model package.
 
     Parameters
@@ -495,6 +507,10 @@ def segment_image(model: str | os.PathLike | ModelPackage | Segmenter, image: np
         Keep the raw network outputs in the result.
     tile_progress : callable, optional
         Called with (tiles done, tiles total).
+    stage_progress : callable, optional
+        Called with the name of each stage as it starts ("inference", "decode",
+        "assembly: <step>" or "assembly: block <done>/<total>"). An exception it raises
+        ends the run there (how a GUI cancels).
     **assembly_changes
         Overrides of the package's assembly parameters.
 
@@ -505,8 +521,10 @@ def segment_image(model: str | os.PathLike | ModelPackage | Segmenter, image: np
     if isinstance(model, Segmenter):
         return model.segment(image, tile=tile, scale=scale, fast=fast, block=block,
                              keep_outputs=keep_outputs, tile_progress=tile_progress,
+                             stage_progress=stage_progress,
                              **assembly_changes)
     with load_segmenter(model, engine, device) as seg:
         return seg.segment(image, tile=tile, scale=scale, fast=fast, block=block,
                            keep_outputs=keep_outputs, tile_progress=tile_progress,
+                           stage_progress=stage_progress,
                            **assembly_changes)
