@@ -71,6 +71,9 @@ class DataConfig:
     holds their generator's arguments when the source itself is not synthetic), drawing a
     ``synth_extra_fraction`` share of the training crops from them. They are never
     validated on, and the recorded training object diameter stays that of the source.
+    ``synth_val``: also validate (checkpoint choice and threshold tuning) on this many such
+    images from a seed stream of their own, so that a small validation strip does not
+    decide alone.
     """
 
     source: Source = "synth-nuclei"
@@ -84,6 +87,7 @@ class DataConfig:
     synth: dict = dataclasses.field(default_factory=dict)
     synth_extra: int = 0
     synth_extra_fraction: float = 0.5
+    synth_val: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -326,9 +330,11 @@ def _validate_config(cfg: Config) -> None:
         raise ValueError("[train] zoom and gamma must be >= 1 (1: off), blur and noise >= 0")
     if d.synth_extra < 0 or not 0 < d.synth_extra_fraction < 1:
         raise ValueError("[data] synth_extra must be >= 0 and synth_extra_fraction in (0, 1)")
-    if d.synth_extra and (d.overlapping or len(m.patchshape) != 2):
-        raise ValueError("[data] synth_extra adds 2D nuclei: it needs a 2D model and "
-                         "overlapping = false")
+    if (d.synth_extra or d.synth_val) and (d.overlapping or len(m.patchshape) != 2):
+        raise ValueError("[data] synth_extra and synth_val add 2D nuclei: they need a 2D "
+                         "model and overlapping = false")
+    if d.synth_val < 0:
+        raise ValueError(f"[data] synth_val must be >= 0, got {d.synth_val}")
     if t.lr_min < 0:
         raise ValueError(f"[train] lr_min must be >= 0, got {t.lr_min}")
     if not 0 <= t.min_foreground < 1:

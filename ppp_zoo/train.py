@@ -79,7 +79,8 @@ def load_training_data(cfg: Config) -> tuple[list[Pair], list[Pair]]:
 
     The dsb-sample source uses the left half of the DSB crop only: its last ``val_strip``
     columns are the validation image, the columns before them the training image. The
-    ``[data] synth_extra`` synthetic images come last in the training list.
+    ``[data] synth_extra`` synthetic images come last in the training list, the
+    ``synth_val`` ones last in the validation list.
     """
     d = cfg.data
     if d.source == "dsb-sample":
@@ -115,6 +116,10 @@ def load_training_data(cfg: Config) -> tuple[list[Pair], list[Pair]]:
         train = train + synth_fluorescence_nuclei_dataset(
             d.synth_extra, seed=np.random.SeedSequence([d.seed, 1]), shape=(256, 256),
             **kwargs)
+    if d.synth_val:
+        kwargs = _synth_kwargs(cfg) if d.source in ("dsb-sample", "folder") else {}
+        val = val + synth_fluorescence_nuclei_dataset(
+            d.synth_val, seed=np.random.SeedSequence([d.seed, 2]), shape=(256, 256), **kwargs)
     ndim = cfg.ndim
 
     def prepare(pair: Pair) -> Pair:

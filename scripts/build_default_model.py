@@ -94,6 +94,49 @@ def recover_checkpoint(package: Path, build_record: Path, output: Path) -> Path:
     return output
 
 
+SELECT_VAL = 8
+"""Synthetic validation images (``[data] synth_val``) added to the DSB validation strip to
+choose the checkpoint and tune its assembly thresholds: the strip alone holds 17 nuclei."""
+
+
+def select_checkpoint(candidates: list[Path], output: Path) -> tuple[Path, dict]:
+    """Tune the assembly thresholds of each candidate checkpoint on the DSB validation
+    strip plus :data:`SELECT_VAL` synthetic validation images (never the test half), and
+    write the one with the best validation avAP, with its thresholds, to ``output``."""
+    import torch
+
+    from ppp_zoo.config import config_from_dict, merge_config_dicts
+    from ppp_zoo.model import PatchPerPixNet
+    from ppp_zoo.train import load_training_data, tune_thresholds
+
+    results = []
+    for path in candidates:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        cfg = config_from_dict(merge_config_dicts(ckpt["config"], {"data": {
+            "synth_val": max(SELECT_VAL, ckpt["config"]["data"].get("synth_val", 0))}}))
+        _, val = load_training_data(cfg)
+        model = PatchPerPixNet(**ckpt["model_kwargs"])
+        model.load_state_dict(ckpt["model_state"])
+        model.eval()
+        changes, scores = tune_thresholds(model, cfg, val, torch.device("cpu"))
+        print(f"{path.name} (iteration {ckpt['iteration']}): validation avAP "
+              f"{scores['avAP']:.3f}, AP@0.5 {scores['ap50']:.3f} with {changes or 'the preset'}"
+              f" ({len(val)} images)", flush=True)
+        results.append((scores["avAP"], path, ckpt, cfg, changes, scores))
+    _, path, ckpt, cfg, changes, scores = max(results, key=lambda r: r[0])
+    ckpt["assembly"] = cfg.assembly_params(fast=True).replace(**changes).to_dict()
+    tuned = {"changes": {k: list(v) if isinstance(v, tuple) else v for k, v in changes.items()},
+             "val": scores}
+    ckpt["tuned"] = tuned
+    output.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(ckpt, output)
+    return output, {"validation": f"DSB strip + {SELECT_VAL} synthetic images "
+                                  "(SeedSequence([data.seed, 2]))",
+                    "candidates": {p.name: {"iteration": c["iteration"], **s}
+                                   for _, p, c, _, _, s in results},
+                    "chosen": path.name, "thresholds": tuned}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=80.0, help="training time limit")
@@ -104,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from-package", type=Path, default=None,
                         help="recover the checkpoint from this earlier build of the package "
                              "(with model_specs/ppp-nuclei2d/build.json) instead of training")
+    parser.add_argument("--train-dir", type=Path, default=None,
+                        help="use this finished training run (best.pt, last.pt, metrics.json) "
+                             "instead of training")
     parser.add_argument("--work", type=Path, default=Path("runs") / NAME)
     args = parser.parse_args(argv)
     previous = None
@@ -132,17 +178,21 @@ def main(argv: list[str] | None = None) -> int:
                              "synthetic": "[data] synth_extra images of "
                                           "ppp_zoo.data.synth_fluorescence_nuclei, 256 x 256, "
                                           "seeded by SeedSequence([data.seed, 1])"}}
-    if args.checkpoint is None:
-        cfg = config_from_dict(merge_config_dicts(load_preset(PRESET).to_dict(),
-                                                  {"train": {"seed": args.seed}}))
-        print(f"training {PRESET} for {args.minutes} min (seed {args.seed})", flush=True)
-        result = train(cfg, args.work / "train", max_minutes=args.minutes, device="cpu",
-                       progress=sys.stderr.isatty())
-        checkpoint = Path(result.best_checkpoint)
-        record["training"] = {"minutes": args.minutes, "seconds": result.seconds,
-                              "iterations": result.iterations,
-                              "best_iteration": result.best_iteration,
-                              "best_val_avAP": result.best_avAP}
+    if args.train_dir is not None or args.checkpoint is None:
+        train_dir = args.train_dir or args.work / "train"
+        if args.train_dir is None:
+            cfg = config_from_dict(merge_config_dicts(load_preset(PRESET).to_dict(),
+                                                      {"train": {"seed": args.seed}}))
+            print(f"training {PRESET} for {args.minutes} min (seed {args.seed})", flush=True)
+            train(cfg, train_dir, max_minutes=args.minutes, device="cpu",
+                  progress=sys.stderr.isatty())
+        run = json.loads((train_dir / "metrics.json").read_text())
+        record["training"] = {"minutes": args.minutes, "seconds": run["seconds"],
+                              "iterations": run["iterations"],
+                              "best_iteration": run["best_iteration"],
+                              "best_val_avAP": run["best_avAP"]}
+        checkpoint, record["selection"] = select_checkpoint(
+            [train_dir / "best.pt", train_dir / "last.pt"], args.work / "selected.pt")
     elif previous is not None:
         checkpoint = args.checkpoint
         record["training"] = {k: v for k, v in previous["training"].items()
@@ -174,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         package = Path(tmp) / f"{NAME}.zip"
         t0 = time.perf_counter()
         exported = export_model(
-            checkpoint, package, name="PatchPerPix nuclei 2D (fluorescence, CPU-trained)",
+            checkpoint, package, name="PatchPerPix nuclei 2D (fluorescence - CPU-trained)",
             nickname=NAME,
             metrics=metrics,
             description=("PatchPerPix (ppp) nuclei instance segmentation for 2D fluorescence "
