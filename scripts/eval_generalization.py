@@ -48,11 +48,13 @@ def otsu_watershed(image: np.ndarray, sigma: float = 1.0, min_size: int = 15,
     from scipy import ndimage
     from skimage.feature import peak_local_max
     from skimage.filters import gaussian, threshold_otsu
-    from skimage.morphology import remove_small_objects
     from skimage.segmentation import watershed
 
     smooth = gaussian(image.astype(np.float32), sigma, preserve_range=True)
-    mask = remove_small_objects(smooth > threshold_otsu(smooth), min_size)
+    components, _ = ndimage.label(smooth > threshold_otsu(smooth))
+    keep = np.bincount(components.ravel()) >= min_size  # objects of >= min_size pixels
+    keep[0] = False
+    mask = keep[components]
     distance = ndimage.distance_transform_edt(mask)
     peaks = peak_local_max(distance, min_distance=min_distance, labels=ndimage.label(mask)[0],
                            exclude_border=False)
