@@ -54,7 +54,7 @@ def test_segment_writes_labels_overlay_outputs_and_summary(package, image, tmp_p
     np.save(src / "b.npy", image.astype(np.float32))
     out = tmp_path / "out"
     result = runner.invoke(app, ["segment", str(src), "-o", str(out), "--model", str(package),
-                                 "--overlay", "--save-outputs", "--json"])
+                                 "--overlay", "--save-outputs", "--json", "--scale", "1"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert [e["input"] for e in summary["images"]] == [str(src / "a.tif"), str(src / "b.npy")]
