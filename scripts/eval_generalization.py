@@ -12,8 +12,8 @@ Sets (AP = TP / (TP + FP + FN), averaged over the images of a set):
 
 The model runs through its package with ONNX Runtime, as ``ppp-zoo segment`` does, once
 with ``--scale auto`` and once at the true scale (1, 2 and 0.5 for the DSB sets, which
-undo the resampling; the training diameter over the true median diameter of the labels
-for the synthetic sets). The baseline is the same on every set, at the image's own resolution:
+undo the resampling; for each synthetic image, the training diameter over the median
+diameter of its labels; the table shows the median over the set). The baseline is the same on every set, at the image's own resolution:
 Gaussian smoothing (sigma 1), Otsu threshold, objects of >= 15 px, distance transform,
 peaks at least 4 px apart as watershed markers.
 
@@ -103,18 +103,20 @@ def score(pairs) -> dict:
 
 def run_set(segmenter, trained: float, pairs, true_scale: float | None) -> dict:
     truth = [gt for _, gt in pairs]
-    if true_scale is None:
-        true_scale = round(trained / median_diameter(truth), 3)
-    out: dict = {"n_images": len(pairs), "true_scale": true_scale, "examples": {}}
-    for name, method in (("model auto", "auto"), ("model true scale", true_scale),
+    # synthetic images each have their own typical size: a true scale per image
+    true_scales = ([true_scale] * len(pairs) if true_scale is not None else
+                   [round(trained / median_diameter([gt]), 3) for gt in truth])
+    out: dict = {"n_images": len(pairs), "true_scale": float(np.median(true_scales)),
+                 "examples": {}}
+    for name, method in (("model auto", "auto"), ("model true scale", "true"),
                          ("baseline", None)):
         preds, seconds, scales = [], 0.0, []
-        for image, _ in pairs:
+        for (image, _), true in zip(pairs, true_scales):
             t = time.perf_counter()
             if method is None:
                 labels = otsu_watershed(image, **BASELINE)
             else:
-                result = segmenter.segment(image, scale=method)
+                result = segmenter.segment(image, scale=true if method == "true" else "auto")
                 labels = result.labels
                 scales.append(result.scale)
             seconds += time.perf_counter() - t
