@@ -384,7 +384,9 @@ def test_auto_scale_constant_and_objectless_images(nuclei2d):
     assert not (constant.auto_scale or {}).get("passes")
     noise = np.random.default_rng(0).random((256, 256)).astype(np.float32)
     result = nuclei2d.segment(noise, scale="auto")
-    assert not result.auto_scale["confident"] and result.scale == 1.0
+    # noise may pass for small objects at a coarse probe: the result must then say that it
+    # is not sure
+    assert not result.auto_scale["confident"]
     notes = [n for n in result.notes if n.startswith("scale auto:")]
     assert len(notes) == 1, result.notes
     if result.auto_scale["diameter"] is not None:  # fragments were found and measured
