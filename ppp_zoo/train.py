@@ -110,16 +110,17 @@ def load_training_data(cfg: Config) -> tuple[list[Pair], list[Pair]]:
             raise ValueError(f"[data] val_fraction {d.val_fraction} leaves no training image "
                              f"out of {len(pairs)}")
         train, val = pairs[:len(pairs) - n_val], pairs[len(pairs) - n_val:]
+    # [data] synth holds the extra images' generator arguments only when the source itself
+    # is not synthetic; each list has a seed stream of its own
+    extra_kwargs = _synth_kwargs(cfg) if d.source in ("dsb-sample", "folder") else {}
     if d.synth_extra:
-        kwargs = _synth_kwargs(cfg) if d.source in ("dsb-sample", "folder") else {}
-        # a seed stream of its own, apart from a synthetic source's images
         train = train + synth_fluorescence_nuclei_dataset(
             d.synth_extra, seed=np.random.SeedSequence([d.seed, 1]), shape=(256, 256),
-            **kwargs)
+            **extra_kwargs)
     if d.synth_val:
-        kwargs = _synth_kwargs(cfg) if d.source in ("dsb-sample", "folder") else {}
         val = val + synth_fluorescence_nuclei_dataset(
-            d.synth_val, seed=np.random.SeedSequence([d.seed, 2]), shape=(256, 256), **kwargs)
+            d.synth_val, seed=np.random.SeedSequence([d.seed, 2]), shape=(256, 256),
+            **extra_kwargs)
     ndim = cfg.ndim
 
     def prepare(pair: Pair) -> Pair:
