@@ -44,10 +44,10 @@ def _peak_rss(client) -> float:
 
 
 class Oracle3D:
-    def __init__(self, patchshape):
+    def __init__(self, patchshape, fast: bool = False):
         from ppp_zoo.postprocess import AssemblyParams
 
-        self.params = AssemblyParams(patchshape=patchshape)
+        self.params = AssemblyParams(patchshape=patchshape, fast=fast)
 
     def __call__(self, labels):
         from ppp_zoo.data.targets import instance_targets
@@ -95,10 +95,13 @@ def bench_merge(sizes: list[int], n_blocks: int = 4096) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", type=int, default=2048, help="2D mosaic side (pixels)")
+    ap.add_argument("--size", type=int, default=2048,
+                    help="2D mosaic side (pixels; 0: no 2D run)")
     ap.add_argument("--block", type=int, default=1024)
-    ap.add_argument("--size3d", default="32x192x192")
+    ap.add_argument("--size3d", default="32x192x192", help="ZxYxX (0: no 3D run)")
     ap.add_argument("--block3d", default="32x96x96")
+    ap.add_argument("--fast3d", action="store_true",
+                    help="assemble the 3D volume in fast mode (stride 2) instead of exact")
     ap.add_argument("--workers", default="2,1")
     ap.add_argument("--merge-labels", default=None,
                     help="only time the merge pass at these label counts, e.g. 1e6,1e7")
@@ -111,57 +114,82 @@ def main() -> None:
     from ppp_zoo.runtime.models import resolve_model
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-distributed-"))
-    image, _ = load_dsb_sample()
-    big = _mosaic(image, (args.size, args.size))
-    path2d = write_ome_zarr_image(tmp / "mosaic.ome.zarr", big, chunks=(1024, 1024))
-    _, labels3d = load_nuclei3d_sample()
-    shape3d = tuple(int(s) for s in args.size3d.split("x"))
-    vol = _mosaic(labels3d.astype(np.uint32), shape3d)
-    # tiled copies of an instance are separate instances
-    tiles = np.indices(shape3d)[0] // labels3d.shape[0] * 1000 + \
-        np.indices(shape3d)[1] // labels3d.shape[1] * 100 + np.indices(shape3d)[2] // labels3d.shape[2]
-    vol = np.where(vol > 0, vol + tiles * (labels3d.max() + 1), 0).astype(np.uint32)
-    path3d = write_ome_zarr_image(tmp / "vol.ome.zarr", vol, "zyx", chunks=(32, 128, 128))
-    block3d = tuple(int(s) for s in args.block3d.split("x"))
+    workers = [int(w) for w in args.workers.split(",")]
     times = {}
-    for n in (int(w) for w in args.workers.split(",")):
-        cluster, client = _cluster(n)
-        try:
-            t = time.perf_counter()
-            r = dist.segment_distributed(path2d, path2d, model=str(resolve_model(None)),
-                                         block=(args.block, args.block), client=client,
-                                         name=f"w{n}")
-            wall = time.perf_counter() - t
-            mem = _peak_rss(client)
+    if args.size:
+        image, _ = load_dsb_sample()
+        t = time.perf_counter()
+        path2d = write_ome_zarr_image(tmp / "mosaic.ome.zarr",
+                                      _mosaic(image, (args.size, args.size)),
+                                      chunks=(1024, 1024))
+        print(f"2D mosaic {args.size}x{args.size} written as OME-Zarr in "
+              f"{time.perf_counter() - t:.1f} s", flush=True)
+        for n in workers:
+            cluster, client = _cluster(n)
+            try:
+                t = time.perf_counter()
+                r = dist.segment_distributed(path2d, path2d, model=str(resolve_model(None)),
+                                             block=(args.block, args.block), client=client,
+                                             name=f"w{n}", progress=_progress(f"2D, {n} worker(s)"))
+                wall = time.perf_counter() - t
+                mem = _peak_rss(client)
+            finally:
+                client.close()
+                cluster.close()
             times[("2d", n)] = wall
             print(f"2D {args.size}x{args.size}, block {args.block}, {n} worker(s): {wall:.1f} s, "
                   f"{args.size ** 2 / 1e6 / wall * 60:.1f} MP/min, {r.n_instances} instances, "
                   f"peak memory per worker {mem:.2f} GiB, merge {r.timings['merge']:.2f} s",
                   flush=True)
-        finally:
-            client.close()
-            cluster.close()
-        cluster, client = _cluster(n)
-        try:
-            t = time.perf_counter()
-            r = dist.run_blocks(open_image_source(path3d), Oracle3D((9, 9, 9)), block=block3d,
-                                pad=(27, 27, 27), strip=(9, 9, 9), output=path3d,
-                                name=f"w{n}", client=client)
-            wall = time.perf_counter() - t
-            mem = _peak_rss(client)
+    if args.size3d != "0":
+        _, labels3d = load_nuclei3d_sample()
+        shape3d = tuple(int(s) for s in args.size3d.split("x"))
+        vol = _mosaic(labels3d.astype(np.uint32), shape3d)
+        # tiled copies of an instance are separate instances
+        zyx = np.indices(shape3d, sparse=True)
+        tiles = sum(c // s * 10 ** (2 * (2 - k))
+                    for k, (c, s) in enumerate(zip(zyx, labels3d.shape)))
+        vol = np.where(vol > 0, vol + tiles * (int(labels3d.max()) + 1), 0).astype(np.uint32)
+        n_gt = len(np.unique(vol)) - 1
+        path3d = write_ome_zarr_image(tmp / "vol.ome.zarr", vol, "zyx", chunks=(32, 128, 128))
+        del vol
+        block3d = tuple(int(s) for s in args.block3d.split("x"))
+        mode = "fast" if args.fast3d else "exact"
+        for n in workers:
+            cluster, client = _cluster(n)
+            try:
+                t = time.perf_counter()
+                r = dist.run_blocks(open_image_source(path3d), Oracle3D((9, 9, 9), args.fast3d),
+                                    block=block3d, pad=(27, 27, 27), strip=(9, 9, 9),
+                                    output=path3d, name=f"w{n}", client=client,
+                                    progress=_progress(f"3D, {n} worker(s)"))
+                wall = time.perf_counter() - t
+                mem = _peak_rss(client)
+            finally:
+                client.close()
+                cluster.close()
             times[("3d", n)] = wall
-            n_gt = len(np.unique(vol)) - 1
-            print(f"3D {args.size3d}, block {args.block3d}, GT patches 9x9x9, {n} worker(s): "
-                  f"{wall:.1f} s, {np.prod(shape3d) / 1e6 / wall * 60:.1f} MP/min, "
-                  f"{r.n_instances} instances (GT {n_gt}), peak memory per worker "
+            print(f"3D {args.size3d}, block {args.block3d}, GT patches 9x9x9 ({mode}), "
+                  f"{n} worker(s): {wall:.1f} s, {np.prod(shape3d) / 1e6 / wall * 60:.1f} MP/min,"
+                  f" {r.n_instances} instances (GT {n_gt}), peak memory per worker "
                   f"{mem:.2f} GiB", flush=True)
-        finally:
-            client.close()
-            cluster.close()
     for kind in ("2d", "3d"):
         if (kind, 1) in times and (kind, 2) in times:
             print(f"{kind.upper()} 1-worker / 2-worker time: "
                   f"{times[(kind, 1)] / times[(kind, 2)]:.2f}")
+
+
+def _progress(what: str):
+    """Blocks done, on one line of stderr (for long runs)."""
+    import sys
+
+    t0 = time.perf_counter()
+
+    def report(done: int, total: int) -> None:
+        print(f"\r  {what}: block {done}/{total}, {time.perf_counter() - t0:.0f} s",
+              end="\n" if done == total else "", file=sys.stderr, flush=True)
+
+    return report
 
 
 if __name__ == "__main__":
