@@ -435,3 +435,20 @@ def test_partition_random_graphs(seed):
     for method in ("cc", "mws"):
         got = np.asarray(A.partition_graph(n, edges, weights, method)).tolist()
         assert got == R.ref_partition(n, ed, method).tolist(), method
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_mws_large_random_graphs(seed):
+    """Graphs of a few hundred nodes, with clusters that grow long constraint lists, give
+    the reference's partition (the kernel keeps constraints as lists of far nodes)."""
+    rng = np.random.default_rng(200 + seed)
+    n = 300
+    a = rng.integers(0, n, size=3000)
+    b = (a + rng.integers(1, 25, size=a.size)) % n
+    pairs = sorted({(int(min(u, v)), int(max(u, v))) for u, v in zip(a, b)})
+    edges = np.array(pairs, np.int64)
+    weights = rng.choice([-0.8, -0.3, 0.0, 0.3, 0.6, 0.9], size=len(pairs),
+                         p=[0.2, 0.15, 0.05, 0.2, 0.2, 0.2])
+    got = np.asarray(A.partition_graph(n, edges, weights, "mws")).tolist()
+    assert got == R.ref_partition(n, _edges_dict(edges, weights), "mws").tolist()
+    assert 1 < max(got) < n

@@ -537,3 +537,68 @@ def connected_components(n, edges, weights):
     for i in range(n):
         parent[i] = _find(parent, i)
     return parent
+
+
+@njit(cache=True)
+def mutex_watershed(n, edges, weights, order):
+    """Mutex watershed over the edges in ``order``; returns the root of every node.
+
+    An attractive edge (w > 0) joins two clusters unless a repulsive edge seen before it
+    holds between them; a repulsive one (w < 0) records that constraint; w = 0 does
+    nothing. The root of a cluster is its smallest node. Each root keeps its constraints
+    as a linked list of the far nodes (``other``, ``nxt``), joined in O(1) when two
+    clusters merge; a check scans the shorter of the two lists, finding each far node's
+    current root.
+    """
+    parent = np.arange(n)
+    m = order.shape[0]
+    other = np.empty(2 * m, np.int64)
+    nxt = np.full(2 * m, -1, np.int64)
+    head = np.full(n, -1, np.int64)
+    tail = np.full(n, -1, np.int64)
+    length = np.zeros(n, np.int64)
+    k = 0
+    for e in order:
+        w = weights[e]
+        if w == 0:
+            continue
+        ra = _find(parent, edges[e, 0])
+        rb = _find(parent, edges[e, 1])
+        if ra == rb:
+            continue
+        if w > 0:
+            a, b = (ra, rb) if length[ra] <= length[rb] else (rb, ra)
+            j = head[a]
+            blocked = False
+            while j >= 0:
+                if _find(parent, other[j]) == b:
+                    blocked = True
+                    break
+                j = nxt[j]
+            if blocked:
+                continue
+            keep, gone = min(ra, rb), max(ra, rb)
+            parent[gone] = keep
+            if head[gone] >= 0:
+                if head[keep] < 0:
+                    head[keep] = head[gone]
+                else:
+                    nxt[tail[keep]] = head[gone]
+                tail[keep] = tail[gone]
+                length[keep] += length[gone]
+                head[gone] = -1
+                tail[gone] = -1
+                length[gone] = 0
+        else:
+            for u, v in ((ra, rb), (rb, ra)):
+                other[k] = v
+                if head[u] < 0:
+                    head[u] = k
+                else:
+                    nxt[tail[u]] = k
+                tail[u] = k
+                length[u] += 1
+                k += 1
+    for i in range(n):
+        parent[i] = _find(parent, i)
+    return parent

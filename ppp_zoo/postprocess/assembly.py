@@ -447,37 +447,15 @@ def partition_graph(n_nodes: int, edges: np.ndarray, weights: np.ndarray, method
 
 def _mutex_watershed(n_nodes: int, edges: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Mutex watershed on a signed graph (edges sorted by |w| descending, ties by pair)."""
-    parent = list(range(n_nodes))
-    mutex: list[set[int]] = [set() for _ in range(n_nodes)]
-
-    def find(a: int) -> int:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
-    order = np.lexsort((edges[:, 1], edges[:, 0], -np.abs(weights))) if len(edges) else []
-    for e in order:
-        w = weights[e]
-        if w == 0:
-            continue
-        ra, rb = find(int(edges[e, 0])), find(int(edges[e, 1]))
-        if ra == rb:
-            continue
-        if w > 0:
-            if rb in mutex[ra]:
-                continue
-            keep, gone = min(ra, rb), max(ra, rb)
-            parent[gone] = keep
-            for other in mutex[gone]:
-                mutex[other].discard(gone)
-                mutex[other].add(keep)
-            mutex[keep] |= mutex[gone]
-            mutex[gone] = set()
-        else:
-            mutex[ra].add(rb)
-            mutex[rb].add(ra)
-    return np.array([find(i) for i in range(n_nodes)], np.int64)
+    edges = np.ascontiguousarray(edges, np.int64).reshape(-1, 2)
+    weights = np.ascontiguousarray(weights, np.float64)
+    key = -np.abs(weights)
+    if len(edges) > 1 and not np.all((edges[1:, 0] > edges[:-1, 0]) | (
+            (edges[1:, 0] == edges[:-1, 0]) & (edges[1:, 1] > edges[:-1, 1]))):
+        order = np.lexsort((edges[:, 1], edges[:, 0], key))
+    else:  # sorted by pair already (as patch_graph returns them): a stable sort suffices
+        order = np.argsort(key, kind="stable")
+    return K.mutex_watershed(n_nodes, edges, weights, order.astype(np.int64))
 
 
 def label_instances(prep: Prepared, selected_flat: np.ndarray, comp: np.ndarray) -> np.ndarray:
