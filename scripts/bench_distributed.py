@@ -56,6 +56,18 @@ class Oracle3D:
         return assemble(*instance_targets(labels, self.params.patchshape), self.params)
 
 
+def _pids(client) -> set:
+    import os
+
+    return set(client.run(os.getpid).values())
+
+
+def _restarted(client, before: set) -> str:
+    """A warning when dask replaced workers during the run (their peak memory is lost)."""
+    gone = len(before - _pids(client))
+    return f" ({gone} worker(s) restarted by dask: peak memory unknown)" if gone else ""
+
+
 def _cluster(n):
     import distributed
 
@@ -108,12 +120,20 @@ def main() -> None:
     args = ap.parse_args()
     if args.merge_labels:
         return bench_merge([int(float(n)) for n in args.merge_labels.split(",")])
+    with tempfile.TemporaryDirectory(prefix="bench-distributed-") as tmp:
+        _bench(args, Path(tmp))
+
+
+def _bench(args, tmp: Path) -> None:
+    """The 2D and 3D runs, with their inputs and outputs in ``tmp``."""
+    import zarr
+
     from ppp_zoo.data.sample import load_dsb_sample, load_nuclei3d_sample
+    from ppp_zoo.evaluate import evaluate_image
     from ppp_zoo.io import open_image_source, write_ome_zarr_image
     from ppp_zoo.runtime import distributed as dist
     from ppp_zoo.runtime.models import resolve_model
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench-distributed-"))
     workers = [int(w) for w in args.workers.split(",")]
     times = {}
     if args.size:
@@ -127,19 +147,22 @@ def main() -> None:
         for n in workers:
             cluster, client = _cluster(n)
             try:
+                pids = _pids(client)
                 t = time.perf_counter()
                 r = dist.segment_distributed(path2d, path2d, model=str(resolve_model(None)),
                                              block=(args.block, args.block), client=client,
                                              name=f"w{n}", progress=_progress(f"2D, {n} worker(s)"))
                 wall = time.perf_counter() - t
                 mem = _peak_rss(client)
+                restarted = _restarted(client, pids)
             finally:
                 client.close()
                 cluster.close()
             times[("2d", n)] = wall
             print(f"2D {args.size}x{args.size}, block {args.block}, {n} worker(s): {wall:.1f} s, "
                   f"{args.size ** 2 / 1e6 / wall * 60:.1f} MP/min, {r.n_instances} instances, "
-                  f"peak memory per worker {mem:.2f} GiB, merge {r.timings['merge']:.2f} s",
+                  f"peak memory per worker {mem:.2f} GiB{restarted}, "
+                  f"merge {r.timings['merge']:.2f} s",
                   flush=True)
     if args.size3d != "0":
         _, labels3d = load_nuclei3d_sample()
@@ -152,12 +175,12 @@ def main() -> None:
         vol = np.where(vol > 0, vol + tiles * (int(labels3d.max()) + 1), 0).astype(np.uint32)
         n_gt = len(np.unique(vol)) - 1
         path3d = write_ome_zarr_image(tmp / "vol.ome.zarr", vol, "zyx", chunks=(32, 128, 128))
-        del vol
         block3d = tuple(int(s) for s in args.block3d.split("x"))
         mode = "fast" if args.fast3d else "exact"
         for n in workers:
             cluster, client = _cluster(n)
             try:
+                pids = _pids(client)
                 t = time.perf_counter()
                 r = dist.run_blocks(open_image_source(path3d), Oracle3D((9, 9, 9), args.fast3d),
                                     block=block3d, pad=(27, 27, 27), strip=(9, 9, 9),
@@ -165,14 +188,19 @@ def main() -> None:
                                     progress=_progress(f"3D, {n} worker(s)"))
                 wall = time.perf_counter() - t
                 mem = _peak_rss(client)
+                restarted = _restarted(client, pids)
             finally:
                 client.close()
                 cluster.close()
             times[("3d", n)] = wall
+            out = zarr.open_array(str(path3d / "labels" / f"w{n}" / "0"), mode="r")[...]
+            score = evaluate_image(out, vol)
             print(f"3D {args.size3d}, block {args.block3d}, GT patches 9x9x9 ({mode}), "
                   f"{n} worker(s): {wall:.1f} s, {np.prod(shape3d) / 1e6 / wall * 60:.1f} MP/min,"
-                  f" {r.n_instances} instances (GT {n_gt}), peak memory per worker "
-                  f"{mem:.2f} GiB", flush=True)
+                  f" {r.n_instances} instances (GT {n_gt}; AP@0.5 {score.ap['0.5']:.3f}, "
+                  f"AP@0.9 {score.ap['0.9']:.3f}), peak memory per worker {mem:.2f} GiB"
+                  f"{restarted}",
+                  flush=True)
     for kind in ("2d", "3d"):
         if (kind, 1) in times and (kind, 2) in times:
             print(f"{kind.upper()} 1-worker / 2-worker time: "
