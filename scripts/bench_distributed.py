@@ -56,16 +56,26 @@ class Oracle3D:
         return assemble(*instance_targets(labels, self.params.patchshape), self.params)
 
 
-def _pids(client) -> set:
+def _on_cluster(n: int, run):
+    """``run(client)`` on a fresh LocalCluster of ``n`` workers: its result, the wall time
+    and the peak memory per worker (flagged when dask replaced workers during the run, as
+    their peak is then lost)."""
     import os
 
-    return set(client.run(os.getpid).values())
-
-
-def _restarted(client, before: set) -> str:
-    """A warning when dask replaced workers during the run (their peak memory is lost)."""
-    gone = len(before - _pids(client))
-    return f" ({gone} worker(s) restarted by dask: peak memory unknown)" if gone else ""
+    cluster, client = _cluster(n)
+    try:
+        pids = set(client.run(os.getpid).values())
+        t = time.perf_counter()
+        result = run(client)
+        wall = time.perf_counter() - t
+        memory = f"peak memory per worker {_peak_rss(client):.2f} GiB"
+        gone = len(pids - set(client.run(os.getpid).values()))
+        if gone:
+            memory += f" ({gone} worker(s) restarted by dask: peak memory unknown)"
+    finally:
+        client.close()
+        cluster.close()
+    return result, wall, memory
 
 
 def _cluster(n):
@@ -145,25 +155,13 @@ def _bench(args, tmp: Path) -> None:
         print(f"2D mosaic {args.size}x{args.size} written as OME-Zarr in "
               f"{time.perf_counter() - t:.1f} s", flush=True)
         for n in workers:
-            cluster, client = _cluster(n)
-            try:
-                pids = _pids(client)
-                t = time.perf_counter()
-                r = dist.segment_distributed(path2d, path2d, model=str(resolve_model(None)),
-                                             block=(args.block, args.block), client=client,
-                                             name=f"w{n}", progress=_progress(f"2D, {n} worker(s)"))
-                wall = time.perf_counter() - t
-                mem = _peak_rss(client)
-                restarted = _restarted(client, pids)
-            finally:
-                client.close()
-                cluster.close()
+            r, wall, memory = _on_cluster(n, lambda client, n=n: dist.segment_distributed(
+                path2d, path2d, model=str(resolve_model(None)), block=(args.block, args.block),
+                client=client, name=f"w{n}", progress=_progress(f"2D, {n} worker(s)")))
             times[("2d", n)] = wall
             print(f"2D {args.size}x{args.size}, block {args.block}, {n} worker(s): {wall:.1f} s, "
                   f"{args.size ** 2 / 1e6 / wall * 60:.1f} MP/min, {r.n_instances} instances, "
-                  f"peak memory per worker {mem:.2f} GiB{restarted}, "
-                  f"merge {r.timings['merge']:.2f} s",
-                  flush=True)
+                  f"{memory}, merge {r.timings['merge']:.2f} s", flush=True)
     if args.size3d != "0":
         _, labels3d = load_nuclei3d_sample()
         shape3d = tuple(int(s) for s in args.size3d.split("x"))
@@ -178,29 +176,17 @@ def _bench(args, tmp: Path) -> None:
         block3d = tuple(int(s) for s in args.block3d.split("x"))
         mode = "fast" if args.fast3d else "exact"
         for n in workers:
-            cluster, client = _cluster(n)
-            try:
-                pids = _pids(client)
-                t = time.perf_counter()
-                r = dist.run_blocks(open_image_source(path3d), Oracle3D((9, 9, 9), args.fast3d),
-                                    block=block3d, pad=(27, 27, 27), strip=(9, 9, 9),
-                                    output=path3d, name=f"w{n}", client=client,
-                                    progress=_progress(f"3D, {n} worker(s)"))
-                wall = time.perf_counter() - t
-                mem = _peak_rss(client)
-                restarted = _restarted(client, pids)
-            finally:
-                client.close()
-                cluster.close()
+            r, wall, memory = _on_cluster(n, lambda client, n=n: dist.run_blocks(
+                open_image_source(path3d), Oracle3D((9, 9, 9), args.fast3d), block=block3d,
+                pad=(27, 27, 27), strip=(9, 9, 9), output=path3d, name=f"w{n}", client=client,
+                progress=_progress(f"3D, {n} worker(s)")))
             times[("3d", n)] = wall
             out = zarr.open_array(str(path3d / "labels" / f"w{n}" / "0"), mode="r")[...]
             score = evaluate_image(out, vol)
             print(f"3D {args.size3d}, block {args.block3d}, GT patches 9x9x9 ({mode}), "
                   f"{n} worker(s): {wall:.1f} s, {np.prod(shape3d) / 1e6 / wall * 60:.1f} MP/min,"
                   f" {r.n_instances} instances (GT {n_gt}; AP@0.5 {score.ap['0.5']:.3f}, "
-                  f"AP@0.9 {score.ap['0.9']:.3f}), peak memory per worker {mem:.2f} GiB"
-                  f"{restarted}",
-                  flush=True)
+                  f"AP@0.9 {score.ap['0.9']:.3f}), {memory}", flush=True)
     for kind in ("2d", "3d"):
         if (kind, 1) in times and (kind, 2) in times:
             print(f"{kind.upper()} 1-worker / 2-worker time: "

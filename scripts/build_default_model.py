@@ -148,6 +148,14 @@ def _key(path: Path) -> str:
     return f"{path.parent.name}/{path.name}"
 
 
+def _stage_record(run_dir: Path, **settings) -> dict:
+    """``build.json`` entry of a finished training stage: its settings and the run's
+    seconds, iterations and best validation iteration and avAP (from ``metrics.json``)."""
+    run = json.loads((run_dir / "metrics.json").read_text())
+    return {**settings, "seconds": run["seconds"], "iterations": run["iterations"],
+            "best_iteration": run["best_iteration"], "best_val_avAP": run["best_avAP"]}
+
+
 SELECT_VAL = 8
 """Synthetic validation images (``[data] synth_val``) added to the DSB validation strip to
 choose the checkpoint and tune its assembly thresholds: the strip alone holds 17 nuclei."""
@@ -261,11 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"training {PRESET} for {args.minutes} min (seed {args.seed})", flush=True)
             train(cfg, train_dir, max_minutes=args.minutes, device="cpu",
                   progress=sys.stderr.isatty())
-        run = json.loads((train_dir / "metrics.json").read_text())
-        record["training"] = {"minutes": args.minutes, "seconds": run["seconds"],
-                              "iterations": run["iterations"],
-                              "best_iteration": run["best_iteration"],
-                              "best_val_avAP": run["best_avAP"]}
+        record["training"] = _stage_record(train_dir, minutes=args.minutes)
         candidates = [train_dir / "best.pt", train_dir / "last.pt"]
         if args.finetune_dir is not None or args.finetune_minutes > 0:
             tuned_dir = args.finetune_dir or args.work / "finetune"
@@ -273,11 +277,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"fine-tuning last.pt for {args.finetune_minutes} min with {FINETUNE}",
                       flush=True)
                 finetune(train_dir / "last.pt", tuned_dir, args.finetune_minutes)
-            run2 = json.loads((tuned_dir / "metrics.json").read_text())
-            record["finetune"] = {"minutes": args.finetune_minutes, "overrides": FINETUNE,
-                                  "seconds": run2["seconds"], "iterations": run2["iterations"],
-                                  "best_iteration": run2["best_iteration"],
-                                  "best_val_avAP": run2["best_avAP"]}
+            record["finetune"] = _stage_record(tuned_dir, minutes=args.finetune_minutes,
+                                               overrides=FINETUNE)
             candidates += [tuned_dir / "best.pt", tuned_dir / "last.pt"]
         if args.polish_minutes > 0:
             start = args.polish_from
@@ -287,12 +288,8 @@ def main(argv: list[str] | None = None) -> int:
             polish_dir = args.work / "polish"
             print(f"polishing {start} for {args.polish_minutes} min with {POLISH}", flush=True)
             finetune(start, polish_dir, args.polish_minutes, POLISH)
-            run3 = json.loads((polish_dir / "metrics.json").read_text())
-            record["polish"] = {"minutes": args.polish_minutes, "overrides": POLISH,
-                                "start": _key(start), "seconds": run3["seconds"],
-                                "iterations": run3["iterations"],
-                                "best_iteration": run3["best_iteration"],
-                                "best_val_avAP": run3["best_avAP"]}
+            record["polish"] = _stage_record(polish_dir, minutes=args.polish_minutes,
+                                             overrides=POLISH, start=_key(start))
             candidates += [polish_dir / "best.pt", polish_dir / "last.pt"]
         checkpoint, record["selection"] = select_checkpoint(candidates,
                                                             args.work / "selected.pt", grid)
@@ -356,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         spec.mkdir(parents=True, exist_ok=True)
         with zipfile.ZipFile(package) as zf:
             for member in zf.namelist():
-                if member == "rdf.yaml" or member.endswith(".png") or member.endswith(".md"):
+                if member == "rdf.yaml" or member.endswith((".png", ".md")):
                     (spec / Path(member).name).write_bytes(zf.read(member))
         digest = hashlib.sha256(package.read_bytes()).hexdigest()
 

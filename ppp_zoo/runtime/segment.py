@@ -31,10 +31,10 @@ BLOCKWISE_PIXELS = {2: 512 * 512, 3: 96 * 96 * 96}
 """Images with more pixels are assembled blockwise."""
 ASSEMBLY_BLOCK = {2: (512, 512), 3: (64, 64, 64)}
 """About the core size of the assembly's blocks when ``block`` is not given (the image is
-cut into equal blocks near this size). Each block is assembled
-with a margin of two patch sizes, so larger blocks waste less (a 512 x 512 block with
-17 x 17 patches: 1.3x the core's pixels; 256 x 256: 1.6x) while the memory still
-follows the block (the decoded patches of one 580 x 580 crop: 0.4 GB)."""
+cut into equal blocks near this size). Each block is assembled with a margin of two patch
+sizes, so larger blocks waste less (a 512 x 512 block with 17 x 17 patches: 1.3x the
+core's pixels; 256 x 256: 1.6x) while the memory still follows the block (the decoded
+patches of one 580 x 580 crop: 0.4 GB)."""
 FLOAT16_BYTES = 1 << 30
 """Network outputs larger than this (as float32) are kept as float16."""
 SCALE_HINT = 1.5
