@@ -108,19 +108,25 @@ the stage's minutes: the iteration count never binds) with more of the crops (70
 the real DSB training image, validated on the strip plus synthetic images."""
 
 
-POLISH = {"data": {"synth_extra_fraction": 0.15, "synth_val": 8},
+POLISH = {"data": {"synth_extra_fraction": 0.3, "synth_val": 8},
           "train": {"lr": 1e-4, "lr_min": 1e-5, "iterations": 1_000_000, "val_every": 250}}
 """Optional third stage (``--polish-minutes``): from the checkpoint chosen among the first
-two stages' ones, a short cosine decay at a low learning rate (1e-4 to 1e-5) with most of
-the crops (85 %) from the real DSB training image and the same augmentations, meant to
-sharpen the instance boundaries on real nuclei; validated on the strip plus synthetic
-images like the others. 20 minutes of it from the shipped checkpoint lowered its best
-validation avAP (0.634 to 0.606 with ``--fine-thresholds``), hence off by default."""
+two stages' ones (or ``--polish-from``), a cosine decay at a low learning rate (1e-4 to
+1e-5) with the fine-tuning's data mix, saving the weights :data:`POLISH_SNAPSHOTS` times.
+Besides its best and last checkpoints, the average of the weights saved in its second half
+(``polish/average.pt``, :func:`average_checkpoints`) is a candidate: averaging the weights
+along a low-learning-rate run lands nearer the centre of the basin than any one of them
+(the network has no normalisation layers whose statistics would need recomputing)."""
+
+POLISH_SNAPSHOTS = 10
+"""Weight snapshots saved by the polish stage (one every ``polish_minutes / 10``)."""
 
 
-def finetune(start: Path, out_dir: Path, minutes: float, overrides: dict = FINETUNE) -> None:
+def finetune(start: Path, out_dir: Path, minutes: float, overrides: dict = FINETUNE,
+             snapshot_minutes: float | None = None) -> None:
     """Continue training from the weights (and optimiser state, when it holds one) of
-    ``start`` with the ``overrides`` of its configuration, as a fresh run in ``out_dir``."""
+    ``start`` with the ``overrides`` of its configuration, as a fresh run in ``out_dir``
+    (weights also saved every ``snapshot_minutes`` under ``out_dir/snapshots``)."""
     import torch
 
     from ppp_zoo.config import config_from_dict, merge_config_dicts
@@ -133,7 +139,33 @@ def finetune(start: Path, out_dir: Path, minutes: float, overrides: dict = FINET
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.save(ckpt, out_dir / "last.pt")
     train(cfg, out_dir, max_minutes=minutes, device="cpu", resume=True,
-          progress=sys.stderr.isatty())
+          progress=sys.stderr.isatty(), snapshot_minutes=snapshot_minutes)
+
+
+def average_checkpoints(paths: list[Path], output: Path) -> Path:
+    """Write a checkpoint whose weights are the mean of those of ``paths`` (same network);
+    everything else comes from the last of them, plus ``averaged_iterations``."""
+    import torch
+
+    ckpts = [torch.load(p, map_location="cpu", weights_only=True) for p in paths]
+    kwargs = ckpts[0]["model_kwargs"]
+    if any(c["model_kwargs"] != kwargs for c in ckpts):
+        raise ValueError(f"cannot average different networks: {', '.join(map(str, paths))}")
+    states = [c["model_state"] for c in ckpts]
+    out = {k: v for k, v in ckpts[-1].items() if k not in ("optimizer_state", "rng_state")}
+    out["model_state"] = {k: torch.stack([s[k].double() for s in states]).mean(0)
+                          .to(states[-1][k].dtype) for k in states[-1]}
+    out["averaged_iterations"] = [int(c["iteration"]) for c in ckpts]
+    out.pop("tuned", None)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(out, output)
+    return output
+
+
+def _second_half_snapshots(run_dir: Path) -> list[Path]:
+    """The snapshots saved in the second half of a run, then its ``last.pt``."""
+    snaps = sorted((run_dir / "snapshots").glob("minute_*.pt"))
+    return snaps[len(snaps) // 2:] + [run_dir / "last.pt"]
 
 
 FINE_GRID = {"patch_threshold": (0.4, 0.45, 0.5, 0.55, 0.6, 0.7, 0.8, 0.9),
@@ -174,12 +206,15 @@ def select_checkpoint(candidates: list[Path], output: Path,
 
     grid = TUNE_GRID if grid is None else grid
 
-    results = []
+    results, val_sets = [], {}
     for path in candidates:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         cfg = config_from_dict(merge_config_dicts(ckpt["config"], {"data": {
             "synth_val": max(SELECT_VAL, ckpt["config"]["data"].get("synth_val", 0))}}))
-        _, val = load_training_data(cfg)
+        key = json.dumps(cfg.to_dict()["data"], sort_keys=True)
+        if key not in val_sets:  # the stages share their data: build the validation set once
+            val_sets[key] = load_training_data(cfg)[1]
+        val = val_sets[key]
         model = PatchPerPixNet(**ckpt["model_kwargs"])
         model.load_state_dict(ckpt["model_state"])
         model.eval()
@@ -287,10 +322,16 @@ def main(argv: list[str] | None = None) -> int:
                                              grid)
             polish_dir = args.work / "polish"
             print(f"polishing {start} for {args.polish_minutes} min with {POLISH}", flush=True)
-            finetune(start, polish_dir, args.polish_minutes, POLISH)
+            if not (polish_dir / "metrics.json").exists():  # else: reuse the finished stage
+                finetune(start, polish_dir, args.polish_minutes, POLISH,
+                         snapshot_minutes=args.polish_minutes / POLISH_SNAPSHOTS)
+            averaged = average_checkpoints(_second_half_snapshots(polish_dir),
+                                           polish_dir / "average.pt")
             record["polish"] = _stage_record(polish_dir, minutes=args.polish_minutes,
                                              overrides=POLISH, start=_key(start))
-            candidates += [polish_dir / "best.pt", polish_dir / "last.pt"]
+            record["polish"]["averaged_iterations"] = torch.load(
+                averaged, map_location="cpu", weights_only=True)["averaged_iterations"]
+            candidates += [polish_dir / "best.pt", polish_dir / "last.pt", averaged]
         checkpoint, record["selection"] = select_checkpoint(candidates,
                                                             args.work / "selected.pt", grid)
     elif previous is not None:
