@@ -44,7 +44,7 @@ SIMULATOR_SCRIPT = textwrap.dedent('''
     sys.path.insert(0, TESTS)
     import numpy as np
     from ppp_zoo.data.targets import instance_targets
-    from ppp_zoo.postprocess import AssemblyParams
+    from ppp_zoo.postprocess import AssemblyParams, CandidatePatches
     from ppp_zoo.postprocess import assembly as A
     from ppp_zoo.postprocess import _cuda_kernels as CK
     from test_assembly_kernels import _noisy
@@ -84,6 +84,8 @@ SIMULATOR_SCRIPT = textwrap.dedent('''
         plan.update(CK.last_plan)
         l_cpu = A.assemble(numinst, patches, params, device="cpu")
         r_gpu = A.assemble(numinst, patches, params, device="cuda", return_result=True)
+        compact = CandidatePatches.from_dense(patches, cand)  # the candidates' patches only
+        l_compact = A.assemble(numinst, compact, params, device="cuda")
         out[name] = {
             "n_candidates": int(len(cand)), "n_selected": int(len(s_cpu)),
             "n_edges": int(len(e_cpu)), "defined": int(np.isfinite(c_cpu.values).sum()),
@@ -98,6 +100,7 @@ SIMULATOR_SCRIPT = textwrap.dedent('''
             "weight_max_diff": float(np.abs(w_cpu - w_gpu).max()) if len(w_cpu) else 0.0,
             "labels_equal": bool(l_cpu.shape == r_gpu.labels.shape
                                  and np.array_equal(l_cpu, r_gpu.labels)),
+            "compact_labels_equal": bool(np.array_equal(l_cpu, l_compact)),
             "n_instances": int(r_gpu.n_instances), "device": r_gpu.device, "plan": plan,
             "seconds": round(time.perf_counter() - t0, 2),
         }
@@ -127,6 +130,7 @@ def _check_case(result: dict) -> None:
     assert result["edges_equal"]
     assert result["weight_max_diff"] <= 1e-12
     assert result["labels_equal"]
+    assert result["compact_labels_equal"]
     assert result["device"] == "cuda" and result["n_instances"] >= 2
     assert result["plan"]["consensus"]["slabs"] > 1
     assert result["plan"]["consensus"]["ring_rows"] < result["plan"]["consensus"]["rows"]

@@ -93,3 +93,35 @@ def test_torchscript_engine_gives_the_same_labels(test_half, segmented, tmp_path
     # the engines differ by ~1e-7 in the probabilities: the instances must agree
     agree = evaluate_image(ts_labels, onnx_labels)
     assert agree.ap["0.9"] >= 0.98
+
+
+def test_decoding_only_the_candidates_gives_the_same_instances(test_half):
+    """``segment`` decodes only the patches its assembly reads (the candidate centres: a
+    quarter of the voting pixels in fast mode) into compact candidate patches; the
+    instances are those of the dense decoding, whole and blockwise, fast and exact."""
+    import dataclasses
+
+    from ppp_zoo.postprocess import CandidatePatches, assemble, assemble_blockwise
+    from ppp_zoo.runtime.segment import load_segmenter
+
+    path, _ = test_half
+    seg = load_segmenter(embedded_model_path())
+    res = seg.segment(tifffile.imread(path)[:, :192], keep_outputs=True, scale=1.0)
+    numinst, features = seg.params.split(next(iter(res.outputs.values())))
+    for fast in (True, False):
+        params = seg.params.assembly.replace(fast=fast)
+        model = dataclasses.replace(seg.params, assembly=params)
+        dense = model.patches(numinst, features)
+        compact = model.patches(numinst, features, candidates_only=True)
+        assert isinstance(compact, CandidatePatches) and compact.shape == dense.shape
+        voting = (dense != 0).any(axis=0)
+        assert compact.values.shape[1] <= (0.3 if fast else 1.0) * voting.sum()
+        np.testing.assert_array_equal(compact.values,
+                                      dense.reshape(len(dense), -1)[:, compact.flat])
+        expected = assemble(numinst, dense, params)
+        assert expected.max() >= 20
+        np.testing.assert_array_equal(assemble(numinst, compact, params), expected)
+        blocks = dict(params=params, block_shape=(101, 95))  # crops off the stride grid
+        np.testing.assert_array_equal(
+            assemble_blockwise(numinst, model.patches(numinst, features, lazy=True), **blocks),
+            assemble_blockwise(numinst, dense, **blocks))

@@ -178,3 +178,75 @@ def test_cache_dir_fallback(tmp_path, monkeypatch):
     assert _cache.choose_cache_dir(readonly, environ={"NUMBA_CACHE_DIR": "/x"}) is None
     monkeypatch.setattr(_cache, "_writable", lambda folder: True)
     assert _cache.choose_cache_dir(readonly, environ={}) is None
+
+
+# --------------------------------------------------------------------------- compact input
+def _noisy_targets(labels, shape, seed=0):
+    """GT targets with noise, so that many candidates compete (as with a real network)."""
+    numinst, patches = instance_targets(labels, shape)
+    rng = np.random.default_rng(seed)
+    patches = np.clip(patches + rng.normal(0, 0.15, patches.shape), 0, 1).astype(np.float32)
+    return numinst, patches
+
+
+@pytest.mark.parametrize("ndim,fast,partition", [(2, False, "cc"), (2, True, "mws"),
+                                                 (3, False, "mws"), (3, True, "cc")])
+def test_candidate_patches_give_the_dense_labels(ndim, fast, partition):
+    from ppp_zoo.postprocess import CandidatePatches
+    from ppp_zoo.postprocess.assembly import candidate_mask, foreground_classes
+
+    if ndim == 2:
+        labels = np.zeros((48, 44), np.int32)
+        labels[3:15, 3:15] = 1; labels[15:27, 3:17] = 2; labels[10:30, 20:35] = 3
+        labels[32:46, 8:40] = 4
+        shape = (9, 9)
+    else:
+        labels = np.zeros((10, 20, 18), np.int32)
+        labels[1:6, 2:9, 2:9] = 1; labels[1:6, 9:17, 2:10] = 2; labels[4:10, 4:14, 10:17] = 3
+        shape = (5, 5, 5)
+    numinst, patches = _noisy_targets(labels, shape)
+    params = AssemblyParams(patchshape=shape, patch_threshold=0.6, fc_threshold=0.6,
+                            numinst_thresholds=(0.5, 0.5), partition=partition, fast=fast)
+    cand = np.flatnonzero(candidate_mask(foreground_classes(numinst, None, params), params))
+    compact = CandidatePatches.from_dense(patches, cand)
+    assert compact.shape == patches.shape and compact.values.shape == (patches.shape[0], len(cand))
+    expected = assemble(numinst, patches, params)
+    assert expected.max() >= 3
+    np.testing.assert_array_equal(assemble(numinst, compact, params), expected)
+    # the dense array it stands for holds the candidates' patches and zeros
+    dense = compact.dense()
+    assert np.array_equal(dense.reshape(len(dense), -1)[:, cand],
+                          patches.reshape(len(patches), -1)[:, cand])
+    assert not np.delete(dense.reshape(len(dense), -1), cand, axis=1).any()
+
+
+def test_candidate_patches_crop_and_errors():
+    from ppp_zoo.postprocess import CandidatePatches
+
+    rng = np.random.default_rng(1)
+    dense = rng.random((9, 12, 10)).astype(np.float32)
+    flat = np.sort(rng.choice(120, 30, replace=False))
+    cp = CandidatePatches.from_dense(dense, flat)
+    crop = cp[:, 2:9, 3:10]
+    kept = cp.dense()[:, 2:9, 3:10]
+    assert crop.shape == (9, 7, 7) and np.array_equal(crop.dense(), kept)
+    assert crop.values.shape[1] == int((kept != 0).any(axis=0).sum())
+    with pytest.raises(IndexError, match="space only"):
+        cp[0]
+    with pytest.raises(ValueError, match="strictly increasing"):
+        CandidatePatches(dense.reshape(9, -1)[:, :2], np.array([5, 5]), (12, 10))
+    with pytest.raises(ValueError, match=r"shape \(P, n\)"):
+        CandidatePatches(dense.reshape(9, -1)[:, :3], np.array([1, 2]), (12, 10))
+    # an assembly that needs patches the compact input lacks says so
+    labels = np.zeros((20, 20), np.int32)
+    labels[2:12, 2:12] = 1
+    numinst, patches = instance_targets(labels, (5, 5))
+    params = AssemblyParams(patchshape=(5, 5), fast=True)
+    grid = np.zeros((20, 20), bool)
+    grid[::2, ::2] = True
+    compact = CandidatePatches.from_dense(patches, np.flatnonzero(grid & (labels > 0)))
+    assert assemble(numinst, compact, params).max() == 1
+    with pytest.raises(ValueError, match="lack .* candidate centres"):
+        assemble(numinst, compact, params.replace(fast=False))
+    with pytest.raises(ValueError, match="need numinst"):
+        assemble(None, compact, params)

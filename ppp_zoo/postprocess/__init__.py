@@ -51,7 +51,9 @@ the patch centred at ``c`` at pixel ``u`` (``u`` in ``box(c) = c + [-r, r]``, in
 Exported models: :func:`load_model_params` reads every parameter and the per-pixel
 decoding (the network's patch head, and the code decoder of ``ppp+dec`` models, see
 :mod:`.decode`) from a model package written by ``ppp-zoo export``; ``params.split`` and
-``params.patches`` turn the model's single output into numinst and patches.
+``params.patches`` turn the model's single output into numinst and patches
+(``candidates_only=True``: only the patches the assembly reads, as a compact
+:class:`CandidatePatches`).
 
 Large images: :func:`assemble_blockwise` assembles blocks with a margin of one patch size
 and stitches them (memory grows with the block, not with the image).
@@ -69,7 +71,15 @@ _configure_cache()
 from .params import AssemblyParams, Partition, parse_shape  # noqa: E402
 from .assembly import AssemblyResult, assemble  # noqa: E402
 from .blockwise import assemble_blockwise  # noqa: E402
-from .decode import DecodedPatches, Decoder, PatchHead, decode, load_decoder  # noqa: E402
+from .candidates import CandidatePatches  # noqa: E402
+from .decode import (  # noqa: E402
+    DecodedPatches,
+    Decoder,
+    PatchHead,
+    decode,
+    decode_candidates,
+    load_decoder,
+)
 from .model_package import (  # noqa: E402
     ModelParams,
     PackageError,
@@ -77,6 +87,7 @@ from .model_package import (  # noqa: E402
     load_model_params,
 )
 
-__all__ = ["AssemblyParams", "AssemblyResult", "DecodedPatches", "Decoder", "ModelParams",
-           "PackageError", "PackageFiles", "Partition", "PatchHead", "assemble",
-           "assemble_blockwise", "decode", "load_decoder", "load_model_params", "parse_shape"]
+__all__ = ["AssemblyParams", "AssemblyResult", "CandidatePatches", "DecodedPatches", "Decoder",
+           "ModelParams", "PackageError", "PackageFiles", "Partition", "PatchHead", "assemble",
+           "assemble_blockwise", "decode", "decode_candidates", "load_decoder",
+           "load_model_params", "parse_shape"]

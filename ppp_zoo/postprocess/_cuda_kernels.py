@@ -725,7 +725,7 @@ class _Layout:
         #: first consensus row of each line (and the number of rows at the end)
         self.line_rows = np.searchsorted(self.ucoord[:, self.axis],
                                          np.arange(self.A + 1)).astype(np.int64)
-        self.patches = prep.patches
+        self.prep = prep
 
     def rows(self, l0: int, l1: int) -> int:
         l0, l1 = max(l0, 0), min(l1, self.A)
@@ -749,7 +749,7 @@ class _PatchWindow:
         l0, l1 = max(l0, 0), min(l1, lay.A)
         f0, f1 = l0 * lay.line_size, l1 * lay.line_size
         view = self.buf[:lay.P * (f1 - f0)].reshape(lay.P, f1 - f0)
-        view.copy_to_device(np.ascontiguousarray(lay.patches[:, f0:f1]))
+        view.copy_to_device(lay.prep.dense_columns(f0, f1))
         return view, f0
 
 

@@ -23,6 +23,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from . import _kernels as K
+from .candidates import CandidatePatches
 from .labels import relabel_consecutive
 from .params import AssemblyParams
 
@@ -119,7 +120,11 @@ def _geometry(shape: tuple[int, ...], patchshape: tuple[int, ...]) -> Geometry:
 
 # --------------------------------------------------------------------------- validation
 def _validate_inputs(numinst, patches, params: AssemblyParams):
-    patches = np.asarray(patches)
+    compact = isinstance(patches, CandidatePatches)
+    if compact and numinst is None:
+        raise ValueError("candidate patches need numinst (the foreground comes from it)")
+    if not compact:
+        patches = np.asarray(patches)
     if patches.ndim != params.ndim + 1:
         raise ValueError(
             f"patches must have shape (P, {'Z, ' if params.ndim == 3 else ''}Y, X) for a "
@@ -133,7 +138,7 @@ def _validate_inputs(numinst, patches, params: AssemblyParams):
         )
     if patches.dtype.kind not in "fiub":
         raise ValueError(f"patches must be numeric, got dtype {patches.dtype}")
-    if min(patches.shape[1:]) < 1:
+    if min(patches.shape[1:], default=0) < 1:
         raise ValueError(f"patches has an empty spatial shape {patches.shape[1:]}")
     if numinst is not None:
         numinst = np.asarray(numinst)
@@ -147,7 +152,7 @@ def _validate_inputs(numinst, patches, params: AssemblyParams):
         if not np.isfinite(numinst).all():
             raise ValueError("numinst contains NaN or infinite values")
     # Checked in chunks so that a float64 copy of a large array is never made.
-    flat = patches.reshape(patches.shape[0], -1)
+    flat = patches.values if compact else patches.reshape(patches.shape[0], -1)
     step = max(1, (1 << 24) // max(1, flat.shape[1]))
     for i in range(0, flat.shape[0], step):
         if not np.isfinite(flat[i:i + step]).all():
@@ -232,7 +237,7 @@ class Prepared:
 
     Parameters
     ----------
-    patches : ndarray, float32, C-contiguous, shape (P, [Z,] Y, X)
+    patches : ndarray, float32, C-contiguous, shape (P, [Z,] Y, X), or CandidatePatches
         Validated patch probabilities.
     cls : ndarray, int8, shape ([Z,] Y, X)
         Foreground classes (:func:`foreground_classes`).
@@ -242,8 +247,9 @@ class Prepared:
     ----------
     geo : Geometry
         Image and patch geometry (as 3D; padded by the patch radius).
-    patches : ndarray, shape (P, n_pixels)
-        The patches, one column per pixel.
+    patches : ndarray, shape (P, n_columns)
+        The patches, one column per pixel (dense input) or per pixel of the
+        :class:`CandidatePatches`; :meth:`columns_of` gives the column of a pixel.
     vmask, fgmask : ndarray of uint8
         Padded voting (class 1) and foreground (class >= 1) masks.
     vidx : ndarray of int32
@@ -259,7 +265,9 @@ class Prepared:
         self.geo = geo
         self.spatial = tuple(int(n) for n in cls.shape)
         self.params = params
-        self.patches = patches.reshape(patches.shape[0], -1)
+        self._compact = patches if isinstance(patches, CandidatePatches) else None
+        self.patches = (patches.values if self._compact is not None
+                        else patches.reshape(patches.shape[0], -1))
         cls3 = cls.reshape(geo.shape)
         self.vmask = geo.pad((cls3 == 1).astype(np.uint8))
         self.fgmask = geo.pad((cls3 >= 1).astype(np.uint8))
@@ -275,6 +283,23 @@ class Prepared:
         self.th = np.float32(params.patch_threshold)
         self.bg = np.float32(params.background_threshold)
 
+    def columns_of(self, flat: np.ndarray) -> np.ndarray:
+        """Column of :attr:`patches` holding the patch of each pixel of ``flat`` (int64)."""
+        if self._compact is None:
+            return np.ascontiguousarray(flat, np.int64)
+        return np.ascontiguousarray(self._compact.columns_of(flat), np.int64)
+
+    def dense_columns(self, f0: int, f1: int) -> np.ndarray:
+        """The patches of the pixels with flat index f0 .. f1 - 1, ``(P, f1 - f0)`` float32
+        (zero where the compact input holds none)."""
+        if self._compact is None:
+            return np.ascontiguousarray(self.patches[:, f0:f1])
+        flat = self._compact.flat
+        j0, j1 = np.searchsorted(flat, [f0, f1])
+        out = np.zeros((self.patches.shape[0], f1 - f0), np.float32)
+        out[:, flat[j0:j1] - f0] = self.patches[:, j0:j1]
+        return out
+
     def centres_of(self, flat: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(np.stack(np.unravel_index(flat, self.geo.shape), axis=1),
                                     dtype=np.int64)
@@ -289,10 +314,13 @@ def prepare(numinst, patches, params: AssemblyParams) -> tuple[Prepared, np.ndar
     that order, as :func:`assemble` runs them.
     """
     numinst, patches = _validate_inputs(numinst, patches, params)
-    patches = np.ascontiguousarray(patches, dtype=np.float32)
+    if not isinstance(patches, CandidatePatches):
+        patches = np.ascontiguousarray(patches, dtype=np.float32)
     cls = foreground_classes(numinst, patches, params)
     cand_flat = np.flatnonzero(candidate_mask(cls, params)).astype(np.int64)
-    return Prepared(patches, cls, params), cand_flat
+    prep = Prepared(patches, cls, params)
+    prep.columns_of(cand_flat)  # candidate patches: every candidate must have its patch
+    return prep, cand_flat
 
 
 #: pixel rows per band of the consensus pass (fixed, so that the float64 score sums do not
@@ -334,7 +362,7 @@ def compute_consensus(prep: Prepared, cand_flat: np.ndarray, device: str = "cpu"
     ring_bytes = (2 * ry + 1) * max_row * pitched * 5  # float32 values + int8 classes
     budget = max(prep.n_voting * n_cols * 2, ring_bytes)
     n_workers = max(1, min(K.n_threads(), len(bands) - 1, budget // ring_bytes))
-    K.consensus_rows(prep.patches, by_row, np.ascontiguousarray(cand_flat[order]), row_start,
+    K.consensus_rows(prep.patches, by_row, prep.columns_of(cand_flat[order]), row_start,
                      slot, bands, n_workers, slab_start, max_row, prep.offs, prep.r,
                      prep.pshape, prep.fshape, n_cols, prep.vmask, prep.vidx, prep.th, prep.bg,
                      height, step, cons, score_part, n_high, n_low)
@@ -375,7 +403,7 @@ def cover_foreground(prep: Prepared, ranked_flat: np.ndarray, device: str = "cpu
     centres = prep.centres_of(ranked_flat)
     covered = np.zeros_like(prep.fgmask)
     selected = np.empty(len(ranked_flat), np.int64)
-    m = K.foreground_cover(prep.patches, centres, np.ascontiguousarray(ranked_flat, np.int64),
+    m = K.foreground_cover(prep.patches, centres, prep.columns_of(ranked_flat),
                            prep.offs, prep.r, prep.fgmask,
                            np.float32(prep.params.fc_threshold), covered, selected)
     return ranked_flat[selected[:m]]
@@ -402,7 +430,7 @@ def patch_graph(prep: Prepared, selected_flat: np.ndarray, consensus: Consensus,
         edges = K.candidate_edges(centres, np.array(geo.patchshape, np.int64))
         hmask = np.empty((n, P), np.uint8)
         hspan = np.empty((n, pz * py, 2), np.int64)
-        K.high_masks(prep.patches, centres, np.ascontiguousarray(selected_flat, np.int64),
+        K.high_masks(prep.patches, centres, prep.columns_of(selected_flat),
                      prep.offs, prep.r, prep.vmask, prep.th, stride, hmask, hspan)
     # weight(a, b), a < b: half 0 sums u in H_a, v in H_b (v after u), computed in b's pass;
     # half 1 sums u in H_b, v in H_a, computed in a's pass
@@ -464,7 +492,7 @@ def label_instances(prep: Prepared, selected_flat: np.ndarray, comp: np.ndarray)
     geo = prep.geo
     mask = prep.fgmask if params.crop_to_fg else np.ones_like(prep.fgmask)
     centres = prep.centres_of(selected_flat)
-    cflat = np.ascontiguousarray(selected_flat, np.int64)
+    cflat = prep.columns_of(selected_flat)  # the selected patches' columns
     n_comp = int(comp.max()) if comp.size else 0
     if params.overlapping:
         # one layer per component (at least two, so the kernel paints a stack)
@@ -537,9 +565,12 @@ def assemble(numinst, patches, params: AssemblyParams, *, progress: ProgressCall
     numinst : ndarray of shape (3, [Z,] Y, X) or None
         Probabilities of 0, 1 and 2+ instances per pixel (e.g. the model's softmax). With
         ``None`` the foreground is the patch centre above ``patch_threshold``.
-    patches : ndarray of shape (P, [Z,] Y, X)
+    patches : ndarray of shape (P, [Z,] Y, X), or CandidatePatches
         Patch probabilities, P = prod(patchshape), channel ``k`` = offset
-        ``unravel_index(k, patchshape) - patchshape // 2``. float32 avoids a copy.
+        ``unravel_index(k, patchshape) - patchshape // 2``. float32 avoids a copy. Only the
+        patches of the candidate centres are read: a :class:`CandidatePatches` holding
+        those alone (e.g. from :func:`~ppp_zoo.postprocess.decode_candidates`) gives the
+        same labels with a fraction of the memory.
     params : AssemblyParams
         Assembly parameters, including ``patchshape``.
     progress : callable, optional

@@ -19,6 +19,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from .assembly import assemble, resolve_device
+from .candidates import CandidatePatches
 from .labels import relabel_consecutive
 from .params import AssemblyParams
 
@@ -91,7 +92,9 @@ def assemble_blockwise(numinst, patches, params: AssemblyParams, *,
     blocks = list(_blocks(spatial, block_shape, margin))
     for done, (core, crop) in enumerate(blocks):
         n_crop = None if numinst is None else np.ascontiguousarray(numinst[(slice(None),) + crop])
-        p_crop = np.ascontiguousarray(patches[(slice(None),) + crop], dtype=np.float32)
+        p_crop = patches[(slice(None),) + crop]
+        if not isinstance(p_crop, CandidatePatches):  # compact ones are float32 already
+            p_crop = np.ascontiguousarray(p_crop, dtype=np.float32)
         local = assemble(n_crop, p_crop, params, device=device)
         del p_crop
         next_id = _stitch(out, local, core, crop, next_id, merge_overlap)

@@ -14,7 +14,9 @@ a sigmoid turns the logits into patch probabilities, flattened in C order.
 
 Only pixels that vote in the assembly (numinst class 1) are decoded, in chunks whose
 activations stay below a memory budget; every other pixel's patch is left at 0, which the
-assembly never reads.
+assembly never reads. :func:`decode_candidates` decodes fewer still: the candidate centres
+the assembly reads with given parameters (in fast mode a quarter of the class-1 pixels in
+2D), into a compact :class:`~ppp_zoo.postprocess.CandidatePatches`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Union
 
 import numpy as np
 
+from .candidates import CandidatePatches
 from .params import AssemblyParams
 
 #: bytes of intermediate activations one decoding chunk may use
@@ -306,6 +309,30 @@ PixelDecoder = Union[Decoder, PatchHead]
 """What :func:`decode` runs per pixel: a code decoder or a format-2 head."""
 
 
+def _check_decode_inputs(numinst, values, decoder: PixelDecoder):
+    numinst = np.asarray(numinst)
+    values = np.asarray(values)
+    if values.ndim != decoder.ndim + 1 or values.shape[0] != decoder.in_channels:
+        raise ValueError(f"{'codes' if isinstance(decoder, Decoder) else 'features'} must "
+                         f"have shape ({decoder.in_channels}, ...) with {decoder.ndim} "
+                         f"spatial axes, got {values.shape}")
+    if numinst.shape != (3,) + values.shape[1:]:
+        raise ValueError(f"numinst {numinst.shape} does not match {values.shape}")
+    return numinst, values
+
+
+def _decode_at(values: np.ndarray, flat: np.ndarray, decoder: PixelDecoder,
+               memory_budget: int) -> np.ndarray:
+    """Patches ``(P, len(flat))`` of the pixels ``flat`` of ``values (K, ...)``."""
+    out = np.empty((decoder.n_patch, len(flat)), np.float32)
+    pixels = values.reshape(values.shape[0], -1)
+    chunk = max(1, memory_budget // decoder.bytes_per_code())
+    for start in range(0, len(flat), chunk):
+        index = flat[start:start + chunk]
+        out[:, start:start + len(index)] = decoder.decode_pixels(pixels[:, index].T).T
+    return out
+
+
 def decode(numinst: np.ndarray, values: np.ndarray, decoder: PixelDecoder,
            params: AssemblyParams, *, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> np.ndarray:
     """Dense patches ``(P, [Z,] Y, X)`` from numinst and per-pixel codes or features.
@@ -330,30 +357,41 @@ def decode(numinst: np.ndarray, values: np.ndarray, decoder: PixelDecoder,
         Patch probabilities at numinst class-1 pixels (the only patches the assembly
         reads), 0 elsewhere.
     """
-    numinst = np.asarray(numinst)
-    values = np.asarray(values)
-    if values.ndim != decoder.ndim + 1 or values.shape[0] != decoder.in_channels:
-        raise ValueError(f"{'codes' if isinstance(decoder, Decoder) else 'features'} must "
-                         f"have shape ({decoder.in_channels}, ...) with {decoder.ndim} "
-                         f"spatial axes, got {values.shape}")
-    if numinst.shape != (3,) + values.shape[1:]:
-        raise ValueError(f"numinst {numinst.shape} does not match {values.shape}")
+    numinst, values = _check_decode_inputs(numinst, values, decoder)
     flat = np.flatnonzero(voting_mask(numinst, params))
     out = np.zeros((decoder.n_patch, int(np.prod(values.shape[1:]))), np.float32)
-    pixels = values.reshape(values.shape[0], -1)
-    chunk = max(1, memory_budget // decoder.bytes_per_code())
-    for start in range(0, len(flat), chunk):
-        index = flat[start:start + chunk]
-        out[:, index] = decoder.decode_pixels(pixels[:, index].T).T
+    out[:, flat] = _decode_at(values, flat, decoder, memory_budget)
     return out.reshape((decoder.n_patch,) + values.shape[1:])
+
+
+def decode_candidates(numinst: np.ndarray, values: np.ndarray, decoder: PixelDecoder,
+                      params: AssemblyParams, *,
+                      memory_budget: int = DEFAULT_MEMORY_BUDGET) -> CandidatePatches:
+    """The patches that ``assemble(numinst, patches, params)`` reads, and no others.
+
+    As :func:`decode` (same parameters), but only the candidate centres of ``params`` are
+    decoded (class-1 pixels, in fast mode only those on the stride grid that starts at the
+    first pixel: a quarter of them in 2D, an eighth in 3D), into a compact
+    :class:`~ppp_zoo.postprocess.CandidatePatches` of ``P`` values per candidate instead
+    of a dense array of ``P`` values per pixel. The assembly of a crop of it, or with other
+    parameters, may need patches it lacks (a ValueError says so).
+    """
+    from .assembly import candidate_mask, foreground_classes
+
+    numinst, values = _check_decode_inputs(numinst, values, decoder)
+    cls = foreground_classes(numinst, None, params)
+    flat = np.flatnonzero(candidate_mask(cls, params))
+    return CandidatePatches(_decode_at(values, flat, decoder, memory_budget), flat,
+                            values.shape[1:])
 
 
 class DecodedPatches:
     """Patches ``(P, [Z,] Y, X)`` decoded on request, block by block.
 
     Holds numinst and the codes or features; slicing over the space axes (the first axis
-    whole) decodes that block with :func:`decode`. :func:`assemble_blockwise` takes it in
-    place of a dense patch array, so the dense patches never exist at once.
+    whole) decodes the patches that the assembly of that block with ``params`` reads
+    (:func:`decode_candidates`). :func:`assemble_blockwise` takes it in place of a dense
+    patch array, so the dense patches never exist at once.
     """
 
     def __init__(self, numinst: np.ndarray, values: np.ndarray, decoder: PixelDecoder,
@@ -367,5 +405,6 @@ class DecodedPatches:
         key = key if isinstance(key, tuple) else (key,)
         if key[0] != slice(None):
             raise IndexError("decoded patches are sliced over space only")
-        return decode(np.asarray(self.numinst[key], np.float32),
-                      np.asarray(self.values[key], np.float32), self.decoder, self.params)
+        return decode_candidates(np.asarray(self.numinst[key], np.float32),
+                                 np.asarray(self.values[key], np.float32), self.decoder,
+                                 self.params)

@@ -36,6 +36,7 @@ from .decode import (
     PatchHead,
     PixelDecoder,
     decode,
+    decode_candidates,
     load_decoder,
     load_head,
 )
@@ -254,17 +255,23 @@ class ModelParams:
         return output[a:b], output[c:d]
 
     def patches(self, numinst: np.ndarray, values: np.ndarray, *, lazy: bool = False,
-                memory_budget: int = DEFAULT_MEMORY_BUDGET):
+                memory_budget: int = DEFAULT_MEMORY_BUDGET, candidates_only: bool = False):
         """Patches ``(P, ...)`` from numinst and the model's per-pixel output.
 
         ``values`` are the features (format 2), codes (format-1 ``ppp+dec``) or patches
         (format-1 ``ppp``, returned as they are). With ``lazy=True`` the result decodes block
         by block when sliced (for :func:`~ppp_zoo.postprocess.assemble_blockwise`).
+        ``candidates_only`` decodes only what ``assemble(numinst, patches, self.assembly)``
+        reads, into a :class:`~ppp_zoo.postprocess.CandidatePatches`
+        (:func:`~ppp_zoo.postprocess.decode_candidates`).
         """
         if self.decoder is None:
             return values
         if lazy:
             return DecodedPatches(numinst, values, self.decoder, self.assembly)
+        if candidates_only:
+            return decode_candidates(numinst, values, self.decoder, self.assembly,
+                                     memory_budget=memory_budget)
         return decode(numinst, values, self.decoder, self.assembly, memory_budget=memory_budget)
 
     def decode(self, numinst: np.ndarray, values: np.ndarray, *,

@@ -424,7 +424,7 @@ class Segmenter:
         report("decode")
         t = time.perf_counter()
         model = dataclasses.replace(self.params, assembly=params)
-        patches = model.patches(numinst, second, lazy=blockwise)
+        patches = model.patches(numinst, second, lazy=blockwise, candidates_only=True)
         timings["decode"] = time.perf_counter() - t
         t = time.perf_counter()
         if blockwise:
