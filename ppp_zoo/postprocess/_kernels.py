@@ -402,12 +402,14 @@ def high_masks(patches, centres, cflat, offs, r, vmask, th, stride, hmask, hspan
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
-def _later_sum(u, row, cb, hmask_b, hspan_b, r, fshape, half):
+def _later_sum(u, row, cb, hmask_b, hspan_b, r, fshape, half, stride):
     """Sum and number of the defined C(u, v) over v in H_b after u in raster order.
 
     ``row`` is u's consensus row (NaN where undefined), ``cb`` the centre of b. Only the
     patch lines of b within ``2 r`` of u are visited, each over the x-extent of H_b on it
-    clipped to ``u_x +- 2 r_x``: one contiguous run of consensus columns per line.
+    clipped to ``u_x +- 2 r_x``: one contiguous run of consensus columns per line. With
+    ``stride > 1`` (fast mode: H_b holds pixels on the stride grid only) a run steps over
+    the grid's x only.
     """
     pz, py, px = 2 * r[0] + 1, 2 * r[1] + 1, 2 * r[2] + 1
     total = 0.0
@@ -430,11 +432,13 @@ def _later_sum(u, row, cb, hmask_b, hspan_b, r, fshape, half):
             # column of v = (z0 + zl, y0 + yl, x0 + xl): base + xl
             base = ((dz + 2 * r[0]) * fshape[1] + (dy + 2 * r[1])) * fshape[2] \
                 + x0 - u[2] + 2 * r[2] - half - 1
+            if stride > 1:
+                lo += (-(x0 + lo)) % stride  # first x of the grid
             if lo >= hi:
                 continue
-            vals = row[base + lo:base + hi]
-            mask = hmask_b[line * px + lo:line * px + hi]
-            for i in range(hi - lo):
+            vals = row[base + lo:base + hi:stride]
+            mask = hmask_b[line * px + lo:line * px + hi:stride]
+            for i in range(vals.shape[0]):
                 value = vals[i]
                 if mask[i] != 0 and value == value:
                     total += value
@@ -444,14 +448,15 @@ def _later_sum(u, row, cb, hmask_b, hspan_b, r, fshape, half):
 
 @njit(cache=True, parallel=True)
 def edge_weight_parts(centres, offs, hmask, hspan, nbr_start, nbr_node, nbr_slot, vidx, r,
-                      fshape, half, cons, part_sum, part_cnt):
+                      fshape, half, stride, cons, part_sum, part_cnt):
     """Per node b, the sums over its neighbours a of the defined C(u, v), u in H_a, v in H_b,
     v after u in raster order; written to ``part_sum[nbr_slot[j]]`` / ``part_cnt``.
 
     The neighbours of b are ``nbr_node[nbr_start[b]:nbr_start[b + 1]]``. The sum over v of a
     pixel u (``T_b(u)``) is computed once per node and reused for every neighbour whose H
     holds u (neighbouring patches overlap), in a scratch grid over ``c_b +- 3 r`` (a pixel
-    farther from c_b has no v within ``2 r``). ``vidx`` is the padded row map.
+    farther from c_b has no v within ``2 r``). ``vidx`` is the padded row map; ``stride``
+    the grid of the H sets (1, or the fast mode's stride).
     """
     P = offs.shape[0]
     gz, gy, gx = 6 * r[0] + 1, 6 * r[1] + 1, 6 * r[2] + 1
@@ -480,7 +485,8 @@ def edge_weight_parts(centres, offs, hmask, hspan, nbr_start, nbr_node, nbr_slot
                     continue
                 if done[qz, qy, qx] == 0:
                     row = cons[vidx[u[0] + r[0], u[1] + r[1], u[2] + r[2]]]
-                    t, c = _later_sum(u, row, cb, hmask[b], hspan[b], r, fshape, half)
+                    t, c = _later_sum(u, row, cb, hmask[b], hspan[b], r, fshape, half,
+                                      stride)
                     tsum[qz, qy, qx] = t
                     tcnt[qz, qy, qx] = c
                     done[qz, qy, qx] = 1
