@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ppp_zoo.postprocess.labels import instance_sizes, median_object_diameter
+
 BASELINE = {"sigma": 1.0, "min_size": 15, "min_distance": 4}
 
 
@@ -72,12 +74,6 @@ def resample(image: np.ndarray, labels: np.ndarray, factor: float):
     return img.astype(np.float32), lab.astype(np.int32)
 
 
-def median_diameter(labels_list) -> float:
-    sizes = np.concatenate([np.bincount(lab.ravel())[1:] for lab in labels_list])
-    sizes = sizes[sizes > 0]
-    return float(np.median(2 * np.sqrt(sizes / np.pi)))
-
-
 def build_sets(n_synth: int, snrs: list[float], seed: int) -> dict[str, tuple[list, float | None]]:
     """``{name: (pairs, true scale)}``; the true scale of the DSB sets undoes their
     resampling, that of the synthetic sets (None) comes from their labels."""
@@ -105,7 +101,8 @@ def run_set(segmenter, trained: float, pairs, true_scale: float | None) -> dict:
     truth = [gt for _, gt in pairs]
     # synthetic images each have their own typical size: a true scale per image
     true_scales = ([true_scale] * len(pairs) if true_scale is not None else
-                   [round(trained / median_diameter([gt]), 3) for gt in truth])
+                   [round(trained / median_object_diameter(instance_sizes(gt), 2), 3)
+                    for gt in truth])
     out: dict = {"n_images": len(pairs), "true_scale": float(np.median(true_scales)),
                  "examples": {}}
     for name, method in (("model auto", "auto"), ("model true scale", "true"),
