@@ -3,7 +3,7 @@
 The assembly reads the patch of a pixel only where that pixel is a candidate centre (a
 numinst class-1 pixel, on the stride grid in fast mode). A dense ``(P, [Z,] Y, X)`` array
 spends ``P`` floats on every other pixel too: for a 1024x1024 image with 17x17 patches in
-fast mode that is 1.2 GB, of which the assembly reads 6 %. :class:`CandidatePatches` holds
+fast mode that is 1.2 GB, of which the assembly reads 5 %. :class:`CandidatePatches` holds
 the read columns alone, ``(P, n)``, with the flat (C-order) index of each column's pixel;
 :func:`~ppp_zoo.postprocess.assemble` takes it in place of the dense array and gives the
 same labels.
