@@ -436,13 +436,26 @@ def _later_sum(u, row, cb, hmask_b, hspan_b, r, fshape, half, stride):
                 lo += (-(x0 + lo)) % stride  # first x of the grid
             if lo >= hi:
                 continue
-            vals = row[base + lo:base + hi:stride]
-            mask = hmask_b[line * px + lo:line * px + hi:stride]
-            for i in range(vals.shape[0]):
-                value = vals[i]
-                if mask[i] != 0 and value == value:
-                    total += value
-                    count += 1
+            if stride > 1:  # a strided view: compiled apart from the contiguous one
+                t, c = _masked_sum(row[base + lo:base + hi:stride],
+                                   hmask_b[line * px + lo:line * px + hi:stride])
+            else:
+                t, c = _masked_sum(row[base + lo:base + hi], hmask_b[line * px + lo:line * px + hi])
+            total += t
+            count += c
+    return total, count
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"}, inline="always")
+def _masked_sum(vals, mask):
+    """Sum and number of the defined (not NaN) ``vals`` where ``mask`` is set."""
+    total = 0.0
+    count = 0
+    for i in range(vals.shape[0]):
+        value = vals[i]
+        if mask[i] != 0 and value == value:
+            total += value
+            count += 1
     return total, count
 
 

@@ -171,8 +171,9 @@ class AssembleBlocks:
             numinst, values = model.split(block) if model.format >= 2 else \
                 (block[:3], block[3:])
             numinst = np.ascontiguousarray(numinst)
-            return assemble(numinst, model.patches(numinst, np.ascontiguousarray(values)),
-                            model.assembly, device=self.device)
+            # only the patches this block's assembly reads, compact (CandidatePatches)
+            patches = model.patches(numinst, np.ascontiguousarray(values), candidates_only=True)
+            return assemble(numinst, patches, model.assembly, device=self.device)
         return assemble(np.ascontiguousarray(block[:3]), np.ascontiguousarray(block[3:]),
                         self.params, device=self.device)
 
