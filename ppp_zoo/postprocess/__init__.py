@@ -55,7 +55,7 @@ decoding (the network's patch head, and the code decoder of ``ppp+dec`` models, 
 (``candidates_only=True``: only the patches the assembly reads, as a compact
 :class:`CandidatePatches`).
 
-Large images: :func:`assemble_blockwise` assembles blocks with a margin of one patch size
+Large images: :func:`assemble_blockwise` assembles blocks with a margin of two patch sizes
 and stitches them (memory grows with the block, not with the image).
 
 GPU: ``assemble(..., device="cuda")`` (or ``"auto"``, the default, when numba finds a usable
