@@ -102,7 +102,9 @@ class CandidatePatches:
         if missing.any():
             raise ValueError(f"the candidate patches lack {int(missing.sum())} of the "
                              f"{flat.size} candidate centres of these parameters: make them "
-                             "with the same numinst and assembly parameters")
+                             "from the same numinst with the same assembly parameters, for "
+                             "this very image or block (in fast mode the stride grid starts "
+                             "at its corner)")
         return pos
 
     def __repr__(self) -> str:
