@@ -449,8 +449,7 @@ def patch_graph(prep: Prepared, selected_flat: np.ndarray, consensus: Consensus,
     else:
         K.edge_weight_parts(centres, prep.offs, hmask, hspan, nbr_start, nbr_node, nbr_slot,
                             prep.vidx, prep.r, prep.fshape, geo.n_columns, stride,
-                            consensus.values,
-                            part_sum, part_cnt)
+                            consensus.values, part_sum, part_cnt)
     count = part_cnt[0::2] + part_cnt[1::2]
     keep = count > 0
     edges = edges[keep]
