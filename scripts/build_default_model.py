@@ -145,9 +145,10 @@ def finetune(start: Path, out_dir: Path, minutes: float, overrides: dict = FINET
           progress=sys.stderr.isatty(), snapshot_minutes=snapshot_minutes)
 
 
-def average_checkpoints(paths: list[Path], output: Path) -> Path:
+def average_checkpoints(paths: list[Path], output: Path) -> list[int]:
     """Write a checkpoint whose weights are the mean of those of ``paths`` (same network);
-    everything else comes from the last of them, plus ``averaged_iterations``."""
+    everything else comes from the last of them, plus ``averaged_iterations``, which is
+    returned."""
     import torch
 
     ckpts = [torch.load(p, map_location="cpu", weights_only=True) for p in paths]
@@ -162,7 +163,7 @@ def average_checkpoints(paths: list[Path], output: Path) -> Path:
     out.pop("tuned", None)
     output.parent.mkdir(parents=True, exist_ok=True)
     torch.save(out, output)
-    return output
+    return out["averaged_iterations"]
 
 
 def _second_half_snapshots(run_dir: Path) -> list[Path]:
@@ -328,12 +329,11 @@ def main(argv: list[str] | None = None) -> int:
             if not (polish_dir / "metrics.json").exists():  # else: reuse the finished stage
                 finetune(start, polish_dir, args.polish_minutes, POLISH,
                          snapshot_minutes=args.polish_minutes / POLISH_SNAPSHOTS)
-            averaged = average_checkpoints(_second_half_snapshots(polish_dir),
-                                           polish_dir / "average.pt")
+            averaged = polish_dir / "average.pt"
+            iterations = average_checkpoints(_second_half_snapshots(polish_dir), averaged)
             record["polish"] = _stage_record(polish_dir, minutes=args.polish_minutes,
-                                             overrides=POLISH, start=_key(start))
-            record["polish"]["averaged_iterations"] = torch.load(
-                averaged, map_location="cpu", weights_only=True)["averaged_iterations"]
+                                             overrides=POLISH, start=_key(start),
+                                             averaged_iterations=iterations)
             candidates += [polish_dir / "best.pt", polish_dir / "last.pt", averaged]
         checkpoint, record["selection"] = select_checkpoint(candidates,
                                                             args.work / "selected.pt", grid)
