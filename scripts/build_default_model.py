@@ -146,12 +146,17 @@ def finetune(start: Path, out_dir: Path, minutes: float, overrides: dict = FINET
 
 
 def average_checkpoints(paths: list[Path], output: Path) -> list[int]:
-    """Write a checkpoint whose weights are the mean of those of ``paths`` (same network);
-    everything else comes from the last of them, plus ``averaged_iterations``, which is
-    returned."""
+    """Write a checkpoint whose weights are the mean of those of ``paths`` (same network;
+    checkpoints of an iteration already seen are skipped); everything else comes from the
+    last of them, plus ``averaged_iterations``, which is returned."""
     import torch
 
-    ckpts = [torch.load(p, map_location="cpu", weights_only=True) for p in paths]
+    ckpts, seen = [], set()
+    for path in paths:  # a snapshot may hold the same weights as last.pt: count them once
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        if ckpt["iteration"] not in seen:
+            seen.add(ckpt["iteration"])
+            ckpts.append(ckpt)
     kwargs = ckpts[0]["model_kwargs"]
     if any(c["model_kwargs"] != kwargs for c in ckpts):
         raise ValueError(f"cannot average different networks: {', '.join(map(str, paths))}")
