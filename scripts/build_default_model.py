@@ -118,7 +118,7 @@ Besides its best and last checkpoints, the average of the weights saved in its s
 along a low-learning-rate run lands nearer the centre of the basin than any one of them
 (the network has no normalisation layers whose statistics would need recomputing). 45
 minutes of it from the shipped checkpoint (6,458 iterations) gave validation avAP 0.618
-(best), 0.614 (last) and 0.609 (average) with ``--fine-thresholds``, below the shipped
+(best), 0.614 (last) and 0.605 (average) with ``--fine-thresholds``, below the shipped
 checkpoint's 0.634: off by default."""
 
 POLISH_SNAPSHOTS = 10
