@@ -184,7 +184,7 @@ def test_segment_scale_auto_is_the_default(sample_dir, tmp_path):
     assert res.exit_code == 0, res.output
     (entry,) = json.loads(res.stdout.strip().splitlines()[-1])["images"]
     auto = entry["auto_scale"]
-    assert auto["confident"] and auto["passes"][-1][0] == entry["scale"], entry
+    assert auto["confident"] and entry["scale"] in [s for s, _ in auto["passes"]], entry
     assert 0.75 <= entry["scale"] <= 1.25  # the sample is at about the training size
     assert f"scale auto: {entry['scale']:g} (objects about" in res.stderr
     res = run("segment", sample_dir / "test_image.tif", "-o", tmp_path / "half", "--json",

@@ -284,9 +284,15 @@ class Segmenter:
         A network shown objects much larger than in training tends to cut them into pieces
         of about the training size, so the size measured at scale 1 alone cannot reveal
         large objects. The first (coarsest) probe whose objects (at least 5) measure at
-        least 1 / :data:`AUTO_SCALE_MIN_RATIO` of the training diameter gives the estimate:
-        objects measured at a coarse scale are not fragments. Images at about the training
-        size cost 1.3 passes, images of large objects less than one.
+        least 1 / :data:`AUTO_SCALE_MIN_RATIO` of the training diameter gives a first
+        estimate: objects measured at a coarse scale are not fragments. Objects much
+        smaller than in training come out a little too large, so a finer probe that lies
+        at most half an octave above the estimated scale (where the objects measure at
+        most sqrt(2) times the training size: no fragments yet) measures again and refines
+        the estimate. Of the passes whose objects count, the one whose objects measure
+        nearest the training size is kept (the pass at the estimated scale, unless a
+        probe came nearer). Images at about the training size cost 1.5 passes, images of
+        large objects about two.
         """
         trained = self.package.object_diameter
         lo, hi = AUTO_SCALE_RANGE[self.package.ndim]
@@ -296,15 +302,27 @@ class Segmenter:
         def run_at(scale: float) -> None:
             passes[scale] = tuple(reversed(self._segment_at(img, scale, hint=False, **run)))
 
-        valid: list[tuple[float, float]] = []
-        for probe in sorted(AUTO_SCALE_PROBES):  # coarse first: stop at the first that counts
+        def counts(measured: float | None) -> bool:
+            return bool(trained and measured is not None and
+                        measured >= trained / AUTO_SCALE_MIN_RATIO)
+
+        probes = sorted(AUTO_SCALE_PROBES)
+        valid: list[tuple[float, float]] = []  # (probe, measured) of the probes that count
+        for i, probe in enumerate(probes):  # coarse first: stop at the first that counts
             if probe != 1.0 and (probe < lo or min(img.shape[1:]) * probe <
                                  max(min_side, 4 * (trained or math.inf))):
                 continue
             run_at(probe)
-            measured = passes[probe][0]
-            if trained and measured is not None and measured >= trained / AUTO_SCALE_MIN_RATIO:
-                valid.append((probe, measured))
+            if counts(passes[probe][0]):
+                valid.append((probe, passes[probe][0]))
+                for finer in probes[i + 1:]:  # refine while a finer probe is near enough
+                    probe, measured = valid[-1]
+                    if finer > min(trained * probe / measured * math.sqrt(2), hi):
+                        break
+                    run_at(finer)
+                    if not counts(passes[finer][0]):
+                        break
+                    valid.append((finer, passes[finer][0]))
                 break
         notes: list[str] = []
         if not trained:
@@ -322,12 +340,16 @@ class Segmenter:
                              f"({trained:.0f} px); used scale 1: if they are objects, give "
                              f"--scale (about {trained / small:.1f})")
         else:
-            coarse, measured = min(valid)
-            wanted = float(np.clip(trained * coarse / measured, lo, hi))
+            probe, measured = valid[-1]  # the finest probe that counts
+            wanted = float(np.clip(trained * probe / measured, lo, hi))
             steps = round(AUTO_SCALE_STEPS * math.log2(wanted))
             chosen = float(np.clip(round(2.0 ** (steps / AUTO_SCALE_STEPS), 4), lo, hi))
             if chosen not in passes:
                 run_at(chosen)
+            kept = [s for s, (d, _) in passes.items() if counts(d)]
+            if kept:  # the chosen pass unless a probe's objects came nearer the training size
+                chosen = min(kept, key=lambda s: (abs(math.log(passes[s][0] / trained)),
+                                                  s != chosen))
         measured, result = passes[chosen]
         confident = bool(trained and measured and abs(math.log(trained / measured)) <=
                          math.log(AUTO_SCALE_TOLERANCE))
