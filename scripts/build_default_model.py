@@ -9,9 +9,9 @@ Steps:
      the training config recorded in ``build.json`` and the package's tuned parameters: the
      same network, re-exported in the current package layout); after training, fine-tune
      from its last weights (``--finetune-minutes``), optionally polish the checkpoint
-     chosen so far (``--polish-minutes``, :data:`POLISH`) and choose among the best and
-     last checkpoints of every stage, with their assembly thresholds, on validation data
-     only;
+     chosen so far, or the recovered one (``--polish-minutes``, :data:`POLISH`), and
+     choose among the best and last checkpoints of every stage, with their assembly
+     thresholds, on validation data only;
   2. score the chosen checkpoint on the right half (57 nuclei) with its own prediction
      (``--dry-run`` stops here);
   3. export it (TorchScript + ONNX, validated by bioimageio.core) with those metrics;
@@ -25,6 +25,7 @@ Usage:
   python scripts/build_default_model.py --train-dir runs/ppp-nuclei2d/train
       --finetune-dir runs/ppp-nuclei2d/finetune [--polish-from CKPT] [--dry-run]
   python scripts/build_default_model.py --from-package ppp_zoo/models/ppp-nuclei2d.zip
+      [--polish-minutes 70 --fine-thresholds]
 """
 
 from __future__ import annotations
@@ -108,18 +109,16 @@ the stage's minutes: the iteration count never binds) with more of the crops (70
 the real DSB training image, validated on the strip plus synthetic images."""
 
 
-POLISH = {"data": {"synth_extra_fraction": 0.3, "synth_val": 8},
-          "train": {"lr": 1e-4, "lr_min": 1e-5, "iterations": 1_000_000, "val_every": 250}}
+POLISH = {"data": {"synth_extra_fraction": 0.15, "synth_val": 8},
+          "train": {"lr": 1e-4, "lr_min": 1e-5, "iterations": 1_000_000, "val_every": 500}}
 """Optional third stage (``--polish-minutes``): from the checkpoint chosen among the first
-two stages' ones (or ``--polish-from``), a cosine decay at a low learning rate (1e-4 to
-1e-5) with the fine-tuning's data mix, saving the weights :data:`POLISH_SNAPSHOTS` times.
-Besides its best and last checkpoints, the average of the weights saved in its second half
+two stages' ones (or ``--polish-from``, or the network of ``--from-package``), a cosine
+decay at a low learning rate (1e-4 to 1e-5) with more of the crops (85 %) from the real DSB
+training image, saving the weights :data:`POLISH_SNAPSHOTS` times. Besides its best and
+last checkpoints, the average of the weights saved in its second half
 (``polish/average.pt``, :func:`average_checkpoints`) is a candidate: averaging the weights
 along a low-learning-rate run lands nearer the centre of the basin than any one of them
-(the network has no normalisation layers whose statistics would need recomputing). 45
-minutes of it from the shipped checkpoint (6,458 iterations) gave validation avAP 0.618
-(best), 0.614 (last) and 0.605 (average) with ``--fine-thresholds``, below the shipped
-checkpoint's 0.634: off by default."""
+(the network has no normalisation layers whose statistics would need recomputing)."""
 
 POLISH_SNAPSHOTS = 10
 """Weight snapshots saved by the polish stage (one every ``polish_minutes / 10``)."""
@@ -175,6 +174,22 @@ def _second_half_snapshots(run_dir: Path) -> list[Path]:
     """The snapshots saved in the second half of a run, then its ``last.pt``."""
     snaps = sorted((run_dir / "snapshots").glob("minute_*.pt"))
     return snaps[len(snaps) // 2:] + [run_dir / "last.pt"]
+
+
+def polish(start: Path, work: Path, minutes: float) -> tuple[dict, list[Path]]:
+    """The :data:`POLISH` stage from ``start`` in ``work/polish`` (a finished one, with its
+    ``metrics.json``, is reused): its ``build.json`` entry and its candidate checkpoints
+    (best, last and the average of its second half)."""
+    polish_dir = work / "polish"
+    print(f"polishing {start} for {minutes} min with {POLISH}", flush=True)
+    if not (polish_dir / "metrics.json").exists():
+        finetune(start, polish_dir, minutes, POLISH,
+                 snapshot_minutes=minutes / POLISH_SNAPSHOTS)
+    averaged = polish_dir / "average.pt"
+    iterations = average_checkpoints(_second_half_snapshots(polish_dir), averaged)
+    entry = _stage_record(polish_dir, minutes=minutes, overrides=POLISH, start=_key(start),
+                          averaged_iterations=iterations)
+    return entry, [polish_dir / "best.pt", polish_dir / "last.pt", averaged]
 
 
 FINE_GRID = {"patch_threshold": (0.4, 0.45, 0.5, 0.55, 0.6, 0.7, 0.8, 0.9),
@@ -329,28 +344,26 @@ def main(argv: list[str] | None = None) -> int:
             if start is None:
                 start, _ = select_checkpoint(candidates, args.work / "selected_before_polish.pt",
                                              grid)
-            polish_dir = args.work / "polish"
-            print(f"polishing {start} for {args.polish_minutes} min with {POLISH}", flush=True)
-            if not (polish_dir / "metrics.json").exists():  # else: reuse the finished stage
-                finetune(start, polish_dir, args.polish_minutes, POLISH,
-                         snapshot_minutes=args.polish_minutes / POLISH_SNAPSHOTS)
-            averaged = polish_dir / "average.pt"
-            iterations = average_checkpoints(_second_half_snapshots(polish_dir), averaged)
-            record["polish"] = _stage_record(polish_dir, minutes=args.polish_minutes,
-                                             overrides=POLISH, start=_key(start),
-                                             averaged_iterations=iterations)
-            candidates += [polish_dir / "best.pt", polish_dir / "last.pt", averaged]
+            record["polish"], polished = polish(start, args.work, args.polish_minutes)
+            candidates += polished
         checkpoint, record["selection"] = select_checkpoint(candidates,
                                                             args.work / "selected.pt", grid)
-    elif previous is not None:
-        checkpoint = args.checkpoint
-        record["training"] = {k: v for k, v in previous["training"].items()
-                              if k not in ("config", "tuned_thresholds", "checkpoint_iteration",
-                                           "iterations_run")}
-        record["training"]["recovered_from"] = str(args.from_package.name)
     else:
         checkpoint = args.checkpoint
-        record["training"] = {"checkpoint": checkpoint.name}
+        if previous is not None:
+            record["training"] = {k: v for k, v in previous["training"].items()
+                                  if k not in ("config", "tuned_thresholds",
+                                               "checkpoint_iteration", "iterations_run")}
+            record["training"]["recovered_from"] = str(args.from_package.name)
+            for stage in ("finetune", "selection"):  # how the recovered network was made
+                if stage in previous:
+                    record[f"recovered_{stage}"] = previous[stage]
+        else:
+            record["training"] = {"checkpoint": checkpoint.name}
+        if args.polish_minutes > 0:  # polish the given network; choose it or a polished one
+            record["polish"], polished = polish(checkpoint, args.work, args.polish_minutes)
+            checkpoint, record["selection"] = select_checkpoint(
+                [checkpoint] + polished, args.work / "selected.pt", grid)
     bundle = load_checkpoint(checkpoint)
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     record["seed"] = bundle.config.get("train", {}).get("seed")
