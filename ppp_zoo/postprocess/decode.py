@@ -29,6 +29,7 @@ import re
 from typing import Union
 
 import numpy as np
+from numba import njit, prange
 
 from .candidates import CandidatePatches
 from .params import AssemblyParams
@@ -153,10 +154,29 @@ class PatchHead:
         if features.ndim != 2 or features.shape[1] != self.in_channels:
             raise ValueError(f"features must have shape (N, {self.in_channels}), "
                              f"got {features.shape}")
-        logits = features @ np.asarray(self.weight, np.float32).T + \
-            np.asarray(self.bias, np.float32)
-        probs = _sigmoid(logits)
+        probs = np.empty((len(features), len(self.bias)), np.float32)
+        _pointwise_sigmoid(np.ascontiguousarray(features),
+                           np.ascontiguousarray(np.asarray(self.weight, np.float32).T),
+                           np.asarray(self.bias, np.float32), probs)
         return probs if self.decoder is None else decode_codes(self.decoder, probs)
+
+
+@njit(cache=True, parallel=True)
+def _pointwise_sigmoid(features, weight_t, bias, out):
+    """``out[i] = sigmoid(bias + sum_j features[i, j] * weight_t[j])``, summed over ``j`` in
+    order for every pixel: a pixel's patch does not depend on which other pixels are
+    decoded with it (a BLAS product's rounding can change with the number of rows)."""
+    one = np.float32(1.0)
+    for i in prange(features.shape[0]):
+        row = out[i]
+        row[:] = bias
+        for j in range(features.shape[1]):
+            v = features[i, j]
+            w = weight_t[j]
+            for c in range(row.shape[0]):
+                row[c] += v * w[c]
+        for c in range(row.shape[0]):
+            row[c] = one / (one + np.exp(-row[c]))
 
 
 def _sigmoid(logits: np.ndarray) -> np.ndarray:
