@@ -291,8 +291,9 @@ class Segmenter:
         most sqrt(2) times the training size: no fragments yet) measures again and refines
         the estimate. Of the passes whose objects count, the one whose objects measure
         nearest the training size is kept (the pass at the estimated scale, unless a
-        probe came nearer). Images at about the training size cost 1.5 passes, images of
-        large objects about two.
+        probe came nearer). In pixels processed, images at about the training size cost
+        1.25 passes (probes at 1/2 and 1; more when the estimate is not 1), images of
+        large objects less than one.
         """
         trained = self.package.object_diameter
         lo, hi = AUTO_SCALE_RANGE[self.package.ndim]
