@@ -317,8 +317,8 @@ class Segmenter:
             if counts(passes[probe][0]):
                 valid.append((probe, passes[probe][0]))
                 for finer in probes[i + 1:]:  # refine while a finer probe is near enough
-                    probe, measured = valid[-1]
-                    if finer > min(trained * probe / measured * math.sqrt(2), hi):
+                    last, size = valid[-1]
+                    if finer > min(trained * last / size * math.sqrt(2), hi):
                         break
                     run_at(finer)
                     if not counts(passes[finer][0]):
