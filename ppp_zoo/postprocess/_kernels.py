@@ -489,7 +489,7 @@ def _masked_sum(vals, mask):
 
 @njit(cache=True, parallel=True)
 def edge_weight_parts(centres, offs, hmask, hspan, nbr_start, nbr_node, nbr_slot, vidx, r,
-                      fshape, half, stride, cons, part_sum, part_cnt):
+                      fshape, half, stride, cons, part_sum, part_cnt, visit):
     """Per node b, the sums over its neighbours a of the defined C(u, v), u in H_a, v in H_b,
     v after u in raster order; written to ``part_sum[nbr_slot[j]]`` / ``part_cnt``.
 
@@ -501,7 +501,8 @@ def edge_weight_parts(centres, offs, hmask, hspan, nbr_start, nbr_node, nbr_slot
     """
     P = offs.shape[0]
     gz, gy, gx = 6 * r[0] + 1, 6 * r[1] + 1, 6 * r[2] + 1
-    for b in prange(centres.shape[0]):
+    for ib in prange(centres.shape[0]):
+        b = visit[ib]
         if nbr_start[b] == nbr_start[b + 1]:
             continue
         tsum = np.empty((gz, gy, gx), np.float64)

@@ -449,13 +449,25 @@ def patch_graph(prep: Prepared, selected_flat: np.ndarray, consensus: Consensus,
     else:
         K.edge_weight_parts(centres, prep.offs, hmask, hspan, nbr_start, nbr_node, nbr_slot,
                             prep.vidx, prep.r, prep.fshape, geo.n_columns, stride,
-                            consensus.values, part_sum, part_cnt)
+                            consensus.values, part_sum, part_cnt,
+                            _visit_order(selected_flat))
     count = part_cnt[0::2] + part_cnt[1::2]
     keep = count > 0
     edges = edges[keep]
     weights = (part_sum[0::2] + part_sum[1::2])[keep] / count[keep]
     order = np.lexsort((edges[:, 1], edges[:, 0]))
     return edges[order], weights[order]
+
+
+def _visit_order(flat: np.ndarray, block: int = 32) -> np.ndarray:
+    """Order in which the edge-weight pass visits the nodes: raster order, so that
+    neighbouring nodes read the same consensus rows while they are in cache, in blocks of
+    ``block`` nodes dealt round-robin to the threads (each thread takes a contiguous share
+    of the loop), so that every thread gets parts of the whole image."""
+    raster = np.argsort(flat, kind="stable")
+    k = max(1, K.n_threads())
+    blocks = np.arange(len(raster)) // block
+    return np.ascontiguousarray(raster[np.lexsort((np.arange(len(raster)), blocks % k))])
 
 
 def partition_graph(n_nodes: int, edges: np.ndarray, weights: np.ndarray, method: str) -> np.ndarray:
