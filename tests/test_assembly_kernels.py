@@ -19,6 +19,7 @@ import reference_assembly as R
 from per_patch_consensus import per_patch_consensus
 from ppp_zoo.data.targets import instance_targets
 from ppp_zoo.postprocess import AssemblyParams
+from ppp_zoo.postprocess import _kernels as K
 from ppp_zoo.postprocess import assembly as A
 
 TOL = 1e-5
@@ -114,6 +115,33 @@ def test_independent_of_threads_and_bands(name, monkeypatch):
         np.testing.assert_array_equal(run[2], first[2])
         np.testing.assert_allclose(run[3], first[3], rtol=0, atol=1e-12)
         np.testing.assert_array_equal(run[4], first[4])
+
+
+@pytest.mark.parametrize("name", ["gt2d", "noisy2d_fast", "gt3d"])
+def test_bands_are_shared_by_work(name):
+    """The consensus workers get consecutive bands with about equal (pixel, centre) pairs,
+    counted here by brute force."""
+    _, _, _, _, cand, prep = _prepare(name)
+    geo = prep.geo
+    cand_mask = np.zeros(geo.shape, bool)
+    cand_mask.reshape(-1)[cand] = True
+    centres = np.argwhere(cand_mask)
+    want = np.zeros(geo.shape[1], np.int64)
+    for u in np.argwhere(geo.unpad(prep.vidx).reshape(geo.shape) >= 0):
+        want[u[1]] += np.all(np.abs(centres - u) <= geo.r, axis=1).sum()
+    assert want.sum() > 0
+    np.testing.assert_array_equal(K.row_work(prep.vidx, cand_mask.view(np.uint8), prep.r), want)
+    bands = np.append(np.arange(0, geo.shape[1], 3), geo.shape[1])
+    band_work = np.add.reduceat(want, bands[:-1])
+    for n in (1, 2, 3):
+        first = A._share_bands(prep, cand_mask, bands, n)
+        assert len(first) == n + 1 and first[0] == 0 and first[-1] == len(bands) - 1
+        assert np.all(np.diff(first) >= 0)
+        shares = np.array([band_work[first[i]:first[i + 1]].sum() for i in range(n)])
+        # each boundary is within one band of its equal-work position
+        cum = np.cumsum(shares)[:-1]
+        ideal = band_work.sum() * np.arange(1, n) / n
+        assert np.all(np.abs(cum - ideal) <= band_work.max())
 
 
 def _assert_close_dicts(got: dict, want: dict, what: str):

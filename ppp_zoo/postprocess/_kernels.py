@@ -196,7 +196,7 @@ def _score_with_centre(ka, cls, span, pshape, fshape, half, srow):
 
 
 @njit(cache=True, parallel=True)
-def consensus_rows(patches, cand, cflat, row_start, slot, bands, n_workers, slab_start, max_row,
+def consensus_rows(patches, cand, cflat, row_start, slot, bands, workers, slab_start, max_row,
                    offs, r, pshape, fshape, half, vmask, vidx, th, bg, height, step, cons,
                    score_part, n_high, n_low):
     """Steps 1-2: the consensus C of every voting pixel, one row at a time, and the score
@@ -205,7 +205,8 @@ def consensus_rows(patches, cand, cflat, row_start, slot, bands, n_workers, slab
     ``cand`` (n, 3) are the candidate centres sorted by (y, z, x), ``row_start[y]`` the
     first of centre row y, ``slot`` (Z, Y, X) int32 the position of a candidate within its
     row (-1 elsewhere). Pixel rows are processed in bands (``bands`` holds the first y of
-    each, plus Y); ``n_workers`` workers take consecutive bands in parallel, each keeping
+    each, plus Y); worker w takes the consecutive bands ``workers[w]:workers[w + 1]``, the
+    workers run in parallel, each keeping
     the pitched patches of the ``2 ry + 1`` centre rows around its current pixel row in a
     ring (``max_row`` candidates per centre row). A pixel u gathers the votes of all centres
     whose box holds it into its own consensus row, which stays in cache, and the row is
@@ -223,14 +224,13 @@ def consensus_rows(patches, cand, cflat, row_start, slot, bands, n_workers, slab
     th2 = np.float32(th * th)
     inv_norm = np.float32(1.0 / (1.0 - th * th))
     n_cols = cons.shape[1]
-    n_bands = bands.shape[0] - 1
-    for w in prange(n_workers):
+    for w in prange(workers.shape[0] - 1):
         ring = np.empty((R, max_row, pz * py * fshape[2]), np.float32)
         rcls = np.empty((R, max_row, pz * py * fshape[2]), np.int8)
         rspan = np.empty((R, max_row, pz, 4), np.int64)
         ring_y = np.full(R, -1, np.int64)
         crow = np.empty((TILE, n_cols), np.uint16)
-        for band in range(w * n_bands // n_workers, (w + 1) * n_bands // n_workers):
+        for band in range(workers[w], workers[w + 1]):
             part = score_part[band]
             part[:] = 0.0
             for y in range(bands[band], bands[band + 1]):
@@ -244,6 +244,32 @@ def consensus_rows(patches, cand, cflat, row_start, slot, bands, n_workers, slab
                                   height, step, slot, row_start, vidx, ring, rcls, rspan, crow, cons,
                                   part,
                                   slab_start[band])
+
+
+@njit(cache=True)
+def row_work(vidx, cand_mask, r):
+    """Work of the consensus pass per image row: the number of (voting pixel, candidate
+    centre) pairs with the pixel in the centre's box, summed over the row's pixels.
+
+    ``cand_mask`` (Z, Y, X) is 1 at the candidate centres; ``vidx`` the padded row map.
+    """
+    Z, Y, X = cand_mask.shape
+    prefix = np.zeros((Z, Y, X + 1), np.int64)  # candidates per line up to x
+    for z in range(Z):
+        for y in range(Y):
+            for x in range(X):
+                prefix[z, y, x + 1] = prefix[z, y, x] + cand_mask[z, y, x]
+    out = np.zeros(Y, np.int64)
+    for z in range(Z):
+        for y in range(Y):
+            for x in range(X):
+                if vidx[z + r[0], y + r[1], x + r[2]] < 0:
+                    continue
+                x0, x1 = max(0, x - r[2]), min(X, x + r[2] + 1)
+                for cz in range(max(0, z - r[0]), min(Z, z + r[0] + 1)):
+                    for cy in range(max(0, y - r[1]), min(Y, y + r[1] + 1)):
+                        out[y] += prefix[cz, cy, x1] - prefix[cz, cy, x0]
+    return out
 
 
 @njit(cache=True, nogil=True, inline="always")

@@ -328,6 +328,20 @@ def prepare(numinst, patches, params: AssemblyParams) -> tuple[Prepared, np.ndar
 BAND_ROWS = 16
 
 
+def _share_bands(prep: Prepared, cand_mask: np.ndarray, bands: np.ndarray,
+                 n_workers: int) -> np.ndarray:
+    """The first band of each worker of the consensus pass, plus the number of bands:
+    consecutive bands (a worker reuses the centre rows it loaded for the previous band)
+    with about equal work each, the work of a row being its (pixel, centre) pairs. The
+    values do not depend on the split."""
+    if n_workers == 1:
+        return np.array([0, len(bands) - 1], np.int64)
+    work = np.cumsum(np.add.reduceat(K.row_work(prep.vidx, cand_mask.view(np.uint8), prep.r),
+                                     bands[:-1]))
+    cut = np.searchsorted(work, work[-1] * np.arange(1, n_workers) / n_workers) + 1
+    return np.concatenate([[0], np.minimum(cut, len(bands) - 1), [len(bands) - 1]]).astype(np.int64)
+
+
 def compute_consensus(prep: Prepared, cand_flat: np.ndarray, device: str = "cpu") -> Consensus:
     """Steps 1-2: accumulate every candidate's votes, then score every candidate patch
     (on the GPU with ``device="cuda"``; same values, see ``_cuda_kernels``)."""
@@ -362,8 +376,9 @@ def compute_consensus(prep: Prepared, cand_flat: np.ndarray, device: str = "cpu"
     ring_bytes = (2 * ry + 1) * max_row * pitched * 5  # float32 values + int8 classes
     budget = max(prep.n_voting * n_cols * 2, ring_bytes)
     n_workers = max(1, min(K.n_threads(), len(bands) - 1, budget // ring_bytes))
+    workers = _share_bands(prep, slot >= 0, bands, n_workers)
     K.consensus_rows(prep.patches, by_row, prep.columns_of(cand_flat[order]), row_start,
-                     slot, bands, n_workers, slab_start, max_row, prep.offs, prep.r,
+                     slot, bands, workers, slab_start, max_row, prep.offs, prep.r,
                      prep.pshape, prep.fshape, n_cols, prep.vmask, prep.vidx, prep.th, prep.bg,
                      height, step, cons, score_part, n_high, n_low)
     scores_by_row = np.empty(len(by_row), np.float64)
