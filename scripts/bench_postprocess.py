@@ -27,11 +27,12 @@ seconds, new (baseline): DSB exact cc 5.4 (11.4), mws 7.4 (12.9); DSB fast cc 1.
 mws 1.5 (4.1); 3D exact 13.6 (90.1), fast 0.87 (2.2); worms fast2 7.1 (19.4), fast3 3.2
 (8.2); worms exact 35.0 (339.5); labels identical in every case, peak RSS lower in every case.
 
-``--baseline 9eabc1a`` compares with the consensus pass before its x tiles and the edge
-weights before the raster-order visit. On a slower 2-core machine (once each), seconds, new
-(baseline): worms exact 33.3 (37.7), its consensus+scores 24.0 (27.1) and graph 8.5 (9.9);
-the cases with smaller patches (DSB 25x25, 3D 9x9x9, worms fast) within that machine's
-run-to-run noise of about 10 %; labels identical and peak RSS unchanged in every case.
+``--baseline 9eabc1a`` compares with the consensus pass before its x tiles and its bands
+shared by work, and the edge weights before the raster-order visit. On a slower 2-core
+machine (once each), seconds, new (baseline): worms exact 26.2 (42.5), its consensus+scores
+18.2 (32.3) and graph 7.1 (9.3); worms fast2 5.9 (6.8), fast3 2.5 (2.7); the cases with
+smaller patches (DSB 25x25, 3D 9x9x9) within that machine's run-to-run noise of about 10 %;
+labels identical and peak RSS within 1 % in every case.
 
 With ``--device cuda`` the timed cases run the assembly kernels on the GPU (numba's CUDA
 target; the baseline always runs on the CPU), so that one command on a GPU machine measures
