@@ -523,7 +523,8 @@ def edge_weight_parts(centres, offs, hmask, hspan, nbr_start, nbr_node, nbr_slot
     pixel u (``T_b(u)``) is computed once per node and reused for every neighbour whose H
     holds u (neighbouring patches overlap), in a scratch grid over ``c_b +- 3 r`` (a pixel
     farther from c_b has no v within ``2 r``). ``vidx`` is the padded row map; ``stride``
-    the grid of the H sets (1, or the fast mode's stride).
+    the grid of the H sets (1, or the fast mode's stride); ``visit`` the order in which the
+    threads take the nodes (each node's sums are its own, so any order gives the same).
     """
     P = offs.shape[0]
     gz, gy, gx = 6 * r[0] + 1, 6 * r[1] + 1, 6 * r[2] + 1
