@@ -5,8 +5,11 @@ package; :func:`validate_package` runs bioimageio.core's model test for every we
 
 The package layout (read by ``ppp_zoo.runtime`` and :func:`ppp_zoo.postprocess.load_model_params`)
 ------------------------------------------------------------------------------------------------
-A bioimage.io model, format 0.5 (bioimageio.spec 0.5.12), stored as a ``.zip`` or a folder,
-with ``rdf.yaml`` at its root.
+A bioimage.io model, format 0.5 (built with bioimageio.spec 0.5.12), stored as a ``.zip`` or
+a folder, with ``rdf.yaml`` at its root. ``rdf.yaml`` is written in the forms that the readers
+the tools ship can read (:mod:`ppp_zoo.runtime.readers`): ``format_version: 0.5.10``, and
+``covers`` / ``documentation`` as plain file names; ``config.ppp_zoo.checked_with`` lists
+the readers the package was checked with.
 
 Input: exactly one tensor, id ``raw``, float32, axes ``batch``, ``channel`` (one channel
 named ``"raw"``), then the space axes (``z``,) ``y``, ``x``. Each space axis is parameterized:

@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from ..predict import (
     normalize_image,
     predict_probabilities,
 )
+from ..runtime.readers import write_reader_forms
 from .validation import WEIGHT_FORMATS, ValidationRow, format_table, validate_package
 from .wrapper import (
     ONNX_OPSET,
@@ -79,13 +81,19 @@ class ExportResult:
     weight_formats: tuple[str, ...]
     validation: tuple[ValidationRow, ...]
     max_abs_diff: dict
+    checked_with: tuple[dict, ...] = ()
 
     @property
     def size_mb(self) -> float:
         return self.size_bytes / 1e6
 
     def table(self) -> str:
-        return format_table(list(self.validation))
+        lines = [format_table(list(self.validation))]
+        if self.checked_with:
+            lines += ["", "readers (config.ppp_zoo.checked_with):"]
+            lines += [f"  {r['result']:<11} {r['reader']} ({r['used_by']})"
+                      for r in self.checked_with]
+        return "\n".join(lines)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -601,7 +609,8 @@ def export_model(checkpoint: str | os.PathLike, output: str | os.PathLike, *,
                  authors: Sequence[str] | None = None,
                  formats: Sequence[str] | str = WEIGHT_FORMATS, folder: bool = False,
                  metrics: dict | None = None, description: str | None = None,
-                 validate: bool = True, progress: Progress = None) -> ExportResult:
+                 validate: bool = True, check_readers: bool = False,
+                 progress: Progress = None) -> ExportResult:
     """Export a training checkpoint as a validated bioimage.io model package.
 
     Parameters
@@ -629,6 +638,11 @@ def export_model(checkpoint: str | os.PathLike, output: str | os.PathLike, *,
     validate : bool
         Run bioimageio.core's model test for every weight format before writing (default).
         ``False`` skips it (quick iterations; the result's ``validation`` is empty).
+    check_readers : bool
+        Also load the package with the bioimage.io readers that ilastik 1.4.1 and 1.4.2
+        ship (:data:`ppp_zoo.runtime.readers.READERS`, their environments made on first
+        use) and fail if one refuses it. A reader that cannot be installed (offline) is
+        recorded as ``"not checked"``.
     progress : callable or None
         Called with the name of each step.
 
@@ -644,8 +658,16 @@ def export_model(checkpoint: str | os.PathLike, output: str | os.PathLike, *,
         arguments.
     OSError
         The output cannot be written.
-    RuntimeError
-        The package failed bioimageio.core's test (nothing is written then).
+    SetupError
+        The package failed bioimageio.core's test or a reader refused it (nothing is
+        written then).
+
+    Notes
+    -----
+    The package is written for the readers that the tools ship, not only for the newest
+    ``bioimageio.spec``: ``format_version`` 0.5.10 and plain file names for ``covers`` and
+    ``documentation`` (:func:`ppp_zoo.runtime.readers.to_reader_forms`). What it was checked
+    with is recorded in ``config.ppp_zoo.checked_with``.
     """
     t0 = time.perf_counter()
     formats = _validate_formats(formats)
@@ -671,10 +693,7 @@ def export_model(checkpoint: str | os.PathLike, output: str | os.PathLike, *,
         "features; instances are assembled by ppp_zoo.postprocess with the parameters in "
         "config.patchperpix.")
 
-    from bioimageio.spec import (
-        save_bioimageio_package,
-        save_bioimageio_package_as_folder,
-    )
+    from bioimageio.spec import save_bioimageio_package_as_folder
 
     parent = output.parent if str(output.parent) else Path(".")
     with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=parent) as tmp:
@@ -684,13 +703,13 @@ def export_model(checkpoint: str | os.PathLike, output: str | os.PathLike, *,
                                           validate)
         descr = _describe(name, nickname, authors, files, info, _geometry(bundle),
                           bundle.normalize, formats, description)
-        staged = Path(tmp) / ("package" if folder else "package.zip")
+        unpacked = Path(tmp) / "package"
         if progress:
             progress("package")
-        if folder:
-            save_bioimageio_package_as_folder(descr, output_path=staged)
-        else:
-            save_bioimageio_package(descr, output_path=staged)
+        save_bioimageio_package_as_folder(descr, output_path=unpacked)
+        rdf_path = unpacked / "rdf.yaml"
+        write_reader_forms(rdf_path)
+        staged = unpacked if folder else _zip_folder(unpacked, Path(tmp) / "package.zip")
         if progress and validate:
             progress("validation")
         rows = tuple(validate_package(staged, formats)) if validate else ()
@@ -699,6 +718,10 @@ def export_model(checkpoint: str | os.PathLike, output: str | os.PathLike, *,
             r = failed[0]
             raise SetupError(f"the exported package failed bioimageio.core's test for "
                                f"{r.weight_format} ({r.status}: {r.error}); nothing written")
+        checked = _reader_records(staged, rows, check_readers, progress)
+        write_reader_forms(rdf_path, checked)
+        if not folder:
+            staged = _zip_folder(unpacked, staged)
         if folder:
             if output.exists():
                 shutil.rmtree(output)
@@ -709,7 +732,61 @@ def export_model(checkpoint: str | os.PathLike, output: str | os.PathLike, *,
             size = output.stat().st_size
     return ExportResult(path=str(output), size_bytes=int(size),
                         seconds=round(time.perf_counter() - t0, 2), variant=net.variant,
-                        weight_formats=formats, validation=rows, max_abs_diff=diffs)
+                        weight_formats=formats, validation=rows, max_abs_diff=diffs,
+                        checked_with=tuple(checked))
+
+
+def _zip_folder(folder: Path, output: Path) -> Path:
+    """A zip of a package folder, rdf.yaml first (replaces ``output``)."""
+    names = sorted((p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()),
+                   key=lambda n: (n != "rdf.yaml", n))
+    tmp = output.with_name(output.name + ".part")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name in names:
+            zf.write(folder / name, name)
+    os.replace(tmp, output)
+    return output
+
+
+def _reader_records(staged: Path, rows: Sequence[ValidationRow], check_readers: bool,
+                    progress: Progress) -> list[dict]:
+    """What the package was checked with, for ``config.ppp_zoo.checked_with``; raises if a
+    reader refuses it."""
+    import bioimageio.core
+    import bioimageio.spec
+    import yaml
+
+    from ..runtime.jdll import jdll_reading
+    from ..runtime.readers import READERS, check_with_reader
+
+    records = []
+    if rows:
+        records.append({"reader": f"bioimageio.spec {bioimageio.spec.__version__} + "
+                                  f"bioimageio.core {bioimageio.core.__version__}",
+                        "used_by": "ppp-zoo export; the bioimage.io collection",
+                        "checks": ["load"] + [f"test_model {r.weight_format}" for r in rows],
+                        "result": "passed"})
+    rdf_file = staged / "rdf.yaml" if staged.is_dir() else None
+    if rdf_file is not None:
+        rdf = yaml.safe_load(rdf_file.read_text(encoding="utf-8"))
+    else:
+        with zipfile.ZipFile(staged) as zf:
+            rdf = yaml.safe_load(zf.read("rdf.yaml"))
+    problems = [p for group in jdll_reading(rdf) for p in group.problems]
+    if problems:
+        raise SetupError(f"JDLL (deepImageJ) could not read the exported rdf.yaml: "
+                         f"{problems[0]}; nothing written")
+    records.append({"reader": "JDLL 0.6 reading rules (ppp_zoo.runtime.jdll)",
+                    "used_by": "deepImageJ 3", "checks": ["field forms"], "result": "passed"})
+    if check_readers:
+        for reader in READERS:
+            if progress:
+                progress(f"reader {reader.key}")
+            result = check_with_reader(staged, reader, progress)
+            if result.status == "failed":
+                raise SetupError(f"{result.detail}; nothing written")
+            records.append(result.to_record())
+    return records
 
 
 def _json_default(value: Any):  # pragma: no cover - used by the CLI for --json

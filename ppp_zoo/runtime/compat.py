@@ -2,9 +2,13 @@
 
 Each tool's requirements are written down here as rules, read from what the tools' code
 enforces (deepImageJ 3 on JDLL 0.6, ilastik 1.4 with tiktorch, bioimageio.core 0.11 and the
-collection's compatibility checks); :func:`check_package` evaluates them on a package
-without running the tools, which cannot be installed next to Python here. A rule that fails
-names the reason; :func:`format_rules` prints them as a table.
+collection's compatibility checks); :func:`check_package` evaluates them on a package. The
+tools cannot be installed next to Python here, but the bioimage.io readers that ilastik
+ships can: the ``ilastik`` rules end with loading the package in each of them
+(:mod:`.readers`), and the ``deepimagej`` rules start with JDLL's reading of every field
+(:mod:`.jdll`). A rule that fails names the reason; one that could not be run (a reader
+that could not be installed offline) says so and is not a pass; :func:`format_rules`
+prints them as a table.
 
 The rules need only numpy, pyyaml and ONNX Runtime (the consumer install), except
 ``bioimageio/test_model``, which runs bioimageio.core's model test (the ``train`` extra).
@@ -21,7 +25,9 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
+from .jdll import jdll_reading
 from .package import ModelPackage, open_package
+from .readers import READERS, Reader, check_with_reader
 
 TOOLS: tuple[str, ...] = ("deepimagej", "ilastik", "bioimageio")
 
@@ -72,9 +78,16 @@ class RuleResult:
     passed: bool
     detail: str
     enforced_by: str
+    checked: bool = True
+
+    @property
+    def result(self) -> str:
+        """``"pass"``, ``"FAIL"`` or ``"not checked"`` (the check could not be run here,
+        e.g. a reader environment that could not be installed offline)."""
+        return "not checked" if not self.checked else "pass" if self.passed else "FAIL"
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "result": self.result}
 
 
 def _parse_tools(tools: Sequence[str] | str) -> tuple[str, ...]:
@@ -88,8 +101,14 @@ def _parse_tools(tools: Sequence[str] | str) -> tuple[str, ...]:
     return tools
 
 
-def check_package(model, tools: Sequence[str] | str = TOOLS) -> list[RuleResult]:
+def check_package(model, tools: Sequence[str] | str = TOOLS, *, readers: bool = True,
+                  say: Callable[[str], None] | None = None) -> list[RuleResult]:
     """Evaluate every rule of ``tools`` on a model package.
+
+    ``ilastik`` includes loading the package with the bioimage.io readers that ilastik
+    releases ship (:data:`ppp_zoo.runtime.readers.READERS`, each in its own environment,
+    made on first use; ``readers=False`` leaves them out); ``deepimagej`` includes reading
+    it as JDLL's parser does.
 
     Parameters
     ----------
@@ -98,6 +117,10 @@ def check_package(model, tools: Sequence[str] | str = TOOLS) -> list[RuleResult]
     tools : sequence of str or str
         Among ``"deepimagej"``, ``"ilastik"``, ``"bioimageio"`` (a comma-separated string
         works too).
+    readers : bool
+        Run the real readers of ``ilastik`` (default).
+    say : callable or None
+        Called with a line when a reader environment is being made.
 
     Returns
     -------
@@ -115,7 +138,21 @@ def check_package(model, tools: Sequence[str] | str = TOOLS) -> list[RuleResult]
     pkg = model if isinstance(model, ModelPackage) else open_package(model)
     checks: dict[str, Callable[[ModelPackage], Iterable[RuleResult]]] = {
         "deepimagej": _deepimagej, "ilastik": _ilastik, "bioimageio": _bioimageio}
-    return [row for tool in tools for row in checks[tool](pkg)]
+    rows = []
+    for tool in tools:
+        rows += checks[tool](pkg)
+        if readers:
+            rows += [_reader_row(pkg, reader, say) for reader in READERS if reader.tool == tool]
+    return rows
+
+
+def _reader_row(pkg: ModelPackage, reader: Reader, say) -> RuleResult:
+    result = check_with_reader(pkg.source, reader, say)
+    return RuleResult(reader.tool, f"{reader.shipped_by.split(' (')[0]} reader loads it",
+                      result.passed, result.detail,
+                      f"{reader.shipped_by}: {reader.label}; ilastik "
+                      "applets/neuralNetwork/modelStateControl.py (load_model_description)",
+                      checked=result.status != "not checked")
 
 
 def format_rules(rows: Sequence[RuleResult]) -> str:
@@ -123,8 +160,7 @@ def format_rules(rows: Sequence[RuleResult]) -> str:
     width = max([len(r.rule) for r in rows] + [4])
     lines = [f"{'tool':<10} | {'rule':<{width}} | result | detail",
              f"{'-' * 10} | {'-' * width} | ------ | ------"]
-    lines += [f"{r.tool:<10} | {r.rule:<{width}} | {'pass' if r.passed else 'FAIL':<6} | "
-              f"{r.detail}" for r in rows]
+    lines += [f"{r.tool:<10} | {r.rule:<{width}} | {r.result:<6} | {r.detail}" for r in rows]
     return "\n".join(lines)
 
 
@@ -265,7 +301,12 @@ def _runs_like_deepimagej(pkg: ModelPackage) -> RuleResult:
 # --------------------------------------------------------------------------- deepImageJ
 def _deepimagej(pkg: ModelPackage) -> list[RuleResult]:
     rdf = pkg.rdf
-    rows = []
+    rows = [_row("deepimagej", f"JDLL reads the {group.name}", not group.problems,
+                 "; ".join(group.problems[:3]) + (f" (and {len(group.problems) - 3} more)"
+                                                  if len(group.problems) > 3 else "")
+                 if group.problems else "every field has the form JDLL casts it to",
+                 group.source)
+            for group in jdll_reading(rdf)]
     nickname = ((rdf.get("config") or {}).get("bioimageio") or {}).get("nickname")
     ident = rdf.get("id") or nickname
     rows.append(_row("deepimagej", "id or nickname", bool(ident),
