@@ -17,7 +17,7 @@ from typing import Annotated, Optional
 import numpy as np
 import typer
 
-from .errors import SetupError, UserError, describe
+from .errors import SetupError, UserError, describe, is_project_error
 
 app = typer.Typer(
     name="ppp-zoo",
@@ -40,24 +40,44 @@ INTERNAL_ERROR_EXIT = 70
 
 
 def _report_bug(err: BaseException) -> None:
-    """One line for the user, the traceback in a file to attach to a bug report."""
+    """One line for the user, the traceback in a file to attach to a bug report (and on
+    stderr with ``--traceback``)."""
     import tempfile
     import traceback
 
     from . import __version__
 
+    text = "".join(traceback.format_exception(err))
     with tempfile.NamedTemporaryFile("w", prefix="ppp-zoo-error-", suffix=".txt",
                                      delete=False) as f:
-        f.write(f"ppp-zoo {__version__}\n{' '.join(sys.argv)}\n\n")
-        f.write("".join(traceback.format_exception(err)))
+        f.write(f"ppp-zoo {__version__}\n{' '.join(sys.argv)}\n\n{text}")
+    if _show_traceback():
+        typer.echo(text, err=True)
     typer.echo(f"internal error ({describe(err)}); this is a bug in ppp-zoo, please report "
                f"it with the traceback saved in {f.name}", err=True)
     raise typer.Exit(code=INTERNAL_ERROR_EXIT)
 
 
+_OPTIONS = {"traceback": False}
+"""The options given before the command (set anew by every invocation)."""
+
+
+def _show_traceback() -> bool:
+    return _OPTIONS["traceback"]
+
+
+@app.callback()
+def _options(
+    traceback: Annotated[bool, typer.Option("--traceback", help="Print the full traceback of any error (also of the one-line ones).")] = False,
+) -> None:
+    """PatchPerPix instance segmentation: targets, instance assembly, evaluation, data."""
+    _OPTIONS["traceback"] = traceback
+
+
 def reports_errors(func):
-    """Turn the errors a user can fix into one ``error:`` line and exit code 1; any other
-    exception is a bug: its traceback goes to a file and the exit code is 70."""
+    """Turn the project's own errors (bad input, a bad package, a missing library or GPU)
+    and file-system errors into one ``error:`` line and exit code 1; any other exception is
+    a bug: its traceback goes to a file and the exit code is 70."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -65,14 +85,19 @@ def reports_errors(func):
             return func(*args, **kwargs)
         except typer.Exit:
             raise
-        except (UserError, ValueError, FileNotFoundError, SetupError) as err:
-            msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            _fail(msg)
         except MemoryError:
             _fail("out of memory (try --fast, or a smaller image)")
-        except OSError as err:
-            _fail(f"{err.filename or ''}: {err.strerror or err}".lstrip(": "))
-        except Exception as err:  # noqa: BLE001 - a bug: report it as one
+        except Exception as err:  # noqa: BLE001 - sorted below: the user's, or a bug
+            if is_project_error(err) or isinstance(err, OSError):
+                if _show_traceback():
+                    import traceback
+
+                    typer.echo("".join(traceback.format_exception(err)), err=True)
+                if is_project_error(err) or isinstance(err, FileNotFoundError):
+                    msg = str(err).strip().splitlines()[0] if str(err).strip() else \
+                        type(err).__name__
+                    _fail(msg)
+                _fail(f"{err.filename or ''}: {err.strerror or err}".lstrip(": "))
             _report_bug(err)
 
     return wrapper

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from .errors import UserError
 from .postprocess.labels import relabel_consecutive
 
 __all__ = [
@@ -75,14 +76,14 @@ def _validate_labels(arr: Any, name: str) -> np.ndarray:
     """A non-negative integer (or boolean) label image, as an ndarray."""
     arr = np.asarray(arr)
     if arr.dtype.kind not in "biu":
-        raise ValueError(
+        raise UserError(
             f"{name} must hold integer labels or boolean masks, got dtype {arr.dtype} "
             f"(shape {arr.shape})"
         )
     if arr.ndim == 0:
-        raise ValueError(f"{name} must be an image with at least one axis, got shape {arr.shape}")
+        raise UserError(f"{name} must be an image with at least one axis, got shape {arr.shape}")
     if arr.dtype.kind == "i" and arr.size and arr.min() < 0:
-        raise ValueError(
+        raise UserError(
             f"{name} labels must be non-negative, got minimum {arr.min()} (shape {arr.shape})"
         )
     return arr
@@ -92,12 +93,12 @@ def _validate_masks(arr: Any, name: str) -> np.ndarray:
     """A stack of instance masks (N, *S) holding only 0 and 1, as an ndarray."""
     arr = _validate_labels(arr, name)
     if arr.ndim < 3:
-        raise ValueError(
+        raise UserError(
             f"{name} must be a mask stack (N, [Z,] Y, X) with overlapping=True, "
             f"got shape {arr.shape}"
         )
     if arr.dtype.kind != "b" and arr.size and arr.max() > 1:
-        raise ValueError(
+        raise UserError(
             f"{name} must hold binary masks (0/1) with overlapping=True, got maximum {arr.max()} "
             f"(shape {arr.shape}); pass a label image with overlapping=False instead"
         )
@@ -114,7 +115,7 @@ def _validate_pair(pred: Any, gt: Any, overlapping: bool) -> tuple[np.ndarray, n
         spatial_pred, spatial_gt = pred.shape, gt.shape
     if spatial_pred != spatial_gt:
         what = "spatial shapes (after the mask axis)" if overlapping else "shapes"
-        raise ValueError(
+        raise UserError(
             f"pred and gt differ in {what}: pred {pred.shape} vs gt {gt.shape}"
         )
     return pred, gt
@@ -471,9 +472,9 @@ def evaluate_dataset(pairs: Iterable[tuple[Any, Any]], *,
             pred, gt = pair
             results.append(evaluate_image(pred, gt, overlapping=overlapping))
         except ValueError as err:
-            raise ValueError(f"pair {index}: {err}") from err
+            raise UserError(f"pair {index}: {err}") from err
     if not results:
-        raise ValueError("evaluate_dataset needs at least one (pred, gt) pair, got none")
+        raise UserError("evaluate_dataset needs at least one (pred, gt) pair, got none")
     keys = [_key(t) for t in THRESHOLDS]
     ap = {k: float(np.mean([r.ap[k] for r in results])) for k in keys}
     tp = {k: sum(r.tp[k] for r in results) for k in keys}

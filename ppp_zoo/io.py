@@ -17,6 +17,8 @@ from typing import Iterator
 
 import numpy as np
 
+from .errors import UserError
+
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy")
 
 
@@ -44,7 +46,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
     if path.is_dir():
-        raise ValueError(f"{path}: is a folder, expected an image file")
+        raise UserError(f"{path}: is a folder, expected an image file")
     suffix = path.suffix.lower()
     try:
         if suffix in (".tif", ".tiff"):
@@ -58,18 +60,18 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         elif suffix == ".npy":
             arr = np.load(path, allow_pickle=False)
         else:
-            raise ValueError(
+            raise UserError(
                 f"{path}: unsupported file type {suffix!r} (use one of {', '.join(IMAGE_SUFFIXES)})"
             )
     except ValueError as err:
         if str(path) in str(err):
             raise
-        raise ValueError(f"{path}: cannot read image ({err})") from None
+        raise UserError(f"{path}: cannot read image ({err})") from None
     except Exception as err:  # decoders raise many types for corrupt files
-        raise ValueError(f"{path}: cannot read image ({type(err).__name__}: {err})") from None
+        raise UserError(f"{path}: cannot read image ({type(err).__name__}: {err})") from None
     arr = np.asarray(arr)
     if arr.dtype == object or arr.dtype.kind not in "biuf":
-        raise ValueError(f"{path}: unsupported pixel type {arr.dtype}")
+        raise UserError(f"{path}: unsupported pixel type {arr.dtype}")
     return arr
 
 
@@ -114,7 +116,7 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray) -> Path:
         out = labels.astype(np.uint8)
     else:
         if labels.size and labels.min() < 0:
-            raise ValueError(f"labels must be non-negative, got minimum {labels.min()}")
+            raise UserError(f"labels must be non-negative, got minimum {labels.min()}")
         out = labels.astype(label_dtype(labels))
     return write_image(path, out)
 
@@ -124,7 +126,7 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".tif", ".tiff", ".png", ".npy"):
-        raise ValueError(f"{path}: cannot write {suffix!r} files (use .tif, .png or .npy)")
+        raise UserError(f"{path}: cannot write {suffix!r} files (use .tif, .png or .npy)")
     with atomic_path(path) as tmp:
         if suffix in (".tif", ".tiff"):
             import tifffile
@@ -172,7 +174,7 @@ def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
     except Exception as err:  # noqa: BLE001 - zip, pickle and format errors alike
-        raise ValueError(f"{path}: cannot read as .npz ({type(err).__name__}: {err})") from None
+        raise UserError(f"{path}: cannot read as .npz ({type(err).__name__}: {err})") from None
 
 
 def read_model_output(path: str | os.PathLike, *, channels: int, ndim: int,
@@ -214,7 +216,7 @@ def read_model_output(path: str | os.PathLike, *, channels: int, ndim: int,
         raise FileNotFoundError(f"{path}: no such file")
     suffix = path.suffix.lower()
     if suffix not in OUTPUT_SUFFIXES:
-        raise ValueError(f"{path}: model outputs are read from {', '.join(OUTPUT_SUFFIXES)} "
+        raise UserError(f"{path}: model outputs are read from {', '.join(OUTPUT_SUFFIXES)} "
                          f"files, not {suffix or 'a file without suffix'}")
     try:
         if suffix == ".npz":
@@ -230,7 +232,7 @@ def read_model_output(path: str | os.PathLike, *, channels: int, ndim: int,
     except (OSError, ValueError, KeyError, EOFError) as err:
         if isinstance(err, ValueError) and str(err).startswith(str(path)):
             raise
-        raise ValueError(f"{path}: cannot read ({type(err).__name__}: {err})") from None
+        raise UserError(f"{path}: cannot read ({type(err).__name__}: {err})") from None
     return {tensor_id: channels_first(np.asarray(array), axes, channels=channels, ndim=ndim,
                                       where=str(path))}
 
@@ -252,14 +254,14 @@ def _read_hdf5_with_axes(path: Path) -> tuple[np.ndarray, str | None]:
     try:
         import h5py
     except ImportError:
-        raise ValueError(f"{path}: reading HDF5 needs h5py (pip install h5py)") from None
+        raise UserError(f"{path}: reading HDF5 needs h5py (pip install h5py)") from None
     with h5py.File(path, "r") as f:
         names: list[str] = []
         f.visititems(lambda n, obj: names.append(n) if isinstance(obj, h5py.Dataset) else None)
         name = "exported_data" if "exported_data" in names else names[0] if len(names) == 1 \
             else None
         if name is None:
-            raise ValueError(f"{path}: no dataset 'exported_data' (found: "
+            raise UserError(f"{path}: no dataset 'exported_data' (found: "
                              f"{', '.join(names) or 'none'})")
         dataset = f[name]
         array = dataset[()]
@@ -288,36 +290,36 @@ def channels_first(array: np.ndarray, axes: str | None, *, channels: int, ndim: 
     if axes is not None:
         letters = [_AXIS_LETTERS[a] for a in axes]
         if len(letters) != array.ndim or len(set(letters)) != len(letters):
-            raise ValueError(f"{where}: axes {axes!r} do not describe an array of shape "
+            raise UserError(f"{where}: axes {axes!r} do not describe an array of shape "
                              f"{array.shape}")
         for i in sorted((i for i, a in enumerate(letters) if a not in space + "c"),
                         reverse=True):
             if array.shape[i] != 1 and letters[i] == "z":
-                raise ValueError(f"{where}: axes {axes.upper()} (shape {array.shape}) do not "
+                raise UserError(f"{where}: axes {axes.upper()} (shape {array.shape}) do not "
                                  f"fit this {ndim}D model's output (C{space.upper()})")
             if array.shape[i] != 1:
-                raise ValueError(f"{where}: axis {axes[i]!r} has {array.shape[i]} entries; "
+                raise UserError(f"{where}: axis {axes[i]!r} has {array.shape[i]} entries; "
                                  "save one image (batch/time 1) per file")
             array, letters = np.take(array, 0, axis=i), letters[:i] + letters[i + 1:]
         if "c" not in letters and channels == 1:
             array, letters = array[None], ["c"] + letters
         if sorted(letters) != sorted("c" + space):
-            raise ValueError(f"{where}: axes {''.join(letters).upper()} do not fit this "
+            raise UserError(f"{where}: axes {''.join(letters).upper()} do not fit this "
                              f"{ndim}D model's output (C{space.upper()})")
         array = np.transpose(array, [letters.index(a) for a in "c" + space])
     else:
         while array.ndim > ndim + 1 and array.shape[0] == 1:
             array = array[0]
         if array.ndim != ndim + 1:
-            raise ValueError(f"{where}: shape {array.shape} does not fit this {ndim}D model's "
+            raise UserError(f"{where}: shape {array.shape} does not fit this {ndim}D model's "
                              f"output ({channels} channels and {ndim} space axes)")
         if array.shape[0] != channels and array.shape[-1] == channels:
             array = np.moveaxis(array, -1, 0)
     if array.shape[0] != channels:
-        raise ValueError(f"{where}: {array.shape[0]} channels, but the model outputs "
+        raise UserError(f"{where}: {array.shape[0]} channels, but the model outputs "
                          f"{channels} (is it the output of this model?)")
     if array.dtype.kind not in "fiu":
-        raise ValueError(f"{where}: dtype {array.dtype} is not numeric")
+        raise UserError(f"{where}: dtype {array.dtype} is not numeric")
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
@@ -447,17 +449,17 @@ def _axes_for(ndim: int, where: str) -> str:
         return "yx"
     if ndim == 3:
         return "zyx"
-    raise ValueError(f"{where}: cannot tell the axes of a {ndim}D array without metadata "
+    raise UserError(f"{where}: cannot tell the axes of a {ndim}D array without metadata "
                      "(store it as OME-Zarr with axes)")
 
 
 def _check_axes(axes: str, shape: tuple[int, ...], where: str) -> str:
     if "t" in axes and shape[axes.index("t")] != 1:
-        raise ValueError(f"{where}: a time series of {shape[axes.index('t')]} points; "
+        raise UserError(f"{where}: a time series of {shape[axes.index('t')]} points; "
                          "segment one time point at a time")
     if len(set(axes)) != len(axes) or not set(axes) <= set("tczyx") or \
             not {"y", "x"} <= set(axes):
-        raise ValueError(f"{where}: unsupported axes {axes!r} (need y and x, and at most "
+        raise UserError(f"{where}: unsupported axes {axes!r} (need y and x, and at most "
                          "t, c, z besides)")
     return axes
 
@@ -484,12 +486,12 @@ def open_image_source(path: str | os.PathLike, level: int = 0) -> ImageSource:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
     if level < 0:
-        raise ValueError(f"resolution level must be >= 0, got {level}")
+        raise UserError(f"resolution level must be >= 0, got {level}")
     if is_zarr(path):
         return _open_zarr_source(path, level)
     suffix = path.suffix.lower()
     if level:
-        raise ValueError(f"{path}: resolution level {level} missing ({suffix} files have "
+        raise UserError(f"{path}: resolution level {level} missing ({suffix} files have "
                          "level 0 only)")
     if suffix == ".npy":
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -497,7 +499,7 @@ def open_image_source(path: str | os.PathLike, level: int = 0) -> ImageSource:
         return ImageSource(str(path), "npy", "", axes, tuple(arr.shape), str(arr.dtype),
                            (1.0,) * arr.ndim, ("",) * arr.ndim)
     if suffix not in (".tif", ".tiff"):
-        raise ValueError(f"{path}: large images are read from {', '.join(LARGE_SUFFIXES)}, "
+        raise UserError(f"{path}: large images are read from {', '.join(LARGE_SUFFIXES)}, "
                          f"not {suffix or 'a file without suffix'}")
     import tifffile
 
@@ -507,7 +509,7 @@ def open_image_source(path: str | os.PathLike, level: int = 0) -> ImageSource:
             shape, dtype = tuple(series.shape), str(series.dtype)
             letters = [_AXIS_LETTERS.get(a) for a in series.axes.lower()]
     except Exception as err:  # noqa: BLE001 - tifffile raises many types for bad files
-        raise ValueError(f"{path}: cannot read TIFF ({type(err).__name__}: {err})") from None
+        raise UserError(f"{path}: cannot read TIFF ({type(err).__name__}: {err})") from None
     axes = "".join(letters) if all(letters) else _axes_for(len(shape), str(path))
     return ImageSource(str(path), "tiff", "", _check_axes(axes, shape, str(path)), shape,
                        dtype, (1.0,) * len(shape), ("",) * len(shape))
@@ -518,14 +520,14 @@ def _open_zarr_source(path: Path, level: int) -> ImageSource:
     try:
         node = zarr.open(str(path), mode="r")
     except Exception as err:  # noqa: BLE001 - missing metadata, bad JSON, ...
-        raise ValueError(f"{path}: not a zarr store ({describe_error(err)})") from None
+        raise UserError(f"{path}: not a zarr store ({describe_error(err)})") from None
     fmt = int(node.metadata.zarr_format)
     if isinstance(node, zarr.Array):
         axes = node.attrs.get("_ARRAY_DIMENSIONS")
         axes = "".join(str(a)[0].lower() for a in axes) if axes else \
             _axes_for(node.ndim, str(path))
         if level:
-            raise ValueError(f"{path}: resolution level {level} missing (a plain zarr array "
+            raise UserError(f"{path}: resolution level {level} missing (a plain zarr array "
                              "has level 0 only)")
         return ImageSource(str(path), "zarr", "", _check_axes(axes, node.shape, str(path)),
                            tuple(node.shape), str(node.dtype), (1.0,) * node.ndim,
@@ -536,12 +538,12 @@ def _open_zarr_source(path: Path, level: int) -> ImageSource:
         arrays = list(node.array_keys())
         if len(arrays) == 1:
             return _open_zarr_source(path / arrays[0], level)
-        raise ValueError(f"{path}: no image in this zarr group (no OME-Zarr 'multiscales' "
+        raise UserError(f"{path}: no image in this zarr group (no OME-Zarr 'multiscales' "
                          f"metadata and {len(arrays) or 'no'} arrays)")
     ms = multiscales[0]
     datasets = ms.get("datasets") or []
     if level >= len(datasets):
-        raise ValueError(f"{path}: resolution level {level} missing (the image has levels "
+        raise UserError(f"{path}: resolution level {level} missing (the image has levels "
                          f"0-{len(datasets) - 1})")
     axes_meta = ms.get("axes") or [{"name": a} for a in "tczyx"[5 - node[datasets[0]["path"]].ndim:]]
     names = [(a if isinstance(a, str) else a.get("name", "")).lower() for a in axes_meta]
@@ -555,7 +557,7 @@ def _open_zarr_source(path: Path, level: int) -> ImageSource:
                 scale = scale * np.asarray(t["scale"], float)
     axes = "".join(n[:1] for n in names)
     if len(axes) != array.ndim:
-        raise ValueError(f"{path}: {len(axes)} axes in the metadata for an array of shape "
+        raise UserError(f"{path}: {len(axes)} axes in the metadata for an array of shape "
                          f"{array.shape}")
     return ImageSource(str(path), "ome-zarr", datasets[level]["path"],
                        _check_axes(axes, tuple(array.shape), str(path)), tuple(array.shape),

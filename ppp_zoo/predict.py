@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .config import FORMAT_VERSION, NormalizeConfig
-from .errors import describe
+from .errors import UserError, describe
 from .model import PatchPerPixNet
 from .postprocess import AssemblyParams, assemble
 
@@ -78,7 +78,7 @@ def normalize_image(image: np.ndarray, params: NormalizeConfig) -> np.ndarray:
         return ((x - lo) / (hi - lo + NORMALIZE_EPS)).astype(np.float32)
     if params.mode == "zero_mean_unit_variance":
         return ((x - x.mean()) / (x.std() + NORMALIZE_EPS)).astype(np.float32)
-    raise ValueError(f"unknown normalisation mode {params.mode!r}")
+    raise UserError(f"unknown normalisation mode {params.mode!r}")
 
 
 def as_grayscale(image: np.ndarray, ndim: int) -> np.ndarray:
@@ -107,11 +107,11 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for corrupt files
-        raise ValueError(f"{path}: not a readable checkpoint ({describe(err)})") from None
+        raise UserError(f"{path}: not a readable checkpoint ({describe(err)})") from None
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in _REQUIRED_KEYS):
-        raise ValueError(f"{path}: not a ppp-zoo checkpoint (missing keys)")
+        raise UserError(f"{path}: not a ppp-zoo checkpoint (missing keys)")
     if ckpt["format_version"] != FORMAT_VERSION:
-        raise ValueError(f"{path}: checkpoint format_version {ckpt['format_version']!r} is not "
+        raise UserError(f"{path}: checkpoint format_version {ckpt['format_version']!r} is not "
                          f"supported (expected {FORMAT_VERSION})")
     return bundle_from_checkpoint(ckpt, device)
 
@@ -135,7 +135,7 @@ def _pad_for_net(x: np.ndarray, halo: int, divisor: int,
     side (numpy ``symmetric``, as bioimage.io tools pad a model's input); then each axis is
     padded at its end (reflect) up to a multiple of ``divisor``."""
     if border not in BORDERS:
-        raise ValueError(f"border must be one of {BORDERS}, got {border!r}")
+        raise UserError(f"border must be one of {BORDERS}, got {border!r}")
     if border == "mirror" and halo:
         x = np.pad(x, halo, mode="symmetric")
     else:

@@ -27,14 +27,17 @@ import numpy as np
 import torch
 
 from .config import FORMAT_VERSION, Config, config_from_dict
-from .errors import SetupError, describe
-from .postprocess.labels import instance_sizes, median_object_diameter
 from .data import FolderDataset, dsb_split, instance_targets, load_dsb_sample
-from .data.synth import (synth_fluorescence_nuclei_dataset, synth_nuclei_dataset,
-                         synth_worms_dataset)
+from .data.synth import (
+    synth_fluorescence_nuclei_dataset,
+    synth_nuclei_dataset,
+    synth_worms_dataset,
+)
+from .errors import SetupError, UserError, describe
 from .evaluate import evaluate_image
 from .model import PatchPerPixNet, total_loss
 from .postprocess import AssemblyParams, assemble
+from .postprocess.labels import instance_sizes, median_object_diameter
 from .predict import ModelBundle, as_grayscale, normalize_image, predict_probabilities
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -87,7 +90,7 @@ def load_training_data(cfg: Config) -> tuple[list[Pair], list[Pair]]:
         image, labels = dsb_split(*load_dsb_sample())["train"]
         width = image.shape[1]
         if d.val_strip >= width - 16:
-            raise ValueError(f"[data] val_strip {d.val_strip} leaves too little of the "
+            raise UserError(f"[data] val_strip {d.val_strip} leaves too little of the "
                              f"{width}-column training half")
         cut = width - d.val_strip
         train = [(image[:, :cut], labels[:, :cut])]
@@ -107,7 +110,7 @@ def load_training_data(cfg: Config) -> tuple[list[Pair], list[Pair]]:
             pairs = [folder[i] for i in range(len(folder))]
         n_val = math.ceil(d.val_fraction * len(pairs)) if d.val_fraction > 0 else 0
         if n_val >= len(pairs):
-            raise ValueError(f"[data] val_fraction {d.val_fraction} leaves no training image "
+            raise UserError(f"[data] val_fraction {d.val_fraction} leaves no training image "
                              f"out of {len(pairs)}")
         train, val = pairs[:len(pairs) - n_val], pairs[len(pairs) - n_val:]
     # [data] synth holds the extra images' generator arguments only when the source itself
@@ -187,7 +190,7 @@ class CropSampler:
 
     def __init__(self, pairs: list[Pair], cfg: Config, rng: np.random.Generator):
         if not pairs:
-            raise ValueError("no training images")
+            raise UserError("no training images")
         self.cfg = cfg
         self.rng = rng
         self.overlapping = cfg.data.overlapping
@@ -330,7 +333,7 @@ def resolve_device(device: str) -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise SetupError("--device cuda: no CUDA device is available")
     if device not in ("cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+        raise UserError(f"device must be auto, cpu or cuda, got {device!r}")
     return torch.device(device)
 
 
@@ -532,7 +535,7 @@ def train(config: Config | dict, out_dir: str | os.PathLike, *, max_minutes: flo
     t_cfg = cfg.train
     limit = max_minutes if max_minutes is not None else t_cfg.max_minutes
     if limit is not None and limit <= 0:
-        raise ValueError(f"max_minutes must be > 0, got {limit}")
+        raise UserError(f"max_minutes must be > 0, got {limit}")
 
     torch.manual_seed(t_cfg.seed)
     rng = np.random.default_rng(t_cfg.seed)
@@ -669,11 +672,11 @@ def _restore(path: Path, cfg: Config, model, opt, rng, gen):
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ValueError(f"{path}: not a readable checkpoint ({describe(err)})") from None
+        raise UserError(f"{path}: not a readable checkpoint ({describe(err)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: not a format_version {FORMAT_VERSION} checkpoint")
+        raise UserError(f"{path}: not a format_version {FORMAT_VERSION} checkpoint")
     if ckpt["config"].get("model") != cfg.to_dict()["model"]:
-        raise ValueError(f"{path}: its [model] section differs from the configuration's; "
+        raise UserError(f"{path}: its [model] section differs from the configuration's; "
                          "cannot resume")
     model.load_state_dict(ckpt["model_state"])
     if "optimizer_state" in ckpt:

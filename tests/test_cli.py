@@ -178,6 +178,52 @@ def test_an_internal_error_is_not_reported_as_a_user_error(sample_dir, tmp_path,
     assert res.exit_code == 1 and res.stderr.startswith("error: ") and "bug" not in res.stderr
 
 
+@pytest.mark.parametrize("raised, code", [
+    (ValueError("operands could not be broadcast together"), 70),  # numpy's: a bug
+    (RuntimeError("numba: failed in nopython mode"), 70),
+    (NotImplementedError("3D"), 70),
+    (None, 1)])  # the project's own UserError: one line
+def test_only_the_projects_own_errors_are_the_users(sample_dir, monkeypatch, raised, code):
+    import ppp_zoo.io
+    from ppp_zoo.errors import UserError
+
+    def reader(path):
+        raise raised if raised is not None else UserError(f"{path}: not an image")
+
+    monkeypatch.setattr(ppp_zoo.io, "read_image", reader)
+    res = run("evaluate", sample_dir / "labels.tif", sample_dir / "labels.tif")
+    assert res.exit_code == code
+    first = res.stderr.strip().splitlines()[0]
+    assert first.startswith("internal error (" if code == 70 else "error: ")
+    assert len(res.stderr.strip().splitlines()) == 1
+    traced = run("--traceback", "evaluate", sample_dir / "labels.tif", sample_dir / "labels.tif")
+    assert traced.exit_code == code
+    assert "Traceback (most recent call last)" in traced.stderr and "in reader" in traced.stderr
+
+
+def test_a_bug_stops_a_batch_a_bad_image_does_not(sample_dir, tmp_path, monkeypatch):
+    """segment over several images: a project error is recorded for its image and the batch
+    goes on; a bug (numpy's ValueError inside the assembly) stops it with exit 70."""
+    import shutil
+
+    import ppp_zoo.runtime.segment as segment_module
+
+    good = tmp_path / "a.tif"
+    shutil.copyfile(sample_dir / "test_image.tif", good)
+    bad = tmp_path / "b.tif"
+    bad.write_bytes(b"not a tiff")
+    res = run("segment", good, bad, "-o", tmp_path / "out")
+    assert res.exit_code == 1 and (tmp_path / "out" / "a_labels.tif").is_file()
+    assert "b.tif" in res.stderr and "internal error" not in res.stderr
+
+    def broken(*args, **kwargs):
+        raise ValueError("operands could not be broadcast together")
+
+    monkeypatch.setattr(segment_module.Segmenter, "_assemble", broken)
+    res = run("segment", good, bad, "-o", tmp_path / "out2")
+    assert res.exit_code == 70 and "internal error (ValueError: operands" in res.stderr
+
+
 def test_segment_scale_auto_is_the_default(sample_dir, tmp_path):
     res = run("segment", sample_dir / "test_image.tif", "-o", tmp_path / "auto", "--json",
               "--device", "cpu")

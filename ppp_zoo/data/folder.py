@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UserError
 from ..io import IMAGE_SUFFIXES, read_image
 
 __all__ = ["FolderDataset", "load_bbbc010"]
@@ -28,7 +29,7 @@ def _files_by_stem(folder: Path) -> dict[str, Path]:
         if not path.is_file() or path.name.startswith(".") or path.suffix.lower() not in _READABLE:
             continue
         if path.stem in found:
-            raise ValueError(
+            raise UserError(
                 f"{folder}: two files named {path.stem!r}: {found[path.stem].name}, {path.name}"
             )
         found[path.stem] = path
@@ -84,21 +85,21 @@ class FolderDataset:
         self.overlapping = bool(overlapping)
         image_dir = self.root / "images"
         if not image_dir.is_dir():
-            raise ValueError(f"{self.root}: no 'images' folder")
+            raise UserError(f"{self.root}: no 'images' folder")
         for candidate in ("masks", "labels"):
             if (self.root / candidate).is_dir():
                 self.mask_dir = self.root / candidate
                 break
         else:
-            raise ValueError(f"{self.root}: no 'masks' or 'labels' folder next to 'images'")
+            raise UserError(f"{self.root}: no 'masks' or 'labels' folder next to 'images'")
         images = _files_by_stem(image_dir)
         if not images:
-            raise ValueError(f"{image_dir}: no image files ({', '.join(sorted(_READABLE))})")
+            raise UserError(f"{image_dir}: no image files ({', '.join(sorted(_READABLE))})")
         masks = _files_by_stem(self.mask_dir)
         missing = [stem for stem in images if stem not in masks]
         if missing:
             shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-            raise ValueError(f"{self.mask_dir}: no annotation for {len(missing)} image(s): {shown}")
+            raise UserError(f"{self.mask_dir}: no annotation for {len(missing)} image(s): {shown}")
         self.names: list[str] = list(images)
         self._pairs = [(images[name], masks[name]) for name in self.names]
 
@@ -120,7 +121,7 @@ class FolderDataset:
 
     def _annotation(self, image: np.ndarray, target: np.ndarray, image_path: Path, mask_path: Path):
         if target.dtype.kind not in "biu":
-            raise ValueError(
+            raise UserError(
                 f"{mask_path}: annotations must be integer or boolean, got {target.dtype}"
             )
         spatial = [image.shape]
@@ -130,12 +131,12 @@ class FolderDataset:
             return _labels_to_masks(target) if self.overlapping else target
         if target.ndim >= 3 and target.shape[1:] in spatial:
             if not self.overlapping:
-                raise ValueError(
+                raise UserError(
                     f"{mask_path}: a stack of {target.shape[0]} masks {target.shape} for image "
                     f"{image.shape}; use overlapping=True to read overlapping masks"
                 )
             return target != 0
-        raise ValueError(
+        raise UserError(
             f"{mask_path}: annotation shape {target.shape} does not match image "
             f"{image_path.name} of shape {image.shape}"
         )
@@ -153,7 +154,7 @@ def _find_dir(root: Path, kind: str) -> Path:
     for name in _BBBC010_DIRS[kind]:
         if (root / name).is_dir():
             return root / name
-    raise ValueError(f"{root}: no {' or '.join(repr(n) for n in _BBBC010_DIRS[kind])} folder")
+    raise UserError(f"{root}: no {' or '.join(repr(n) for n in _BBBC010_DIRS[kind])} folder")
 
 
 def load_bbbc010(
@@ -202,13 +203,13 @@ def load_bbbc010(
         if chan != channel:
             continue
         if well in images:
-            raise ValueError(
+            raise UserError(
                 f"{image_dir}: two {channel} images for well {well}: "
                 f"{images[well].name}, {path.name}"
             )
         images[well] = path
     if not images:
-        raise ValueError(
+        raise UserError(
             f"{image_dir}: no BBBC010 images of channel {channel!r} "
             f"(like '..._A01_{channel}_....tif')"
         )
@@ -219,7 +220,7 @@ def load_bbbc010(
             truth.setdefault(match.group(1), []).append((int(match.group(2)), path))
     missing = sorted(well for well in images if well not in truth)
     if missing:
-        raise ValueError(
+        raise UserError(
             f"{mask_dir}: no ground truth ('<WELL>_<k>_ground_truth.png') "
             f"for wells {', '.join(missing)}"
         )
@@ -232,7 +233,7 @@ def load_bbbc010(
             mask = read_image(path)
             mask = mask[..., 0] if mask.ndim == 3 else mask
             if mask.shape != image.shape[:2]:
-                raise ValueError(
+                raise UserError(
                     f"{path}: mask shape {mask.shape} differs from image "
                     f"{images[well].name} {image.shape}"
                 )

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import SetupError, UserError
 from ..io import read_image, write_image, write_labels
-from ..errors import SetupError
 from ..postprocess.labels import relabel_consecutive
 
 _MISSING = "the sample data ships with the 'stardist' package: pip install 'ppp-zoo[data]'"
@@ -97,14 +97,14 @@ def load_nuclei3d_sample() -> tuple[np.ndarray, np.ndarray]:
 
 def _validate_split_input(image: np.ndarray, labels: np.ndarray, column: int | None) -> int:
     if image.ndim != 2 or labels.shape != image.shape:
-        raise ValueError(
+        raise UserError(
             "expected a 2D image and labels of the same shape, "
             f"got {image.shape} and {labels.shape}"
         )
     width = image.shape[1]
     column = width // 2 if column is None else int(column)
     if not 0 < column < width:
-        raise ValueError(f"split column must lie in 1..{width - 1}, got {column}")
+        raise UserError(f"split column must lie in 1..{width - 1}, got {column}")
     return column
 
 

@@ -29,10 +29,9 @@ from pathlib import Path
 from typing import Literal, Sequence
 
 import numpy as np
-
-from ..errors import SetupError
 from scipy import ndimage
 
+from ..errors import SetupError, UserError
 from ..io import write_image, write_labels
 
 PostureSource = Literal["wormpose", "plain"]
@@ -62,14 +61,14 @@ def _validate_shape(shape: Sequence[int], ndims: tuple[int, ...]) -> tuple[int, 
     shape = tuple(int(s) for s in shape)
     if len(shape) not in ndims or any(s < 8 for s in shape):
         allowed = " or ".join(f"{n}D" for n in ndims)
-        raise ValueError(f"shape must be {allowed} with every side >= 8, got {shape}")
+        raise UserError(f"shape must be {allowed} with every side >= 8, got {shape}")
     return shape
 
 
 def _validate_range(name: str, value, minimum: float) -> tuple[float, float]:
     lo, hi = (value, value) if np.isscalar(value) else tuple(value)
     if not minimum <= lo <= hi:
-        raise ValueError(
+        raise UserError(
             f"{name} must be a number or a (low, high) pair >= {minimum}, got {value!r}"
         )
     return float(lo), float(hi)
@@ -78,15 +77,15 @@ def _validate_range(name: str, value, minimum: float) -> tuple[float, float]:
 def _validate_count(name: str, value) -> tuple[int, int]:
     lo, hi = (value, value) if np.isscalar(value) else tuple(value)
     if int(lo) != lo or int(hi) != hi or not 0 <= lo <= hi:
-        raise ValueError(f"{name} must be an int or an inclusive (low, high) pair, got {value!r}")
+        raise UserError(f"{name} must be an int or an inclusive (low, high) pair, got {value!r}")
     return int(lo), int(hi)
 
 
 def _validate_rendering(blur: float, photons: float) -> None:
     if blur < 0:
-        raise ValueError(f"blur must be >= 0, got {blur}")
+        raise UserError(f"blur must be >= 0, got {blur}")
     if photons <= 0:
-        raise ValueError(f"photons must be > 0, got {photons}")
+        raise UserError(f"photons must be > 0, got {photons}")
 
 
 # --------------------------------------------------------------------------- rendering
@@ -128,7 +127,7 @@ def _smooth_texture(rng: np.random.Generator, shape: tuple[int, ...], sigma: flo
 
 def _seeds(n_images: int, seed: Seed) -> list[np.random.SeedSequence]:
     if int(n_images) != n_images or n_images < 0:
-        raise ValueError(f"n_images must be a non-negative int, got {n_images!r}")
+        raise UserError(f"n_images must be a non-negative int, got {n_images!r}")
     base = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
     return base.spawn(int(n_images))
 
@@ -225,10 +224,10 @@ def synth_nuclei(
     """
     shape = _validate_shape(shape, (2, 3))
     if isinstance(n_nuclei, bool) or int(n_nuclei) != n_nuclei or n_nuclei < 0:
-        raise ValueError(f"n_nuclei must be a non-negative int, got {n_nuclei!r}")
+        raise UserError(f"n_nuclei must be a non-negative int, got {n_nuclei!r}")
     r_lo, r_hi = _validate_range("radius", radius, 1.0)
     if not 0 <= cluster_fraction <= 1:
-        raise ValueError(f"cluster_fraction must lie in [0, 1], got {cluster_fraction}")
+        raise UserError(f"cluster_fraction must lie in [0, 1], got {cluster_fraction}")
     _validate_rendering(blur, photons)
 
     rng = np.random.default_rng(seed)
@@ -337,10 +336,10 @@ def _load_posture_mixture(path: str) -> _PostureMixture:
         covariances = np.asarray(data["covariances"], np.float64)
         weights = np.asarray(data["weights"], np.float64)
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{path}: cannot read the posture mixture ({err})") from None
+        raise UserError(f"{path}: cannot read the posture mixture ({err})") from None
     k, t = means.shape if means.ndim == 2 else (0, 0)
     if k == 0 or covariances.shape != (k, t, t) or weights.shape != (k,):
-        raise ValueError(
+        raise UserError(
             f"{path}: expected means (K, T), covariances (K, T, T), weights (K,), got "
             f"{means.shape}, {covariances.shape}, {weights.shape}"
         )
@@ -532,10 +531,10 @@ def synth_worms(
     }
     for name, value in fractions.items():
         if not 0 <= value <= 1:
-            raise ValueError(f"{name} must lie in [0, 1], got {value}")
+            raise UserError(f"{name} must lie in [0, 1], got {value}")
     _validate_rendering(blur, photons)
     if posture not in ("auto", "wormpose", "plain"):
-        raise ValueError(f"posture must be 'auto', 'wormpose' or 'plain', got {posture!r}")
+        raise UserError(f"posture must be 'auto', 'wormpose' or 'plain', got {posture!r}")
     source = posture_source() if posture == "auto" else posture
     mixture = None
     if source == "wormpose":
@@ -807,9 +806,9 @@ def synth_fluorescence_nuclei(
     c_lo, c_hi = _validate_range("cluster_fraction", cluster_fraction, 0.0)
     if c_hi > 1 or (np.isscalar(coverage) and coverage > 0.7) or \
             (not np.isscalar(coverage) and max(coverage) > 0.7):
-        raise ValueError("cluster_fraction must lie in [0, 1] and coverage in [0, 0.7]")
+        raise UserError("cluster_fraction must lie in [0, 1] and coverage in [0, 0.7]")
     if irregularity < 0 or brightness_spread < 0:
-        raise ValueError("irregularity and brightness_spread must be >= 0")
+        raise UserError("irregularity and brightness_spread must be >= 0")
 
     rng = np.random.default_rng(seed)
     typical = _draw(rng, (d_lo, d_hi), log=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import UserError
 from ..postprocess.params import parse_shape
 
 
@@ -21,16 +22,16 @@ def _validate_targets_input(labels: np.ndarray, patchshape, overlapping: bool):
     spatial = labels.shape[1:] if overlapping else labels.shape
     if len(spatial) != len(patchshape):
         what = "(N, [Z,] Y, X) mask stack" if overlapping else "([Z,] Y, X) label image"
-        raise ValueError(
+        raise UserError(
             f"expected a {what} matching the {len(patchshape)}D patchshape {patchshape}, "
             f"got shape {labels.shape}"
         )
     if any(p % 2 == 0 or p < 1 for p in patchshape):
-        raise ValueError(f"patchshape entries must be odd and positive, got {patchshape}")
+        raise UserError(f"patchshape entries must be odd and positive, got {patchshape}")
     if labels.dtype.kind not in "biu":
-        raise ValueError(f"labels must be an integer or boolean array, got dtype {labels.dtype}")
+        raise UserError(f"labels must be an integer or boolean array, got dtype {labels.dtype}")
     if labels.size and labels.dtype.kind == "i" and labels.min() < 0:
-        raise ValueError("labels must be non-negative")
+        raise UserError("labels must be non-negative")
     return labels, patchshape
 
 

@@ -26,7 +26,7 @@ import tifffile
 import torch
 
 from .. import __version__
-from ..errors import SetupError
+from ..errors import SetupError, UserError
 from ..postprocess.model_package import CURRENT_FORMAT
 from ..predict import (
     NORMALIZE_EPS,
@@ -120,7 +120,7 @@ def _slug(name: str) -> str:
 def _check_nickname(nickname: str) -> str:
     bad = sorted(set(nickname) - set(NICKNAME_CHARACTERS))
     if bad or not 3 <= len(nickname) <= 64 or not nickname[0].isalnum():
-        raise ValueError(f"nickname {nickname!r}: use 3-64 lowercase letters, digits, - and _ "
+        raise UserError(f"nickname {nickname!r}: use 3-64 lowercase letters, digits, - and _ "
                          f"starting with a letter or digit (found {''.join(bad) or 'a bad length'})")
     return nickname
 
@@ -131,7 +131,7 @@ def _validate_formats(formats: Sequence[str] | str) -> tuple[str, ...]:
     formats = tuple(dict.fromkeys(formats))
     unknown = [f for f in formats if f not in WEIGHT_FORMATS]
     if unknown or not formats:
-        raise ValueError(f"weight formats must be among {', '.join(WEIGHT_FORMATS)}, "
+        raise UserError(f"weight formats must be among {', '.join(WEIGHT_FORMATS)}, "
                          f"got {', '.join(formats) or 'none'}")
     return tuple(f for f in WEIGHT_FORMATS if f in formats)
 
@@ -140,9 +140,9 @@ def _check_output(output: Path, folder: bool) -> None:
     """Fail early (before any work) when ``output`` cannot be written."""
     if output.exists() and output.is_dir() != folder:
         kind = "a folder" if output.is_dir() else "a file"
-        raise ValueError(f"{output}: exists and is {kind}")
+        raise UserError(f"{output}: exists and is {kind}")
     if not folder and output.suffix.lower() != ".zip":
-        raise ValueError(f"{output}: a model package file must end in .zip (or use --folder)")
+        raise UserError(f"{output}: a model package file must end in .zip (or use --folder)")
     parent = output.parent if str(output.parent) else Path(".")
     if not parent.is_dir():
         raise FileNotFoundError(f"{parent}: no such folder")
@@ -676,11 +676,11 @@ def export_model(checkpoint: str | os.PathLike, output: str | os.PathLike, *,
     if name is not None:
         bad = sorted(set(name) - set(NAME_CHARACTERS))
         if bad or not 5 <= len(name) <= 128:
-            raise ValueError(f"model name {name!r}: use 5-128 letters, digits and the "
+            raise UserError(f"model name {name!r}: use 5-128 letters, digits and the "
                              f"characters _+- () only (found {''.join(bad) or 'a bad length'})")
     authors = tuple(a.strip() for a in (authors or DEFAULT_AUTHORS) if a and a.strip())
     if not authors:
-        raise ValueError("give at least one author name")
+        raise UserError("give at least one author name")
     bundle, extra = _load(Path(checkpoint))
     net = bundle.model
     source = bundle.config.get("data", {}).get("source", "custom")

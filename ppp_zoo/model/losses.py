@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UserError
 from .ppp import VARIANTS
 
 
@@ -60,11 +61,11 @@ def ppp_dec_loss(code_logits: torch.Tensor, decoder: nn.Module, patch_target: to
     """
     if code_logits.shape[0] != patch_target.shape[0] or \
             code_logits.shape[2:] != patch_target.shape[2:]:
-        raise ValueError(f"code logits {tuple(code_logits.shape)} and patch target "
+        raise UserError(f"code logits {tuple(code_logits.shape)} and patch target "
                          f"{tuple(patch_target.shape)} differ in batch or spatial shape")
     _validate_numinst(numinst_target, code_logits)
     if max_samples < 1:
-        raise ValueError(f"max_samples must be positive, got {max_samples}")
+        raise UserError(f"max_samples must be positive, got {max_samples}")
     index = sample_single_instance_pixels(numinst_target, max_samples, generator)
     if index.numel() == 0:
         return code_logits.sum() * 0.0
@@ -100,22 +101,22 @@ def total_loss(outputs, targets, variant: str, decoder: nn.Module | None = None,
         patch = ppp_loss(second, patch_target, numinst_target)
     elif variant == "ppp+dec":
         if decoder is None:
-            raise ValueError("variant 'ppp+dec' needs the decoder")
+            raise UserError("variant 'ppp+dec' needs the decoder")
         patch = ppp_dec_loss(second, decoder, patch_target, numinst_target, max_samples,
                              generator)
     else:
-        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        raise UserError(f"variant must be one of {VARIANTS}, got {variant!r}")
     ni = numinst_loss(numinst_logits, numinst_target)
     return ni + patch, {"numinst": ni.detach(), "patch": patch.detach()}
 
 
 def _validate_same_shape(a, b, name_a, name_b):
     if a.shape != b.shape:
-        raise ValueError(f"{name_a} {tuple(a.shape)} and {name_b} {tuple(b.shape)} differ")
+        raise UserError(f"{name_a} {tuple(a.shape)} and {name_b} {tuple(b.shape)} differ")
 
 
 def _validate_numinst(numinst_target, like):
     expected = (like.shape[0], 3) + tuple(like.shape[2:])
     if tuple(numinst_target.shape) != expected:
-        raise ValueError(f"numinst target must have shape {expected}, "
+        raise UserError(f"numinst target must have shape {expected}, "
                          f"got {tuple(numinst_target.shape)}")

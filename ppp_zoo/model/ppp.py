@@ -20,6 +20,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ..errors import UserError
 from ..postprocess.params import parse_shape
 from .decoder import PatchDecoder, default_code_shape
 from .unet import UNet, conv_ops
@@ -72,9 +73,9 @@ class PatchPerPixNet(nn.Module):
         super().__init__()
         patchshape = parse_shape(patchshape)
         if len(patchshape) != ndim or any(p < 1 or p % 2 == 0 for p in patchshape):
-            raise ValueError(f"patchshape must be {ndim} odd positive sizes, got {patchshape}")
+            raise UserError(f"patchshape must be {ndim} odd positive sizes, got {patchshape}")
         if variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+            raise UserError(f"variant must be one of {VARIANTS}, got {variant!r}")
         conv, _, _ = conv_ops(ndim)
         self.ndim = ndim
         self.patchshape = patchshape
@@ -93,7 +94,7 @@ class PatchPerPixNet(nn.Module):
             if code_shape is None:
                 code_shape = default_code_shape(ndim, code_channels)
             elif code_channels is not None and code_channels != math.prod(code_shape):
-                raise ValueError(f"code_channels {code_channels} != prod(code_shape "
+                raise UserError(f"code_channels {code_channels} != prod(code_shape "
                                  f"{tuple(code_shape)})")
             self.decoder = PatchDecoder(ndim, code_shape, patchshape, decoder_features)
             self.out_channels = self.decoder.code_channels
@@ -118,7 +119,7 @@ class PatchPerPixNet(nn.Module):
         Decodes every pixel at once; memory grows with ``B * pixels * decoder size``.
         """
         if self.decoder is None:
-            raise ValueError("decode needs a ppp+dec network")
+            raise UserError("decode needs a ppp+dec network")
         spatial = code_probs.shape[2:]
         flat = code_probs.movedim(1, -1).reshape(-1, code_probs.shape[1])
         patches = self.decoder(flat).reshape((code_probs.shape[0],) + tuple(spatial) + (-1,))

@@ -12,6 +12,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ..errors import UserError
+
 UpMode = Literal["transpose", "upsample"]
 
 
@@ -21,7 +23,7 @@ def conv_ops(ndim: int):
         return nn.Conv2d, nn.ConvTranspose2d, nn.MaxPool2d
     if ndim == 3:
         return nn.Conv3d, nn.ConvTranspose3d, nn.MaxPool3d
-    raise ValueError(f"ndim must be 2 or 3, got {ndim}")
+    raise UserError(f"ndim must be 2 or 3, got {ndim}")
 
 
 class ConvBlock(nn.Sequential):
@@ -49,7 +51,7 @@ class _Up(nn.Module):
             self.op = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
                                     conv(in_channels, out_channels, 3, padding=1))
         else:
-            raise ValueError(f"up_mode must be 'transpose' or 'upsample', got {mode!r}")
+            raise UserError(f"up_mode must be 'transpose' or 'upsample', got {mode!r}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.op(x)
@@ -168,10 +170,10 @@ def _decoder_extent(depth: int, level: int, up_mode: str, lo: int, hi: int) -> t
 
 def _validate_unet_args(ndim, in_channels, base_features, depth, growth, padding):
     if ndim not in (2, 3):
-        raise ValueError(f"ndim must be 2 or 3, got {ndim}")
+        raise UserError(f"ndim must be 2 or 3, got {ndim}")
     if padding != "same":
-        raise ValueError(f"only padding='same' is implemented, got {padding!r}")
+        raise UserError(f"only padding='same' is implemented, got {padding!r}")
     for name, value in (("in_channels", in_channels), ("base_features", base_features),
                         ("depth", depth), ("growth", growth)):
         if int(value) < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value}")
+            raise UserError(f"{name} must be a positive integer, got {value}")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UserError
 from ..io import write_image, write_labels
 
 MIN_TRAIN_COLUMNS = 32
@@ -70,11 +71,11 @@ def label_planes(masks: np.ndarray) -> np.ndarray:
 def _validate_masks(masks) -> np.ndarray:
     masks = np.asarray(masks)
     if masks.ndim not in (3, 4):
-        raise ValueError(f"expected a (N, [Z,] Y, X) mask stack, got shape {masks.shape}")
+        raise UserError(f"expected a (N, [Z,] Y, X) mask stack, got shape {masks.shape}")
     if masks.dtype != bool:
         if masks.dtype.kind not in "iu" or (masks.size and masks.max() > 1) or (
                 masks.size and masks.min() < 0):
-            raise ValueError(f"expected boolean or 0/1 masks, got dtype {masks.dtype}")
+            raise UserError(f"expected boolean or 0/1 masks, got dtype {masks.dtype}")
         masks = masks != 0
     return masks
 
@@ -103,17 +104,17 @@ def check_training_pair(image: np.ndarray, labels: np.ndarray, ndim: int, *,
     """
     space = image_space_shape(image, rgb)
     if tuple(labels.shape) != space:
-        raise ValueError(f"the labels have shape {tuple(labels.shape)} but the image has "
+        raise UserError(f"the labels have shape {tuple(labels.shape)} but the image has "
                          f"shape {space}")
     if len(space) != ndim:
-        raise ValueError(f"this configuration trains a {ndim}D model, the image of shape "
+        raise UserError(f"this configuration trains a {ndim}D model, the image of shape "
                          f"{space} is {len(space)}D")
     if labels.dtype.kind not in "biu":
-        raise ValueError(f"the labels must be integers, got dtype {labels.dtype}")
+        raise UserError(f"the labels must be integers, got dtype {labels.dtype}")
     if not labels.any():
-        raise ValueError("the labels hold no instance to train on")
+        raise UserError("the labels hold no instance to train on")
     if space[-1] < MIN_TRAIN_COLUMNS + MIN_VAL_COLUMNS:
-        raise ValueError(f"the image is {space[-1]} pixels wide: training needs at least "
+        raise UserError(f"the image is {space[-1]} pixels wide: training needs at least "
                          f"{MIN_TRAIN_COLUMNS + MIN_VAL_COLUMNS} to keep a validation strip")
 
 

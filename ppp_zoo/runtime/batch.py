@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import UserError, is_project_error
 from ..io import (
     IMAGE_SUFFIXES,
     atomic_path,
@@ -116,7 +117,7 @@ def check_output_folder(out_dir: Path) -> None:
         with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".ppp-zoo-write-test-"):
             pass
     except OSError as err:
-        raise ValueError(f"{out_dir}: cannot write into the output folder "
+        raise UserError(f"{out_dir}: cannot write into the output folder "
                            f"({err.strerror or err})") from None
 
 
@@ -198,13 +199,13 @@ def write_demo_input(model: str | os.PathLike, out_dir: str | os.PathLike) -> Pa
     source = attached[0] if attached else (entry.get("source") if isinstance(entry, dict)
                                            else entry)
     if not source or not str(source).lower().endswith((".tif", ".tiff", ".npy")):
-        raise ValueError(f"{package.source}: the package has no sample image for --demo")
+        raise UserError(f"{package.source}: the package has no sample image for --demo")
     data = package.read_bytes(str(source))
     try:
         image = (np.load(io.BytesIO(data), allow_pickle=False) if str(source).endswith(".npy")
                  else tifffile.imread(io.BytesIO(data)))
     except Exception as err:  # noqa: BLE001 - decoders raise many types
-        raise ValueError(f"{package.source}: cannot read its sample image ({err})") from None
+        raise UserError(f"{package.source}: cannot read its sample image ({err})") from None
     while image.ndim > package.ndim and image.shape[0] == 1:  # batch, single channel
         image = image[0]
     check_output_folder(Path(out_dir))
@@ -255,7 +256,9 @@ def segment_files(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLik
                 entry = _segment_one(seg, path, out_dir, tile=tile, scale=scale, fast=fast,
                                      overlay=overlay, save_outputs=save_outputs,
                                      on_tile=hooks.on_tile)
-            except (ValueError, OSError, RuntimeError) as err:
+            except Exception as err:
+                if not (is_project_error(err) or isinstance(err, OSError)):
+                    raise  # a bug: it stops the batch with its traceback
                 message = str(err).strip().splitlines()[0] if str(err).strip() else \
                     type(err).__name__
                 fail(str(path), message.removeprefix(f"{path}: "))

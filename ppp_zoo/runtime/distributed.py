@@ -36,8 +36,13 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import SetupError
-from ..io import ImageSource, ngff_label_attrs, ngff_labels_group_attrs, open_image_source
+from ..errors import SetupError, UserError
+from ..io import (
+    ImageSource,
+    ngff_label_attrs,
+    ngff_labels_group_attrs,
+    open_image_source,
+)
 
 MERGE_OVERLAP = 0.5
 """Two block instances are one when they overlap by this fraction of the smaller."""
@@ -144,7 +149,7 @@ class SegmentBlocks:
     def __call__(self, image: np.ndarray) -> np.ndarray:
         seg = self.segmenter()
         if seg.params.assembly.overlapping:
-            raise ValueError("distributed segmentation writes label images: this model "
+            raise UserError("distributed segmentation writes label images: this model "
                              "assembles overlapping instances")
         return seg.segment(image, tile=self.tile, fast=self.fast).labels
 
@@ -210,7 +215,7 @@ def _segment_task(job: _Job, index: tuple[int, ...]):
     core, crop = grid.core(index), grid.crop(index)
     labels = np.asarray(job.block_fn(job.source.read(crop)))
     if labels.shape != tuple(s.stop - s.start for s in crop):
-        raise ValueError(f"block function returned shape {labels.shape} for a block of "
+        raise UserError(f"block function returned shape {labels.shape} for a block of "
                          f"{tuple(s.stop - s.start for s in crop)}")
     written = np.unique(labels[_local(core, crop)])
     written = written[written > 0]
@@ -374,10 +379,10 @@ def _run(client, fn, args_per_block: list, progress: Progress, what: str, retrie
             progress(done, len(futures))
     try:
         return client.gather(futures)
-    except Exception as err:
-        from ..errors import describe
-
-        raise RuntimeError(f"{what} failed ({describe(err)})") from err
+    except Exception as err:  # the block's own exception, re-raised as it is
+        if hasattr(err, "add_note"):
+            err.add_note(f"(in the dask step: {what})")
+        raise
 
 
 def _validate_block(block: Sequence[int] | None, ndim: int, halo: Sequence[int]) -> tuple:
@@ -385,11 +390,11 @@ def _validate_block(block: Sequence[int] | None, ndim: int, halo: Sequence[int])
         block = (1024, 1024) if ndim == 2 else (64, 256, 256)
     block = tuple(int(b) for b in block)
     if len(block) != ndim:
-        raise ValueError(f"block {'x'.join(map(str, block))} must have {ndim} entries for "
+        raise UserError(f"block {'x'.join(map(str, block))} must have {ndim} entries for "
                          f"a {ndim}D image")
     small = [i for i, (b, h) in enumerate(zip(block, halo)) if b < 2 * h or b < 1]
     if small:
-        raise ValueError(f"block {'x'.join(map(str, block))} is smaller than twice the "
+        raise UserError(f"block {'x'.join(map(str, block))} is smaller than twice the "
                          f"halo {'x'.join(map(str, halo))}: use at least "
                          f"{'x'.join(str(max(2 * h, 1)) for h in halo)}")
     return block
@@ -580,7 +585,7 @@ class _OutputPlan:
         elif suffix == ".zarr":
             kind, target, axes = "zarr", output, space
         else:
-            raise ValueError(f"{output}: write labels to a .zarr store or a .tif file")
+            raise UserError(f"{output}: write labels to a .zarr store or a .tif file")
         if kind != "ome-zarr" or "c" not in axes and "t" not in axes:
             keep = [i for i, a in enumerate(axes) if a in space] if kind != "ome-zarr" \
                 else list(range(len(axes)))
@@ -592,7 +597,7 @@ class _OutputPlan:
             parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=parent))
         except OSError as err:
-            raise ValueError(f"{output}: cannot write there ({err.strerror or err})") from None
+            raise UserError(f"{output}: cannot write there ({err.strerror or err})") from None
         plan = cls(target, tmp, kind, axes, tuple(scale), tuple(units), fmt, name)
         if kind == "ome-zarr":
             plan.labels_group = output / "labels"
@@ -734,10 +739,10 @@ def segment_distributed(source: str | os.PathLike | ImageSource, output: str | o
     package = open_package(model)
     validate_preprocessing(package.preprocessing)
     if len(src.space_shape) != package.ndim:
-        raise ValueError(f"{src.path}: {len(src.space_shape)} space axes "
+        raise UserError(f"{src.path}: {len(src.space_shape)} space axes "
                          f"({src.space_axes.upper()}), the model is {package.ndim}D")
     if src.channels != package.n_channels:
-        raise ValueError(f"{src.path}: {src.channels} channels, the model takes "
+        raise UserError(f"{src.path}: {src.channels} channels, the model takes "
                          f"{package.n_channels}")
     halo = tuple(int(h) for h in package.halo)
     block = _validate_block(block, package.ndim, halo)
@@ -768,7 +773,7 @@ def assemble_distributed(source, output: str | os.PathLike, params, *,
     assembly kernels run (``"auto"``, ``"cpu"`` or ``"cuda"``, on the worker)."""
     assembly = getattr(params, "assembly", params)
     if assembly.overlapping:
-        raise ValueError("block-wise assembly writes label images: use --no-overlapping")
+        raise UserError("block-wise assembly writes label images: use --no-overlapping")
     patch = tuple(assembly.patchshape)
     block = _validate_block(block, assembly.ndim, tuple(0 for _ in patch))
     strip = patch
@@ -777,7 +782,7 @@ def assemble_distributed(source, output: str | os.PathLike, params, *,
     stride = assembly.fast_stride if assembly.fast else 1
     pad = tuple(_round_up(2 * p + s, stride) for p, s in zip(patch, strip))
     if any(b % stride for b in block):
-        raise ValueError(f"block {'x'.join(map(str, block))} must be a multiple of the fast "
+        raise UserError(f"block {'x'.join(map(str, block))} must be a multiple of the fast "
                          f"mode's stride {stride}")
     return run_blocks(source, AssembleBlocks(params, device), block=block, pad=pad, strip=strip,
                       output=output, name=name, **kwargs)

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import UserError
+
 Axes = Sequence[str]
 
 
@@ -28,7 +30,7 @@ def _reduce_axes(axes: Axes, kwargs: Mapping[str, Any]) -> tuple[int, ...]:
         names = ["batch" if c == "b" else "channel" if c == "c" else c for c in names]
     missing = [n for n in names if n not in axes]
     if missing:
-        raise ValueError(f"preprocessing names axes {missing} that the input {tuple(axes)} lacks")
+        raise UserError(f"preprocessing names axes {missing} that the input {tuple(axes)} lacks")
     return tuple(axes.index(n) for n in names)
 
 
@@ -37,7 +39,7 @@ def _along_axis(value: Any, axes: Axes, axis: str | None, ndim: int) -> np.ndarr
     if axis is None or np.isscalar(value):
         arr = np.asarray(value, dtype=np.float64).reshape(-1)
         if arr.size != 1:
-            raise ValueError(f"expected one value, got {value!r}")
+            raise UserError(f"expected one value, got {value!r}")
         return float(arr[0])
     shape = [1] * ndim
     shape[axes.index(axis)] = -1
@@ -91,7 +93,7 @@ def clip(x: np.ndarray, dims: Axes, kwargs: Mapping[str, Any]) -> np.ndarray:
         hi = np.quantile(xf, float(kwargs["max_percentile"]) / 100, axis=_reduce_axes(dims, kwargs),
                          keepdims=True, method="inverted_cdf")
     if lo is None and hi is None:
-        raise ValueError("clip needs min or max")
+        raise UserError("clip needs min or max")
     return np.clip(xf, lo, hi)
 
 
@@ -120,11 +122,11 @@ def validate_preprocessing(ops: Sequence[Mapping[str, Any]]) -> None:
     """Raise ``ValueError`` for operations this runtime cannot apply."""
     for op in ops:
         if op["id"] not in OPERATIONS:
-            raise ValueError(f"unsupported preprocessing operation {op['id']!r} "
+            raise UserError(f"unsupported preprocessing operation {op['id']!r} "
                              f"(supported: {', '.join(OPERATIONS)})")
         names = op.get("kwargs", {}).get("axes")
         if isinstance(names, (list, tuple)) and "batch" in names:
-            raise ValueError(f"preprocessing {op['id']!r} uses dataset statistics (axes "
+            raise UserError(f"preprocessing {op['id']!r} uses dataset statistics (axes "
                              "include batch), which this runtime does not compute")
 
 
@@ -155,7 +157,7 @@ def preprocess(x: np.ndarray, axes: Axes, ops: Sequence[Mapping[str, Any]],
     """
     axes = tuple(axes)
     if x.ndim != len(axes):
-        raise ValueError(f"tensor of shape {x.shape} does not match axes {axes}")
+        raise UserError(f"tensor of shape {x.shape} does not match axes {axes}")
     validate_preprocessing(ops)
     for op in ops:
         x = OPERATIONS[op["id"]](x, axes, dict(op.get("kwargs") or {}))

@@ -18,6 +18,8 @@ from typing import Optional
 
 import numpy as np
 
+from ..errors import UserError
+
 Progress = Optional[Callable[[int, int], None]]  # noqa: UP045 - evaluated at runtime on 3.10
 
 DEFAULT_TILE = {2: (512, 512), 3: (64, 128, 128)}
@@ -63,7 +65,7 @@ def axis_tiles(padded: int, tile: int, halo: int, step: int) -> list[tuple[int, 
     if step:
         stride = stride // step * step
     if stride <= 0:
-        raise ValueError(f"tile size {tile} leaves no core with halo {halo} (step {step})")
+        raise UserError(f"tile size {tile} leaves no core with halo {halo} (step {step})")
     starts = list(range(0, padded - tile, stride)) + [padded - tile]
     out, prev = [], 0
     for i, s in enumerate(starts):
@@ -123,13 +125,13 @@ def run_tiled(engine: Callable[[np.ndarray], list[np.ndarray]], x: np.ndarray, *
     spatial = tuple(int(s) for s in x.shape[2:])
     ndim = len(spatial)
     if not (len(min_shape) == len(step) == len(halo) == ndim):
-        raise ValueError(f"min_shape {tuple(min_shape)}, step {tuple(step)} and halo "
+        raise UserError(f"min_shape {tuple(min_shape)}, step {tuple(step)} and halo "
                          f"{tuple(halo)} must have one entry per space axis of {x.shape}")
     if min(spatial, default=0) < 1:
-        raise ValueError(f"empty input of shape {x.shape}")
+        raise UserError(f"empty input of shape {x.shape}")
     tile = DEFAULT_TILE.get(ndim, (256,) * ndim) if tile is None else tuple(tile)
     if len(tile) != ndim:
-        raise ValueError(f"tile {tuple(tile)} must have {ndim} entries")
+        raise UserError(f"tile {tuple(tile)} must have {ndim} entries")
     padded = tuple(valid_size(s, m, st) for s, m, st in zip(spatial, min_shape, step))
     if any(p < s for p, s in zip(padded, spatial)):  # fixed-size axis smaller than the input
         padded = tuple(max(p, s) for p, s in zip(padded, spatial))
@@ -154,7 +156,7 @@ def run_tiled(engine: Callable[[np.ndarray], list[np.ndarray]], x: np.ndarray, *
             for out, r in zip(outputs, result):
                 if tuple(r.shape[2:]) != tuple(window[i].stop - window[i].start
                                                for i in range(ndim)):
-                    raise ValueError(f"the model returned shape {r.shape} for a tile of shape "
+                    raise UserError(f"the model returned shape {r.shape} for a tile of shape "
                                      f"{tiles}: its output must have the input's size")
                 out[(slice(None),) + dst] = r[(0, slice(None)) + src]
         if progress is not None:
