@@ -39,6 +39,24 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="session")
+def tiny_checkpoint_2d(tmp_path_factory):
+    """The checkpoint of a tiny 2D ``ppp`` net (7x7 patches, depth-2 U-Net) trained for 400
+    steps on synthetic nuclei with one PyTorch thread: trained once per test run and shared
+    by the runtime and command-line tests."""
+    torch = pytest.importorskip("torch")
+    from runtime_packages import trained_net
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _, ckpt = trained_net(tmp_path_factory.mktemp("tiny2d_net") / "run", ndim=2,
+                              iterations=400)
+    finally:
+        torch.set_num_threads(threads)
+    return ckpt
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

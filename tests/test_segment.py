@@ -23,16 +23,15 @@ from ppp_zoo.postprocess import AssemblyParams
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnx")
-from runtime_packages import trained_net, write_package
+from runtime_packages import write_package
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def package(tmp_path_factory):
-    torch.set_num_threads(1)
+def package(tmp_path_factory, tiny_checkpoint_2d):
     root = tmp_path_factory.mktemp("cli_pkg")
-    _, ckpt = trained_net(root / "run", ndim=2, iterations=400)
+    ckpt = tiny_checkpoint_2d
     params = AssemblyParams(patchshape=(7, 7), fc_threshold=0.5, numinst_thresholds=(0.4, 0.6))
     return write_package(ckpt, root / "pkg", assembly=params)
 
