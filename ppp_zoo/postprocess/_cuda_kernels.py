@@ -41,73 +41,16 @@ Same results as the CPU kernels (``_kernels.py``):
 from __future__ import annotations
 
 import math
-import warnings
 
-import numba
 import numpy as np
 from numba import cuda
 
-#: running in numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1): kernels run as Python
-SIM = bool(numba.config.ENABLE_CUDASIM)
+from ._cuda_probe import SIM, cuda_errors, unavailable_reason  # noqa: F401 - used from here
+from ._state import BAND_ROWS, Consensus
 
 #: most bytes one block (consensus rows, patch window, scratch) takes on the GPU; the
 #: block is also kept under 60 % of the free GPU memory
 MAX_BLOCK_BYTES = 4 << 30
-
-
-# --------------------------------------------------------------------------- availability
-_AVAILABLE = False  # once the kernels can run, they can for the rest of the process
-
-
-def unavailable_reason() -> str | None:
-    """None when the CUDA kernels can run here, else why not (one sentence)."""
-    global _AVAILABLE
-    if SIM or _AVAILABLE:
-        return None
-    reason = _unavailable_reason()
-    _AVAILABLE = reason is None
-    return reason
-
-
-def _unavailable_reason() -> str | None:
-    try:
-        if not cuda.is_available():
-            return ("no CUDA GPU: numba.cuda finds no NVIDIA GPU with a working driver "
-                    "(libcuda)")
-    except Exception as err:  # noqa: BLE001 - the driver's own message says why
-        return f"no CUDA GPU: numba.cuda cannot use the driver ({type(err).__name__}: {err})"
-    try:
-        from numba.cuda.cudadrv import nvvm
-
-        if not nvvm.is_available():
-            return ("a CUDA GPU is present but numba finds no NVVM to compile kernels: "
-                    "install a CUDA toolkit (or set CUDA_HOME), or the numba-cuda package "
-                    "with its CUDA wheels")
-    except ImportError:
-        pass
-    return None
-
-
-def cuda_errors() -> tuple:
-    """The exception types of a CUDA driver, compiler or toolkit failure (for ``auto``
-    to fall back to the CPU on)."""
-    if SIM:
-        return ()
-    errors = []
-    try:
-        from numba.cuda.cudadrv import error as E
-
-        errors += [E.CudaDriverError, E.CudaRuntimeError, E.CudaSupportError, E.NvvmError,
-                   E.NvvmSupportError]
-    except ImportError:
-        pass
-    try:
-        from numba.cuda.cudadrv.driver import LinkerError
-
-        errors.append(LinkerError)
-    except ImportError:
-        pass
-    return tuple(errors)
 
 
 def _budget() -> int:
@@ -775,16 +718,11 @@ def _ring_to_host(ring, rcap: int, g0: int, g1: int, out: np.ndarray) -> None:
 
 def compute_consensus(prep, cand_flat: np.ndarray):
     """Steps 1-2 on the GPU (see :func:`ppp_zoo.postprocess.assembly.compute_consensus`)."""
-    from .assembly import BAND_ROWS, Consensus
-
     rounding = cpu_vote_rounding()
     if rounding is None:
-        from .assembly import compute_consensus as cpu_consensus
-
-        warnings.warn("the CPU vote kernel rounds its expressions inconsistently on this "
-                      "machine, so the GPU cannot reproduce its consensus: consensus and "
-                      "scores run on the CPU", RuntimeWarning, stacklevel=3)
-        return cpu_consensus(prep, cand_flat)
+        raise RuntimeError("the CPU vote kernel rounds its expressions inconsistently on this "
+                           "machine, so the GPU cannot reproduce its consensus (the assembly "
+                           "computes it on the CPU then)")
     geo = prep.geo
     if int(np.prod(geo.patchshape)) > np.iinfo(np.uint16).max:
         raise ValueError(f"patchshape {geo.patchshape} is too large (at most 65535 offsets)")
@@ -860,7 +798,7 @@ def compute_consensus(prep, cand_flat: np.ndarray):
     high = np.empty(n_cand, np.int64)
     scores[order] = d_scores.copy_to_host()
     high[order] = d_high.copy_to_host()
-    return Consensus(cons, prep.vidx, geo, scores, high)
+    return Consensus(cons, prep.vidx, geo, scores, high, device="cuda")
 
 
 def cover_foreground(prep, ranked_flat: np.ndarray) -> np.ndarray:

@@ -32,6 +32,7 @@ import numpy as np
 from numba import njit, prange
 
 from .candidates import CandidatePatches
+from .foreground import candidate_mask, foreground_classes
 from .params import AssemblyParams
 
 #: bytes of intermediate activations one decoding chunk may use
@@ -320,8 +321,6 @@ def decode_codes(decoder: Decoder, codes: np.ndarray) -> np.ndarray:
 def voting_mask(numinst: np.ndarray, params: AssemblyParams) -> np.ndarray:
     """Pixels of numinst class 1 (the ones whose patches the assembly reads), by the rule
     of :func:`~ppp_zoo.postprocess.assembly.foreground_classes`."""
-    from .assembly import foreground_classes
-
     return foreground_classes(numinst, None, params) == 1
 
 
@@ -396,8 +395,6 @@ def decode_candidates(numinst: np.ndarray, values: np.ndarray, decoder: PixelDec
     of a dense array of ``P`` values per pixel. The assembly of a crop of it, or with other
     parameters, may need patches it lacks (a ValueError says so).
     """
-    from .assembly import candidate_mask, foreground_classes
-
     numinst, values = _check_decode_inputs(numinst, values, decoder)
     cls = foreground_classes(numinst, None, params)
     flat = np.flatnonzero(candidate_mask(cls, params))
