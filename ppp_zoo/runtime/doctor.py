@@ -10,7 +10,8 @@ uses to pick its device.
 - :func:`preload_cuda_libraries`: load the CUDA and cuDNN libraries of the ``nvidia-*``
   pip packages (``onnxruntime-gpu[cuda,cudnn]``) so that the CUDA provider finds them.
 - :func:`check_cuda_session`: run the embedded model once with the CUDA provider, in a
-  child process with a time limit, so that a broken driver cannot take the caller down.
+  child process with a time limit (``_cuda_check.py``), so that a broken driver cannot take
+  the caller down.
 - :func:`collect_report` -> :class:`DoctorReport`: all of the above with numba, torch and
   the platform, as text or JSON (what a bug report needs).
 
@@ -291,8 +292,7 @@ def check_cuda_session(ort: OrtInfo, gpu: GpuProbe,
     t0 = time.perf_counter()
     try:
         done = subprocess.run(
-            [sys.executable, "-c", "from ppp_zoo.runtime.doctor import _cuda_check_main; "
-                                   "_cuda_check_main()"],
+            [sys.executable, "-c", "from ppp_zoo.runtime._cuda_check import main; main()"],
             capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         return CudaCheck(True, False, f"no answer within {timeout:.0f} s")
@@ -312,28 +312,6 @@ def check_cuda_session(ort: OrtInfo, gpu: GpuProbe,
         err = [s for s in done.stderr.strip().splitlines() if s.strip()]
         why = err[-1].strip() if err else f"exit code {done.returncode}"
         return CudaCheck(True, False, f"the check process failed: {why}", seconds)
-
-
-def _cuda_check_main() -> None:
-    """Child process of :func:`check_cuda_session`: one JSON line on stdout."""
-    import numpy as np
-
-    try:
-        from .engine import create_engine
-        from .models import embedded_model_path
-        from .package import open_package
-
-        package = open_package(embedded_model_path())
-        with create_engine(package, "onnx", "cuda") as engine:
-            x = np.zeros((1, package.n_channels, *package.min_shape), np.float32)
-            t0 = time.perf_counter()
-            engine(x)
-            seconds = time.perf_counter() - t0
-        answer = {"ok": True, "detail": f"the embedded model ran on {engine.provider} "
-                                        f"({seconds * 1000:.0f} ms for {x.shape})"}
-    except Exception as err:  # noqa: BLE001 - reported, not raised
-        answer = {"ok": False, "detail": _first_line(err)}
-    print(json.dumps(answer))
 
 
 # --------------------------------------------------------------------------- report

@@ -16,6 +16,7 @@ from typing import Literal
 import numpy as np
 
 from ..errors import SetupError, describe
+from . import doctor
 from .package import ModelPackage
 
 EngineName = Literal["onnx", "torchscript"]
@@ -61,8 +62,6 @@ class OnnxEngine(Engine):
 
     def __init__(self, model: bytes, output_ids: Sequence[str], device: Device = "auto",
                  threads: int | None = None):
-        from . import doctor
-
         if device != "cpu":
             conflict = doctor.onnxruntime_conflict()
             if conflict is not None:
