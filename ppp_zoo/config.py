@@ -302,7 +302,7 @@ def _validate_config(cfg: Config) -> None:
         raise ValueError("[model] code_shape and decoder_features need variant = 'ppp+dec'")
     if m.variant == "ppp+dec":
         try:
-            from .model.decoder import decoder_levels
+            from .postprocess.code_layout import decoder_levels
 
             levels = decoder_levels(len(m.patchshape), m.code_shape, m.patchshape)
         except ValueError as err:

@@ -12,7 +12,9 @@ on every axis. The output is patch logits ``(N, prod(patchshape))`` in C order o
 ``patchshape``, the channel order of the ``ppp`` patch head and of the GT targets.
 
 Defaults: 2D ``(16, 4, 4)`` (256 channels; 4 -> 8 -> 16 -> 32 for a 25x25 patch),
-3D ``(8, 3, 3, 3)`` (216 channels; 3 -> 6 -> 12 for a 9x9x9 patch).
+3D ``(8, 3, 3, 3)`` (216 channels; 3 -> 6 -> 12 for a 9x9x9 patch). These rules
+(:func:`default_code_shape`, :func:`decoder_levels`) live in
+:mod:`ppp_zoo.postprocess.code_layout`, which needs no torch, and are re-exported here.
 """
 
 from __future__ import annotations
@@ -23,24 +25,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..postprocess.code_layout import (  # noqa: F401 - re-exported
+    DEFAULT_CODE_SHAPES,
+    _validate_decoder_args,
+    decoder_levels,
+    default_code_shape,
+)
 from .unet import conv_ops
-
-DEFAULT_CODE_SHAPES = {2: (16, 4, 4), 3: (8, 3, 3, 3)}
-
-
-def default_code_shape(ndim: int, code_channels: int | None = None) -> tuple[int, ...]:
-    """Default code layout for ``ndim``; with ``code_channels``, keep the grid, adapt ``c0``."""
-    if ndim not in DEFAULT_CODE_SHAPES:
-        raise ValueError(f"ndim must be 2 or 3, got {ndim}")
-    shape = DEFAULT_CODE_SHAPES[ndim]
-    if code_channels is None:
-        return shape
-    grid = math.prod(shape[1:])
-    if code_channels < grid or code_channels % grid:
-        raise ValueError(f"code_channels must be a positive multiple of the default {ndim}D "
-                         f"code grid {shape[1:]} ({grid}), got {code_channels}; "
-                         "pass code_shape instead")
-    return (code_channels // grid,) + shape[1:]
 
 
 class PatchDecoder(nn.Module):
@@ -103,25 +94,3 @@ class PatchDecoder(nn.Module):
         """The weights as plain float32 arrays, keyed like ``state_dict`` (for an ``.npz``)."""
         return {k: v.detach().cpu().numpy().astype(np.float32)
                 for k, v in self.state_dict().items()}
-
-
-def decoder_levels(ndim: int, code_shape, patchshape) -> int:
-    """Upsampling levels of the decoder for ``code_shape`` (``None``: the default) and
-    ``patchshape``; raises ``ValueError`` for inconsistent shapes."""
-    code_shape = default_code_shape(ndim) if code_shape is None else tuple(map(int, code_shape))
-    return _validate_decoder_args(ndim, code_shape, tuple(map(int, patchshape)))
-
-
-def _validate_decoder_args(ndim, code_shape, patchshape) -> int:
-    """Check the shapes and return the number of upsampling levels."""
-    if ndim not in (2, 3):
-        raise ValueError(f"ndim must be 2 or 3, got {ndim}")
-    if len(code_shape) != ndim + 1 or min(code_shape) < 1:
-        raise ValueError(f"code_shape must be (channels, grid...) with {ndim} positive grid "
-                         f"sizes, got {code_shape}")
-    if len(patchshape) != ndim or any(p < 1 or p % 2 == 0 for p in patchshape):
-        raise ValueError(f"patchshape must be {ndim} odd positive sizes, got {patchshape}")
-    levels = 0
-    while any(g * 2**levels < p for g, p in zip(code_shape[1:], patchshape)):
-        levels += 1
-    return levels
