@@ -6,113 +6,30 @@ the result with the test outputs, and repeats the inference at several input siz
 (``min + n * step``) with batch sizes 1 and 2. Only the status ``"passed"`` means all of this
 worked: a package whose inference fails reports ``"valid-format"``.
 
+The test itself lives in :mod:`ppp_zoo.runtime.bioimageio_check` (``ppp-zoo validate --for
+bioimageio`` runs it too); this module is where the export and the ``validate`` command
+find it.
+
 Nothing here needs the network: packages written by :func:`~ppp_zoo.export.export_model`
 name no GitHub user and no maintainer (both would be looked up online), and the HTTP
-timeout for the link checks of ``cite`` URLs is set low (``BIOIMAGEIO_HTTP_TIMEOUT``,
-default here 3 s) unless the environment sets it.
+timeout for the link checks of ``cite`` URLs is set low while a package is tested
+(``BIOIMAGEIO_HTTP_TIMEOUT``, default here 3 s, see
+:func:`~ppp_zoo.runtime.bioimageio_check.bioimageio_http_timeout`); importing this module
+sets no environment variable.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import os
-from pathlib import Path
+from ..runtime.bioimageio_check import (  # noqa: F401 - the names export and cli use
+    HTTP_TIMEOUT_S,
+    WEIGHT_FORMATS,
+    ValidationRow,
+    _first_error,
+    _weight_formats,
+    bioimageio_http_timeout,
+    format_table,
+    validate_package,
+)
 
-os.environ.setdefault("BIOIMAGEIO_HTTP_TIMEOUT", "3")
-
-#: weight formats this project writes, in the order they are tested
-WEIGHT_FORMATS: tuple[str, ...] = ("torchscript", "onnx")
-
-
-@dataclasses.dataclass(frozen=True)
-class ValidationRow:
-    """Result of bioimageio.core's test of one weight format.
-
-    ``status`` is bioimageio.core's summary status (``"passed"``, ``"valid-format"`` or
-    ``"failed"``); ``error`` the first error message, or ``""``.
-    """
-
-    weight_format: str
-    status: str
-    error: str = ""
-
-    @property
-    def passed(self) -> bool:
-        return self.status == "passed"
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-def _weight_formats(source: Path) -> list[str]:
-    from bioimageio.spec import InvalidDescr, load_model_description
-
-    try:
-        descr = load_model_description(source, perform_io_checks=False)
-    except Exception as err:  # noqa: BLE001 - corrupt zip, unreadable yaml, ...
-        raise ValueError(f"{source}: not a readable model package "
-                         f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
-                         ) from None
-    if isinstance(descr, InvalidDescr):
-        raise ValueError(  # noqa: TRY004 - a bad file, not a bad argument type
-            f"{source}: invalid model description "
-                         f"({_first_error(descr.validation_summary)})")
-    return [wf for wf in WEIGHT_FORMATS if getattr(descr.weights, wf, None) is not None]
-
-
-def _first_error(summary) -> str:
-    for detail in summary.details:
-        for err in detail.errors:
-            loc = ".".join(map(str, err.loc))
-            return f"{loc}: {err.msg}".strip(": ").splitlines()[0]
-    return summary.status
-
-
-def validate_package(source: str | os.PathLike, weight_formats=None) -> list[ValidationRow]:
-    """Run ``bioimageio.core.test_model`` for each weight format of a model package.
-
-    Parameters
-    ----------
-    source : path-like
-        Model package: a ``.zip`` or a folder with ``rdf.yaml`` (or the ``rdf.yaml`` itself).
-    weight_formats : sequence of str or None
-        Formats to test; default every format of :data:`WEIGHT_FORMATS` the package has.
-
-    Returns
-    -------
-    rows : list of ValidationRow
-        One per tested weight format.
-
-    Raises
-    ------
-    FileNotFoundError
-        If ``source`` does not exist.
-    ValueError
-        If ``source`` is not a readable model description or has none of the formats.
-    """
-    source = Path(source)
-    if not source.exists():
-        raise FileNotFoundError(f"{source}: no such file")
-    available = _weight_formats(source)
-    formats = available if weight_formats is None else list(weight_formats)
-    missing = [wf for wf in formats if wf not in available]
-    if missing or not formats:
-        raise ValueError(f"{source}: no {', '.join(missing) or 'supported'} weights "
-                         f"(the package has: {', '.join(available) or 'none'})")
-    from bioimageio.core import test_model
-
-    rows = []
-    for wf in formats:
-        summary = test_model(source, weight_format=wf)
-        error = "" if summary.status == "passed" else _first_error(summary)
-        rows.append(ValidationRow(wf, str(summary.status), error))
-    return rows
-
-
-def format_table(rows: list[ValidationRow]) -> str:
-    """The rows as a small text table (weight format | status)."""
-    lines = ["weight format | status", "------------- | ------"]
-    for row in rows:
-        status = row.status if row.passed or not row.error else f"{row.status}: {row.error}"
-        lines.append(f"{row.weight_format:<13} | {status}")
-    return "\n".join(lines)
+__all__ = ["HTTP_TIMEOUT_S", "WEIGHT_FORMATS", "ValidationRow", "bioimageio_http_timeout",
+           "format_table", "validate_package"]

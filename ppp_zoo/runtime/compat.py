@@ -445,7 +445,7 @@ def _bioimageio(pkg: ModelPackage) -> list[RuleResult]:
         rows.append(_row("bioimageio", "test_model", False, "bioimageio.core is not "
                          "installed (pip install 'ppp-zoo[train]')", "bioimageio.core"))
         return rows
-    from ..export.validation import validate_package
+    from .bioimageio_check import validate_package
 
     for r in validate_package(pkg.source):
         rows.append(_row("bioimageio", f"test_model ({r.weight_format})", r.passed,
