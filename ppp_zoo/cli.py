@@ -433,18 +433,19 @@ def predict(
     fast: Annotated[Optional[bool], typer.Option("--fast/--exact", help="Assemble in fast mode (stride-2 voting) or exact mode (default: as the checkpoint says).", show_default=False)] = None,
     tile: Annotated[Optional[str], typer.Option(help="Run the network in tiles of this size (e.g. 512x512); large images are tiled anyway.")] = None,
 ):
-    """Segment images with a trained checkpoint; writes OUTPUT/<stem>_labels.tif per image."""
+    """Segment images with a trained checkpoint, as 'segment --scale 1' segments them with the
+    package exported from it; writes OUTPUT/<stem>_labels.tif per image."""
     from .io import read_image, write_labels
     from .postprocess.params import parse_shape
-    from .predict import load_checkpoint, predict_image
+    from .predict import load_segmenter
 
     tile_shape = parse_shape(tile) if tile is not None else None
-    bundle = load_checkpoint(checkpoint)
+    segmenter = load_segmenter(checkpoint)  # the runtime of `segment`, run by PyTorch
     loaded = [(path, read_image(path)) for path in images]
     output.mkdir(parents=True, exist_ok=True)
     for path, image in loaded:
         target = output / f"{path.stem}_labels.tif"
-        labels = predict_image(bundle, image, fast=fast, tile=tile_shape)
+        labels = segmenter.segment(image, fast=fast, tile=tile_shape).labels
         write_labels(target, labels)
         _status(f"wrote {target}: {labels.shape[0] if labels.dtype == bool else int(labels.max(initial=0))} instances")
 

@@ -38,7 +38,13 @@ from .evaluate import evaluate_image
 from .model import PatchPerPixNet, total_loss
 from .postprocess import AssemblyParams, assemble
 from .postprocess.labels import instance_sizes, median_object_diameter
-from .predict import ModelBundle, as_grayscale, normalize_image, predict_probabilities
+from .predict import (
+    ModelBundle,
+    as_grayscale,
+    load_segmenter,
+    network_outputs,
+    normalize_image,
+)
 
 Device = Literal["auto", "cpu", "cuda"]
 Pair = tuple[np.ndarray, np.ndarray]
@@ -355,12 +361,13 @@ def validate(model: PatchPerPixNet, cfg: Config, val: list[Pair],
     """avAP of the fast-mode assembly on the validation images (``None`` without any)."""
     if not val:
         return None
-    bundle = ModelBundle(model=model, normalize=cfg.normalize,
-                         assembly=cfg.assembly_params(fast=True), config={}, device=device)
+    seg = load_segmenter(ModelBundle(model=model, normalize=cfg.normalize,
+                                     assembly=cfg.assembly_params(fast=True), config={},
+                                     device=device))
     per_image = []
-    for image, target in val:
-        numinst, patches = predict_probabilities(bundle, image, normalized=True)
-        pred = assemble(numinst, patches, bundle.assembly)
+    for image, target in val:  # the images are normalised already
+        numinst, values = network_outputs(seg, image, normalized=True)
+        pred = seg.assemble(numinst, values)
         per_image.append(_score(pred, target, cfg.data.overlapping))
     keys = ("avAP", "ap50", "ap90")
     scores = {k: float(np.mean([s[k] for s in per_image])) for k in keys}
@@ -390,9 +397,13 @@ def tune_thresholds(model: PatchPerPixNet, cfg: Config, val: list[Pair],
     :class:`~ppp_zoo.postprocess.AssemblyParams` fields to replace and the validation scores
     they reach (plus ``n_selected``). The network runs once per image.
     """
-    bundle = ModelBundle(model=model, normalize=cfg.normalize,
-                         assembly=cfg.assembly_params(fast=True), config={}, device=device)
-    outputs = [predict_probabilities(bundle, image, normalized=True) for image, _ in val]
+    seg = load_segmenter(ModelBundle(model=model, normalize=cfg.normalize,
+                                     assembly=cfg.assembly_params(fast=True), config={},
+                                     device=device))
+    outputs = []  # what the exported package computes: numinst and the decoded patches
+    for image, _ in val:
+        numinst, values = network_outputs(seg, image, normalized=True)
+        outputs.append((numinst, seg.params.patches(numinst, values)))
     base = cfg.assembly_params(fast=True)
     t2 = base.numinst_thresholds[1]
     candidates = [{}] + [

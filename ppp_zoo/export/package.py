@@ -27,12 +27,17 @@ import torch
 
 from .. import __version__
 from ..errors import SetupError, UserError
-from ..postprocess.model_package import CURRENT_FORMAT
 from ..predict import (
     NORMALIZE_EPS,
+    OUTPUT_ID,
+    Geometry,
     ModelBundle,
+    decoder_arrays,
+    head_arrays,
     load_checkpoint,
     normalize_image,
+    package_geometry,
+    patchperpix_info,
     predict_probabilities,
 )
 from ..runtime.readers import write_reader_forms
@@ -54,10 +59,6 @@ RELATIVE_TOLERANCE = 1e-3
 ABSOLUTE_TOLERANCE = 1e-4
 #: test tensors are at the minimal size; the sample input and cover use at most this size
 SAMPLE_SIZE = {2: 256, 3: 48}
-#: a space axis is at least this large at its minimal declared size (before rounding)
-MIN_SIZE = {2: 16, 3: 8}
-#: id of the single output tensor (numinst probabilities, then the U-Net features)
-OUTPUT_ID = "prediction"
 #: share of the test input clipped at each end, so that the normalisation percentiles fall
 #: on ties (deepImageJ takes nearest-rank percentiles, bioimageio.core interpolates)
 CLIP_FRACTION = 0.03
@@ -154,29 +155,8 @@ def _check_output(output: Path, folder: bool) -> None:
                       str(output)) from None
 
 
-# --------------------------------------------------------------------------- geometry
-@dataclasses.dataclass(frozen=True)
-class _Geometry:
-    ndim: int
-    step: int
-    halo: int
-    min_size: int
-
-    @property
-    def axes(self) -> list[str]:
-        return ["z", "y", "x"][3 - self.ndim:]
-
-
-def _geometry(bundle: ModelBundle) -> _Geometry:
-    net = bundle.model
-    step, halo = net.size_divisor, net.halo
-    # the smallest size that leaves output after discarding the halo on both sides
-    lowest = max(MIN_SIZE[net.ndim], 2 * halo + 1)
-    return _Geometry(net.ndim, step, halo, -(-lowest // step) * step)
-
-
 # --------------------------------------------------------------------------- data
-def _example_image(bundle: ModelBundle, geometry: _Geometry):
+def _example_image(bundle: ModelBundle, geometry: Geometry):
     """The validation or training image whose smallest side is largest (normalised) and its
     labels, for the test input, the sample and the cover; synthetic nuclei when the training
     data cannot be loaded any more."""
@@ -270,7 +250,7 @@ def _write_cover(path: Path, image: np.ndarray, numinst: np.ndarray, labels: np.
     fig.savefig(path)
 
 
-def _documentation(name: str, info: dict, geometry: _Geometry, diffs: dict,
+def _documentation(name: str, info: dict, geometry: Geometry, diffs: dict,
                    formats: Sequence[str], validated: bool = True) -> str:
     ppp = info
     variant = ppp["variant"]
@@ -358,7 +338,7 @@ def _documentation(name: str, info: dict, geometry: _Geometry, diffs: dict,
     return "\n".join(lines)
 
 
-def _imagej_macro(geometry: _Geometry) -> str:
+def _imagej_macro(geometry: Geometry) -> str:
     """An ImageJ macro that runs the package in deepImageJ and saves the raw output where
     ``ppp-zoo postprocess`` reads it."""
     return "\n".join([
@@ -379,47 +359,17 @@ def _imagej_macro(geometry: _Geometry) -> str:
 
 
 # --------------------------------------------------------------------------- description
-def _patchperpix_info(bundle: ModelBundle, ckpt: dict, geometry: _Geometry,
-                      metrics: dict | None, hashes: dict) -> dict:
-    net = bundle.model
-    decoder = None
-    if net.decoder is not None:
-        decoder = {"source": "decoder.npz", "sha256": hashes["decoder.npz"],
-                   "code_shape": list(net.decoder.code_shape),
-                   "features": _decoder_features(net.decoder)}
+def _patchperpix_info(bundle: ModelBundle, ckpt: dict, metrics: dict | None,
+                      hashes: dict) -> dict:
     training = dict(ckpt.get("training") or {})
     if training.get("object_diameter") is None:
         training["object_diameter"] = _object_diameter(bundle)
     source = bundle.config.get("data", {}).get("source", "unknown")
-    n_features = int(net.unet.out_channels)
-    return {
-        "format": CURRENT_FORMAT,
-        "variant": net.variant,
-        "ndim": net.ndim,
-        "patchshape": list(net.patchshape),
-        "assembly": bundle.assembly.to_dict(),
-        "output": {"tensor": OUTPUT_ID,
-                   "channels": {"numinst": [0, 3], "features": [3, 3 + n_features]}},
-        "head": {"source": "head.npz", "sha256": hashes["head.npz"],
-                 "activation": "sigmoid",
-                 "produces": "codes" if net.decoder is not None else "patches"},
-        "decoder": decoder,
-        "postprocess": {"package": "ppp-zoo", "module": "ppp_zoo.postprocess",
-                        "version": __version__},
-        "normalize": dataclasses.asdict(bundle.normalize),
-        "halo": [geometry.halo] * geometry.ndim,
-        "min_shape": [geometry.min_size] * geometry.ndim,
-        "step": [geometry.step] * geometry.ndim,
-        "training": {"object_diameter": training.get("object_diameter"),
-                     "data": _data_description(bundle.config, source),
-                     "iterations": int(ckpt.get("iteration", bundle.iteration))},
-        "metrics": dict(metrics or {}),
-    }
-
-
-def _decoder_features(decoder) -> list[int]:
-    convs = [m for m in decoder.net if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))]
-    return [int(c.out_channels) for c in convs[:-1:2]]
+    return patchperpix_info(
+        bundle, metrics=metrics, hashes=hashes, version=__version__,
+        training={"object_diameter": training.get("object_diameter"),
+                  "data": _data_description(bundle.config, source),
+                  "iterations": int(ckpt.get("iteration", bundle.iteration))})
 
 
 def _object_diameter(bundle: ModelBundle) -> float | None:
@@ -444,7 +394,7 @@ def _data_description(config: dict, source: str) -> str:
 
 
 def _describe(name: str, nickname: str, authors: Sequence[str], files: dict, info: dict,
-              geometry: _Geometry, normalize, formats: Sequence[str], description: str):
+              geometry: Geometry, normalize, formats: Sequence[str], description: str):
     from bioimageio.spec.model import v0_5 as m
 
     axes_ids = [m.AxisId(a) for a in geometry.axes]
@@ -539,7 +489,7 @@ def _write_files(bundle: ModelBundle, extra: dict, folder: Path, formats: Sequen
     say = progress or (lambda _msg: None)
     net = bundle.model.cpu().eval()
     model = ExportNet(net).eval()
-    geometry = _geometry(bundle)
+    geometry = package_geometry(bundle.model)
     files: dict[str, Path] = {}
 
     say("test tensors")
@@ -574,19 +524,12 @@ def _write_files(bundle: ModelBundle, extra: dict, folder: Path, formats: Sequen
             diffs[wf] = float(np.abs(run(files[wf], net_input)[0] - ref_output).max())
 
     files["head.npz"] = folder / "head.npz"
-    head = net.patch_head
-    np.savez(files["head.npz"],
-             weight=head.weight.detach().reshape(head.out_channels, -1).numpy().astype(np.float32),
-             bias=head.bias.detach().numpy().astype(np.float32),
-             patchshape=np.asarray(net.patchshape, np.int64))
+    np.savez(files["head.npz"], **head_arrays(net))
     if net.decoder is not None:
         files["decoder.npz"] = folder / "decoder.npz"
-        np.savez(files["decoder.npz"], **net.decoder.to_arrays(),
-                 code_shape=np.asarray(net.decoder.code_shape, np.int64),
-                 patchshape=np.asarray(net.patchshape, np.int64),
-                 features=np.asarray(_decoder_features(net.decoder), np.int64))
+        np.savez(files["decoder.npz"], **decoder_arrays(net))
     hashes = {k: _sha256(files[k]) for k in ("head.npz", "decoder.npz") if k in files}
-    info = _patchperpix_info(bundle, extra, geometry, metrics, hashes)
+    info = _patchperpix_info(bundle, extra, metrics, hashes)
     files["patchperpix.json"] = folder / "patchperpix.json"
     files["patchperpix.json"].write_text(json.dumps(info, indent=2), encoding="utf-8")
     files[IJ_MACRO] = folder / IJ_MACRO
@@ -701,7 +644,7 @@ def export_model(checkpoint: str | os.PathLike, output: str | os.PathLike, *,
         src.mkdir()
         files, info, diffs = _write_files(bundle, extra, src, formats, name, metrics, progress,
                                           validate)
-        descr = _describe(name, nickname, authors, files, info, _geometry(bundle),
+        descr = _describe(name, nickname, authors, files, info, package_geometry(bundle.model),
                           bundle.normalize, formats, description)
         unpacked = Path(tmp) / "package"
         if progress:

@@ -19,31 +19,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
-from ..model import PatchPerPixNet
+from ..model import ExportNet
+
+__all__ = ["ONNX_OPSET", "ExportNet", "run_onnx", "run_torchscript", "save_onnx",
+           "save_torchscript"]
 
 #: ONNX opset of the exported file (readable by ONNX Runtime builds that stop at opset 18)
 ONNX_OPSET = 17
-
-
-class ExportNet(nn.Module):
-    """``raw (B, 1, [Z,] Y, X)`` -> ``(B, 3 + F, [Z,] Y, X)``: numinst probabilities, features.
-
-    Channels 0-2: softmax over the three numinst classes; channels 3..3+F: the U-Net's last
-    feature maps, the input of the patch head. Every spatial size of ``raw`` must be a
-    multiple of ``net.size_divisor``; the output keeps it. The patch head and the ``ppp+dec``
-    decoder are not part of it (they ship as ``head.npz`` and ``decoder.npz``).
-    """
-
-    def __init__(self, net: PatchPerPixNet):
-        super().__init__()
-        self.unet = net.unet
-        self.numinst_head = net.numinst_head
-
-    def forward(self, raw: torch.Tensor) -> torch.Tensor:
-        feats = self.unet(raw)
-        return torch.cat([torch.softmax(self.numinst_head(feats), dim=1), feats], dim=1)
 
 
 def _space_names(ndim: int) -> list[str]:

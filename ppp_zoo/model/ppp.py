@@ -124,3 +124,22 @@ class PatchPerPixNet(nn.Module):
         flat = code_probs.movedim(1, -1).reshape(-1, code_probs.shape[1])
         patches = self.decoder(flat).reshape((code_probs.shape[0],) + tuple(spatial) + (-1,))
         return patches.movedim(-1, 1)
+
+
+class ExportNet(nn.Module):
+    """``raw (B, 1, [Z,] Y, X)`` -> ``(B, 3 + F, [Z,] Y, X)``: numinst probabilities, features.
+
+    Channels 0-2: softmax over the three numinst classes; channels 3..3+F: the U-Net's last
+    feature maps, the input of the patch head. Every spatial size of ``raw`` must be a
+    multiple of ``net.size_divisor``; the output keeps it. The patch head and the ``ppp+dec``
+    decoder are not part of it (they ship as ``head.npz`` and ``decoder.npz``).
+    """
+
+    def __init__(self, net: PatchPerPixNet):
+        super().__init__()
+        self.unet = net.unet
+        self.numinst_head = net.numinst_head
+
+    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        feats = self.unet(raw)
+        return torch.cat([torch.softmax(self.numinst_head(feats), dim=1), feats], dim=1)

@@ -19,7 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from ..postprocess.labels import instance_sizes, median_object_diameter, relabel_consecutive
+from ..postprocess.labels import (
+    instance_sizes,
+    median_object_diameter,
+    relabel_consecutive,
+)
 from .engine import Device, Engine, EngineName, create_engine
 from .package import ModelPackage, open_package
 from .preprocess import preprocess, validate_preprocessing
@@ -384,7 +388,7 @@ class Segmenter:
         timings["rescale"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        x = preprocess(img[None], ("batch", "channel") + pkg.space_axes, pkg.preprocessing)
+        x = self.preprocess(img)
         del img
         timings["preprocess"] = time.perf_counter() - t
 
@@ -393,14 +397,11 @@ class Segmenter:
             stage_progress("inference")
         raw, n_tiles = self._infer(x, tile, tile_progress)
         numinst, second = self.params.split(raw[0]) if len(raw) == 1 else raw[:2]
-        n_pix = math.prod(x.shape[2:])
         del x
         timings["inference"] = time.perf_counter() - t
 
-        labels = self._assemble(numinst, second, params, timings,
-                                blockwise=not params.overlapping and (
-                                    block is not None or n_pix > BLOCKWISE_PIXELS[pkg.ndim]),
-                                block=block, stage_progress=stage_progress)
+        labels = self._assemble(numinst, second, params, timings, block=block,
+                                stage_progress=stage_progress)
         measured = _median_diameter(labels)
         suggested, notes = (_scale_hint(measured, scale, pkg.object_diameter) if hint
                             else (None, []))
@@ -416,6 +417,32 @@ class Segmenter:
         outputs = dict(zip(pkg.output_ids, raw)) if keep_outputs else None
         return SegmentResult(labels, n, timings, scale, n_tiles, tuple(notes), suggested,
                              outputs), measured
+
+    def preprocess(self, image: np.ndarray) -> np.ndarray:
+        """``(C, [Z,] Y, X)`` -> the network input ``(1, C, [Z,] Y, X)``: the package's
+        preprocessing."""
+        return preprocess(image[None], ("batch", "channel") + self.package.space_axes,
+                          self.package.preprocessing)
+
+    def infer(self, x: np.ndarray, tile: Sequence[int] | None = None,
+              progress: Progress = None) -> tuple[np.ndarray, np.ndarray, int]:
+        """Tiled inference on a preprocessed input ``(1, C, [Z,] Y, X)``: ``numinst``, the
+        per-pixel output the head reads (features; codes or patches for format-1
+        packages), and the number of tiles run."""
+        raw, n_tiles = self._infer(x, tile, progress)
+        numinst, values = self.params.split(raw[0]) if len(raw) == 1 else raw[:2]
+        return numinst, values, n_tiles
+
+    def assemble(self, numinst: np.ndarray, values: np.ndarray, params=None, *,
+                 block: Sequence[int] | None = None,
+                 stage_progress: Callable[[str], None] | None = None) -> np.ndarray:
+        """Instances from ``numinst`` and the per-pixel output, as :meth:`segment` makes
+        them: decoding by the package's head (and decoder), then the assembly with
+        ``params`` (default: the package's), blockwise for large images or with
+        ``block``."""
+        params = params if params is not None else self.package.assembly_params()
+        return self._assemble(numinst, values, params, {}, block=block,
+                              stage_progress=stage_progress)
 
     def _infer(self, x: np.ndarray, tile, progress: Progress):
         """Tiled inference: the outputs without batch axis (float16 when large), tiles run."""
@@ -434,13 +461,18 @@ class Segmenter:
                          dtype=np.float16 if big else np.float32, progress=progress)
         return outs, n_tiles
 
-    def _assemble(self, numinst, second, params, timings: dict, *, blockwise: bool, block,
+    def _assemble(self, numinst, second, params, timings: dict, *, block,
                   stage_progress: Callable[[str], None] | None = None):
-        """Decode features or codes into patches and assemble; blockwise decoding happens
+        """Decode features or codes into patches and assemble; blockwise (label images
+        with more than :data:`BLOCKWISE_PIXELS` pixels, or with ``block``) decoding happens
         per block, inside the assembly's time. The assembly follows the network: on the
         GPU (when numba can use it, else the CPU) when the engine runs there, else on the
         CPU."""
         from ..postprocess import assemble, assemble_blockwise
+
+        blockwise = not params.overlapping and (
+            block is not None or math.prod(numinst.shape[1:]) > BLOCKWISE_PIXELS[len(
+                params.patchshape)])
 
         device = "auto" if self.engine.device == "cuda" else "cpu"
         report = stage_progress or (lambda name: None)
