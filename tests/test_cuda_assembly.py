@@ -11,6 +11,13 @@ weights and labels.
 In this process (no simulator) ``device="cuda"`` without a GPU is one clear error and
 ``device="auto"`` runs on the CPU.
 
+``device="auto"`` takes the GPU only after the self-check (the CUDA kernels' results on a
+small assembly equal to the CPU kernels'): a second simulator subprocess shows that a
+passing check lets ``auto`` pick the GPU where numba reports one (the availability probe
+patched), that a check whose kernel result is wrong (or whose kernels raise) leaves
+``auto`` on the CPU, and that every result reports the device whose kernels ran (counted
+by wrapping the CUDA host functions). The verdict's record file is checked in this process.
+
 The CPU kernels round the votes with FMAs where the CPU has them; the GPU path follows
 whichever rounding it finds. To check the other one, run this file with
 ``NUMBA_CPU_NAME=generic NUMBA_CACHE_DIR=<an empty folder>`` (CPU kernels compiled without
@@ -208,3 +215,207 @@ def test_auto_without_gpu_runs_on_the_cpu(small):
     assert auto.device == "cpu" and auto.summary()["device"] == "cpu"
     np.testing.assert_array_equal(auto.labels, assemble(numinst, patches, params, device="cpu"))
     assert auto.n_instances == 3
+
+
+# --------------------------------------------------------------------------- self-check
+#: runs in a simulator subprocess; prints one JSON line with what each case observed
+SELF_CHECK_SCRIPT = textwrap.dedent('''
+    import json, sys, warnings
+    sys.setswitchinterval(1e-4)
+    import numpy as np
+    from ppp_zoo.data.targets import instance_targets
+    from ppp_zoo.postprocess import AssemblyParams
+    from ppp_zoo.postprocess import _cuda_kernels as CK
+    from ppp_zoo.postprocess import _cuda_probe as P
+    from ppp_zoo.postprocess import assembly as A
+
+    assert P.SIM
+    calls = {"check": 0, "compute_consensus": 0, "cover_foreground": 0, "edge_weight_parts": 0}
+    real_check = A._run_self_check
+
+    def counted_check():
+        calls["check"] += 1
+        return real_check()
+
+    A._run_self_check = counted_check
+    for name in ("compute_consensus", "cover_foreground", "edge_weight_parts"):
+        def counted(*args, _name=name, _real=getattr(CK, name), **kwargs):
+            calls[_name] += 1
+            return _real(*args, **kwargs)
+        setattr(CK, name, counted)
+
+    labels = np.zeros((12, 12), np.int32)
+    labels[1:6, 1:7] = 1; labels[6:11, 2:8] = 2; labels[2:10, 8:12] = 3
+    numinst, patches = instance_targets(labels, (3, 3))
+    params = AssemblyParams(patchshape=(3, 3))
+    cpu_labels = A.assemble(numinst, patches, params, device="cpu")
+
+    def run(device):
+        """assemble: (reported device, CUDA host functions called, labels equal the CPU's)"""
+        before = dict(calls)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = A.assemble(numinst, patches, params, device=device, return_result=True)
+        ran = sorted(k for k in calls if k != "check" and calls[k] > before[k])
+        return {"device": result.device, "summary_device": result.summary()["device"],
+                "ran": ran, "labels_equal": bool(np.array_equal(result.labels, cpu_labels)),
+                "warnings": [str(w.message) for w in caught]}
+
+    out = {}
+    P.unavailable_reason = lambda: "no CUDA GPU: numba.cuda finds no NVIDIA GPU (patched)"
+    out["no_gpu"] = {"resolved": A.resolve_device("auto"), "checks": calls["check"],
+                     "assemble": run("auto")}
+
+    P.unavailable_reason = lambda: None  # numba reports a GPU (the simulator's)
+    first = A.resolve_device("auto")
+    out["passing"] = {"resolved": first, "again": A.resolve_device("auto"),
+                      "checks": calls["check"], "verdict": A.cuda_self_check(),
+                      "assemble": run("auto")}
+
+    real_consensus = CK.compute_consensus
+
+    def wrong_consensus(prep, cand_flat):
+        """The CPU's consensus with one value off by one unit in the last place."""
+        cons = A.compute_consensus(prep, cand_flat, "cpu")
+        i = np.flatnonzero(np.isfinite(cons.values))[0]
+        flat = cons.values.reshape(-1)
+        flat[i] = np.nextafter(flat[i], np.float32(2))
+        cons.device = "cuda"
+        return cons
+
+    P.forget_self_check()
+    CK.compute_consensus = wrong_consensus
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resolved = A.resolve_device("auto")
+    out["failing"] = {"resolved": resolved, "verdict": A.cuda_self_check(),
+                      "warnings": [str(w.message) for w in caught]}
+    CK.compute_consensus = real_consensus
+    out["failing"]["assemble"] = run("auto")  # the verdict holds for the process
+    out["failing"]["cuda_asked"] = run("cuda")  # an explicit request skips the check
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the driver lost the device (patched)")
+
+    P.forget_self_check()
+    CK.compute_consensus = broken
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out["raising"] = {"resolved": A.resolve_device("auto"), "verdict": A.cuda_self_check()}
+    CK.compute_consensus = real_consensus
+
+    CK.cpu_vote_rounding = lambda: None  # the GPU cannot reproduce the CPU's rounding
+    out["rounding_fallback"] = run("cuda")
+    print(json.dumps(out))
+''')
+
+
+@pytest.fixture(scope="module")
+def self_checked():
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
+    proc = subprocess.run([sys.executable, "-c", SELF_CHECK_SCRIPT], capture_output=True,
+                          text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_auto_without_a_gpu_runs_no_self_check(self_checked):
+    case = self_checked["no_gpu"]
+    assert case["resolved"] == "cpu" and case["checks"] == 0
+    assert case["assemble"]["device"] == "cpu" and case["assemble"]["ran"] == []
+
+
+def test_a_passing_self_check_lets_auto_take_the_gpu(self_checked):
+    case = self_checked["passing"]
+    assert case["resolved"] == "cuda" and case["again"] == "cuda" and case["verdict"] is None
+    assert case["checks"] == 1  # once per process
+    run = case["assemble"]
+    assert run["device"] == "cuda" and run["summary_device"] == "cuda"
+    assert run["ran"] == ["compute_consensus", "cover_foreground", "edge_weight_parts"]
+    assert run["labels_equal"] and run["warnings"] == []
+
+
+def test_a_failing_self_check_keeps_auto_on_the_cpu(self_checked):
+    case = self_checked["failing"]
+    assert case["resolved"] == "cpu"
+    assert "consensus values differ" in case["verdict"]
+    [warning] = case["warnings"]
+    assert "self-check" in warning and "on the CPU" in warning
+    run = case["assemble"]
+    assert run["device"] == "cpu" and run["summary_device"] == "cpu" and run["ran"] == []
+    assert run["labels_equal"] and run["warnings"] == []  # warned once, when it failed
+    asked = case["cuda_asked"]
+    assert asked["device"] == "cuda" and "compute_consensus" in asked["ran"]
+
+
+def test_a_self_check_that_raises_keeps_auto_on_the_cpu(self_checked):
+    case = self_checked["raising"]
+    assert case["resolved"] == "cpu"
+    assert "could not run" in case["verdict"] and "driver lost the device" in case["verdict"]
+
+
+def test_the_reported_device_is_where_the_kernels_ran(self_checked):
+    """The consensus on the CPU (the GPU cannot reproduce the CPU's rounding), cover and
+    graph on the GPU: the result says so, with a warning."""
+    run = self_checked["rounding_fallback"]
+    assert run["ran"] == ["cover_foreground", "edge_weight_parts"]
+    assert run["device"] == "cuda+cpu" and run["summary_device"] == "cuda+cpu"
+    assert run["labels_equal"]
+    assert any("consensus and scores run on the CPU" in w for w in run["warnings"])
+
+
+@pytest.fixture
+def fresh_verdict(monkeypatch, tmp_path):
+    """An empty verdict for this process and a record file under tmp_path."""
+    from ppp_zoo.postprocess import _cuda_probe as P
+
+    monkeypatch.setattr(P, "_VERDICT", {})
+    monkeypatch.setattr(P, "record_path", lambda: tmp_path / "cache" / P.RECORD_FILE)
+    monkeypatch.setattr(P, "_record_key", lambda: "Fake GPU (compute capability 9.0); "
+                                                  "numba 0.0; kernels 0123")
+    return P
+
+
+def test_the_verdict_is_recorded_per_gpu_numba_and_kernels(fresh_verdict, monkeypatch):
+    P = fresh_verdict
+    runs = []
+    assert P.self_check(lambda: runs.append(1)) is None and runs == [1]
+    assert P.self_check(lambda: runs.append(2)) is None and runs == [1]  # this process
+    record = json.loads(P.record_path().read_text())
+    assert record == {P._record_key(): {"passed": True, "reason": None}}
+    P.forget_self_check()
+    assert P.self_check(lambda: runs.append(3)) is None and runs == [1]  # from the file
+
+    monkeypatch.setattr(P, "_record_key", lambda: "Other GPU; numba 0.0; kernels 0123")
+    P.forget_self_check()
+    with pytest.warns(RuntimeWarning, match="failed their self-check.*labels differ"):
+        assert P.self_check(lambda: "the labels differ") == "the labels differ"
+    P.forget_self_check()
+    with pytest.warns(RuntimeWarning):
+        assert P.self_check(lambda: pytest.fail("read from the file")) == "the labels differ"
+    assert len(json.loads(P.record_path().read_text())) == 2
+
+
+def test_a_self_check_that_raises_is_not_recorded(fresh_verdict):
+    P = fresh_verdict
+
+    def broken():
+        raise RuntimeError("no context")
+
+    with pytest.warns(RuntimeWarning, match="could not run"):
+        assert "could not run" in P.self_check(broken)
+    assert not P.record_path().exists()
+
+
+def test_auto_with_a_gpu_and_a_failed_self_check_runs_on_the_cpu(fresh_verdict, monkeypatch,
+                                                                 small):
+    """In this process: numba reports a GPU, the check finds a difference."""
+    P = fresh_verdict
+    _, numinst, patches = small
+    monkeypatch.setattr(P, "unavailable_reason", lambda: None)
+    monkeypatch.setattr(A, "_run_self_check", lambda: "the CUDA kernels' patch scores differ")
+    with pytest.warns(RuntimeWarning, match="patch scores differ"):
+        result = assemble(numinst, patches, AssemblyParams(patchshape=(7, 7)),
+                          return_result=True)
+    assert result.device == "cpu" and result.summary()["device"] == "cpu"
+    assert result.n_instances == 3

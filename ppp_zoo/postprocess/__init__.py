@@ -59,9 +59,11 @@ Large images: :func:`assemble_blockwise` assembles blocks with a margin of two p
 and stitches them (memory grows with the block, not with the image).
 
 GPU: ``assemble(..., device="cuda")`` (or ``"auto"``, the default, when numba finds a usable
-CUDA GPU) runs the kernels of steps 1-5 (consensus, scores, cover, edges and their weights)
-with numba's CUDA target, with the CPU kernels' results; step 0, the ranking's sort and
-steps 6-7 stay on the CPU (see ``_cuda_kernels.py``).
+CUDA GPU and the CUDA kernels passed a self-check there, see
+:func:`~ppp_zoo.postprocess.assembly.cuda_self_check`) runs the kernels of steps 1-5
+(consensus, scores, cover, edges and their weights) with numba's CUDA target, with the CPU
+kernels' results; step 0, the ranking's sort and steps 6-7 stay on the CPU (see
+``_cuda_kernels.py``). ``AssemblyResult.device`` says where the kernels really ran.
 """
 
 from ._cache import configure as _configure_cache

@@ -1,8 +1,11 @@
 """CUDA kernels of the instance assembly (numba's CUDA target), and the host code that runs
 them block by block.
 
-Imported (with ``numba.cuda``) when an assembly runs with ``device="cuda"`` or ``"auto"``;
-nothing is compiled before a kernel first runs. What runs where:
+Imported (with ``numba.cuda``) when the kernels are about to run: ``device="cuda"``, or
+``"auto"`` on a machine where numba finds a GPU (the self-check of
+:func:`ppp_zoo.postprocess.assembly.cuda_self_check` runs them first; ``auto`` takes the GPU
+only when they gave the CPU kernels' results there). Nothing is compiled before a kernel
+first runs. What runs where:
 
 - GPU: the consensus C (step 1) and the patch scores, |H_c| and |L_c| (step 2); the
   foreground cover (step 3; one thread block walks the ranking, which is sequential by

@@ -7,9 +7,11 @@ and tested on its own.
 
 Devices: ``compute_consensus``, ``cover_foreground`` and ``patch_graph`` run the numba CPU
 kernels (``_kernels.py``) or, with ``device="cuda"``, numba CUDA kernels
-(``_cuda_kernels.py``, imported for "cuda" and "auto") that give the same results; the other steps
-always run on the CPU. :func:`assemble` takes ``device="auto"`` (the GPU when numba finds a
-usable one, else the CPU), ``"cpu"`` or ``"cuda"``.
+(``_cuda_kernels.py``, imported when they are about to run) that give the same results; the
+other steps always run on the CPU. :func:`assemble` takes ``device="auto"`` (the GPU when
+numba finds a usable one and the CUDA kernels passed :func:`cuda_self_check` on it, else
+the CPU), ``"cpu"`` or ``"cuda"``; :attr:`AssemblyResult.device` says where the kernels
+really ran.
 """
 
 from __future__ import annotations
@@ -44,7 +46,9 @@ DEVICES = ("auto", "cpu", "cuda")
 def resolve_device(device: str = "auto") -> str:
     """``"cpu"`` or ``"cuda"``: where the assembly kernels run for ``device``.
 
-    ``"auto"`` is ``"cuda"`` when numba finds a CUDA GPU it can compile for, else ``"cpu"``.
+    ``"auto"`` is ``"cuda"`` when numba finds a CUDA GPU it can compile for and the CUDA
+    kernels pass :func:`cuda_self_check` there (once per process), else ``"cpu"``.
+    ``"cuda"`` takes the GPU without the self-check.
 
     Raises
     ------
@@ -58,11 +62,90 @@ def resolve_device(device: str = "auto") -> str:
     if device == "cpu":
         return "cpu"
     reason = _cuda_probe.unavailable_reason()
-    if reason is None:
+    if reason is not None:
+        if device == "auto":
+            return "cpu"
+        raise RuntimeError(f"device='cuda' cannot run: {reason}")
+    if device == "cuda" or cuda_self_check() is None:
         return "cuda"
-    if device == "auto":
-        return "cpu"
-    raise RuntimeError(f"device='cuda' cannot run: {reason}")
+    return "cpu"
+
+
+def cuda_self_check() -> str | None:
+    """None when the CUDA kernels give the CPU kernels' results on a small assembly on this
+    machine, else the first difference (or failure) found, in one sentence.
+
+    The test assembly (:func:`_self_check_case`) runs steps 1-7 with the CPU and the CUDA
+    kernels and compares every intermediate result: consensus bit for bit, scores and
+    edge weights to 1e-12, |H_c|, ranking, cover, edges and labels exactly. It runs once per
+    process and is remembered on disk per GPU, numba version and kernel source (see
+    ``_cuda_probe.py``); ``device="auto"`` takes the GPU only when it passed. Needs a
+    usable GPU (or numba's simulator).
+    """
+    return _cuda_probe.self_check(_run_self_check)
+
+
+#: largest difference allowed between the CPU's and the GPU's float64 scores and weights
+#: (sums of the same float32 values; the CPU compiler may reassociate them)
+SELF_CHECK_TOLERANCE = 1e-12
+
+
+def _self_check_case():
+    """``(numinst, patches, params)`` of the self-check: a 16x16 image with four touching
+    instances and noisy 5x5 patches (a fifth of the values anywhere in [0, 1)), fixed seed."""
+    rng = np.random.default_rng(5021)
+    labels = np.zeros((16, 16), np.int64)
+    labels[1:7, 1:8] = 1
+    labels[7:14, 2:9] = 2
+    labels[3:12, 9:15] = 3
+    labels[12:16, 10:16] = 4
+    size, r = 5, 2
+    outside = np.pad(labels, r, constant_values=-1)
+    patches = np.empty((size * size, 16, 16), np.float32)
+    for k, (dy, dx) in enumerate(np.ndindex(size, size)):
+        same = (outside[dy:dy + 16, dx:dx + 16] == labels) & (labels > 0)
+        patches[k] = np.where(same, rng.uniform(0.9, 1.0, same.shape),
+                              rng.uniform(0.0, 0.1, same.shape))
+    noise = rng.random(patches.shape) < 0.2
+    patches[noise] = rng.random(int(noise.sum()))
+    fg = labels > 0
+    numinst = np.stack([np.where(fg, 0.05, 0.9), np.where(fg, 0.9, 0.05),
+                        rng.uniform(0.0, 0.3, fg.shape)]).astype(np.float32)
+    params = AssemblyParams(patchshape=(size, size), numinst_thresholds=(0.5, 0.4),
+                            partition="mws")
+    return numinst, patches, params
+
+
+def _run_self_check() -> str | None:
+    numinst, patches, params = _self_check_case()
+    prep, cand = prepare(numinst, patches, params)
+    differs = "the CUDA kernels' {} differ from the CPU kernels' on the test assembly".format
+    c_cpu = compute_consensus(prep, cand, "cpu")
+    c_gpu = compute_consensus(prep, cand, "cuda")
+    if not np.array_equal(c_cpu.values.view(np.int32), c_gpu.values.view(np.int32)):
+        return differs("consensus values")
+    if not np.array_equal(c_cpu.n_high, c_gpu.n_high) or \
+            not np.abs(c_cpu.scores - c_gpu.scores).max(initial=0) <= SELF_CHECK_TOLERANCE:
+        return differs("patch scores")
+    ranked, _ = rank_patches(cand, c_cpu)
+    if not np.array_equal(ranked, rank_patches(cand, c_gpu)[0]):
+        return differs("patch rankings")
+    s_cpu = cover_foreground(prep, ranked, "cpu")
+    s_gpu = cover_foreground(prep, ranked, "cuda")
+    if not np.array_equal(s_cpu, s_gpu):
+        return differs("foreground covers")
+    e_cpu, w_cpu = patch_graph(prep, s_cpu, c_cpu, "cpu")
+    e_gpu, w_gpu = patch_graph(prep, s_cpu, c_cpu, "cuda")
+    if not np.array_equal(e_cpu, e_gpu) or \
+            not np.abs(w_cpu - w_gpu).max(initial=0) <= SELF_CHECK_TOLERANCE:
+        return differs("patch graphs")
+    l_cpu = label_instances(prep, s_cpu, partition_graph(len(s_cpu), e_cpu, w_cpu,
+                                                         params.partition))
+    l_gpu = label_instances(prep, s_gpu, partition_graph(len(s_gpu), e_gpu, w_gpu,
+                                                         params.partition))
+    if not np.array_equal(l_cpu, l_gpu):
+        return differs("labels")
+    return None
 
 
 def _cuda():
@@ -368,8 +451,10 @@ class AssemblyResult:
     timings : dict
         Seconds per step.
     device : str
-        Where the consensus, cover and graph kernels ran: ``"cpu"``, ``"cuda"``, or
-        ``"cuda+cpu"`` when ``device="auto"`` fell back to the CPU part way.
+        Where the consensus, cover and graph kernels really ran: ``"cpu"``, ``"cuda"``, or
+        ``"cuda+cpu"`` when some of them ran on the CPU (``device="auto"`` fell back part
+        way after a CUDA failure, or the consensus was computed on the CPU because the GPU
+        cannot reproduce the CPU's rounding). ``"cpu"`` when no kernel ran (no candidate).
     """
 
     labels: np.ndarray
@@ -416,8 +501,9 @@ def assemble(numinst, patches, params: AssemblyParams, *, progress: ProgressCall
     device : {"auto", "cpu", "cuda"}
         Where the consensus, scores, cover and graph kernels run (the labels are the same):
         ``"cuda"`` on the GPU with numba's CUDA target, ``"cpu"`` on the CPU, ``"auto"`` on
-        the GPU when numba finds a usable one (and back on the CPU should its driver or
-        compiler fail), else on the CPU.
+        the GPU when numba finds a usable one and the CUDA kernels passed
+        :func:`cuda_self_check` on it (and back on the CPU should its driver or compiler
+        fail), else on the CPU. The result's ``device`` says where they ran.
 
     Returns
     -------
@@ -449,14 +535,15 @@ def assemble(numinst, patches, params: AssemblyParams, *, progress: ProgressCall
     dev = resolve_device(device)
     used: set[str] = set()
 
-    def on_device(gpu, cpu):
+    def on_device(gpu, cpu, ran=lambda out: "cuda"):
         """Run a step's GPU version when the device is cuda, else (or, with auto, after a
-        CUDA driver or compiler failure) its CPU version."""
+        CUDA driver or compiler failure) its CPU version; ``ran(out)`` says where the GPU
+        version really computed ``out``."""
         nonlocal dev
         if dev == "cuda":
             try:
                 out = gpu()
-                used.add("cuda")
+                used.add(ran(out))
                 return out
             except _cuda_probe.cuda_errors() as err:
                 if device != "auto":
@@ -481,12 +568,13 @@ def assemble(numinst, patches, params: AssemblyParams, *, progress: ProgressCall
     spatial = prep.spatial
     if cand_flat.size == 0:
         empty = np.zeros((0,) + spatial, bool) if params.overlapping else np.zeros(spatial, np.int32)
-        result = AssemblyResult(empty, 0, 0, 0, 0, timings, dev)
+        result = AssemblyResult(empty, 0, 0, 0, 0, timings, "cpu")  # no kernel ran
         return result if return_result else result.labels
 
     step("consensus+scores")
     consensus = on_device(partial(compute_consensus, prep, cand_flat, "cuda"),
-                          partial(compute_consensus, prep, cand_flat, "cpu"))
+                          partial(compute_consensus, prep, cand_flat, "cpu"),
+                          ran=lambda c: c.device)  # the CPU's when the rounding differs
     done("consensus+scores")
     step("ranking")
     ranked, _scores = rank_patches(cand_flat, consensus)
@@ -508,5 +596,5 @@ def assemble(numinst, patches, params: AssemblyParams, *, progress: ProgressCall
     done("labelling")
     n = labels.shape[0] if params.overlapping else int(labels.max(initial=0))
     result = AssemblyResult(labels, n, int(cand_flat.size), int(len(selected)), int(len(edges)),
-                            timings, "+".join(sorted(used, reverse=True)) or dev)
+                            timings, "+".join(sorted(used, reverse=True)))
     return result if return_result else result.labels
