@@ -6,6 +6,8 @@ segmentation, a failed block retried, and bad input refused without a label imag
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -34,16 +36,22 @@ class Oracle:
         return assemble(numinst, patches, self.params)
 
 
-class FailOnce:
-    """Fault hook: block ``index`` raises the first time it runs (a marker file remembers)."""
+class FailOnce(Oracle):
+    """Block function: the oracle, but the first block it is given (anywhere in the
+    cluster: a marker file remembers) fails, by an exception or by killing the worker
+    process it runs in."""
 
-    def __init__(self, marker: Path, index):
-        self.marker, self.index = str(marker), tuple(index)
+    def __init__(self, patchshape, marker: Path, kill: bool = False):
+        super().__init__(patchshape)
+        self.marker, self.kill = str(marker), kill
 
-    def __call__(self, index):
-        if tuple(index) == self.index and not Path(self.marker).exists():
-            Path(self.marker).write_text("failed once")
+    def __call__(self, labels):
+        if not Path(self.marker).exists():
+            Path(self.marker).write_text(str(os.getpid()))
+            if self.kill:
+                os.kill(os.getpid(), signal.SIGKILL)
             raise RuntimeError("injected failure")
+        return super().__call__(labels)
 
 
 @pytest.fixture(scope="module")
@@ -152,19 +160,47 @@ def test_failed_block_is_retried_and_output_complete(gt_mosaic, client, tmp_path
     mosaic, path = gt_mosaic
     src = open_image_source(path)
     marker = tmp_path / "failed"
-    res = dist.run_blocks(src, Oracle(PATCH), block=(256, 256), pad=(27, 27), strip=PATCH,
-                          output=tmp_path / "out.ome.zarr", name="gt", client=client,
-                          fault=FailOnce(marker, (1, 2)))
+    res = dist.run_blocks(src, FailOnce(PATCH, marker), block=(256, 256), pad=(27, 27),
+                          strip=PATCH, output=tmp_path / "out.ome.zarr", name="gt",
+                          client=client)
     assert marker.exists() and res.n_instances == 250
     assert evaluate_image(_labels(tmp_path / "out.ome.zarr", "gt"), mosaic).ap["0.9"] == 1.0
 
 
+def test_killed_worker_gives_the_same_complete_output(gt_mosaic, tmp_path):
+    """A worker process killed (SIGKILL) in the middle of a block: dask restarts it and runs
+    the block again; the label image is complete and identical to an undisturbed run."""
+    distributed = pytest.importorskip("distributed")
+    mosaic, path = gt_mosaic
+    src = open_image_source(path)
+    kwargs = dict(block=(256, 256), pad=(27, 27), strip=PATCH, name="gt")
+    marker = tmp_path / "killed"
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None, silence_logs=50) as cluster, \
+            distributed.Client(cluster) as c:
+        before = set(c.run(os.getpid).values())
+        res = dist.run_blocks(src, FailOnce(PATCH, marker, kill=True), client=c,
+                              output=tmp_path / "killed.zarr", **kwargs)
+        killed = int(marker.read_text())
+        c.wait_for_workers(2)
+        after = set(c.run(os.getpid).values())
+        dist.run_blocks(src, Oracle(PATCH), client=c, output=tmp_path / "calm.zarr", **kwargs)
+    assert killed in before and killed not in after  # a real worker died and was replaced
+    assert res.n_instances == 250
+    out = _labels(tmp_path / "killed.zarr", "gt")
+    assert np.array_equal(out, _labels(tmp_path / "calm.zarr", "gt"))
+    assert evaluate_image(out, mosaic).ap["0.9"] == 1.0
+
+
 def test_failing_block_leaves_no_label_image(gt_mosaic, client, tmp_path):
+    """The block's own exception reaches the caller (with a note of the dask step), and no
+    label image is left behind."""
     _, path = gt_mosaic
-    with pytest.raises(RuntimeError, match="segmenting a block failed"):
-        dist.run_blocks(open_image_source(path), Oracle(PATCH), block=(256, 256),
-                        pad=(27, 27), strip=PATCH, output=tmp_path / "out.zarr", name="gt",
-                        client=client, retries=0, fault=FailOnce(tmp_path / "m", (0, 0)))
+    with pytest.raises(RuntimeError, match="injected failure") as info:
+        dist.run_blocks(open_image_source(path), FailOnce(PATCH, tmp_path / "m"),
+                        block=(256, 256), pad=(27, 27), strip=PATCH,
+                        output=tmp_path / "out.zarr", name="gt", client=client, retries=0)
+    assert "segmenting a block" in "".join(getattr(info.value, "__notes__", []))
     assert not (tmp_path / "out.zarr" / "labels" / "gt").exists()
     assert not list((tmp_path / "out.zarr" / "labels").glob(".*partial*"))
 

@@ -1,42 +1,37 @@
 """Blockwise assembly for images too large to assemble at once.
 
-The image is cut into blocks; each block is assembled together with a margin of two patch
-sizes on every side (so that the patches around the block border see their whole context),
-and the block results are stitched: an instance of a block is kept if it has a pixel in
-the block's core, and it takes the id of an instance already written when the two overlap
-by at least ``merge_overlap`` of the smaller one (an instance cut by a block's edge is
-smaller there than where it was seen whole), else a new id. Only one block's arrays are
-in memory at a time; ``numinst`` and ``patches`` may be memory-mapped (``np.load(...,
-mmap_mode="r")``) or any array that supports slicing, so the memory needed grows with the
-block size, not with the image.
+The image is cut into blocks by the one block geometry of :mod:`.blocks`; each block is
+assembled on its core plus a pad (two patch sizes of context and a one-patch strip), writes
+the instances that have a pixel in its core, and the blocks' instances are merged by the
+one rule of :mod:`.blocks` (an overlap of at least ``merge_overlap`` of the smaller in the
+strips between neighbours; connected components). The dask path runs the same steps as
+tasks. Only one block's arrays are in memory at a time; ``numinst`` and ``patches`` may be
+memory-mapped (``np.load(..., mmap_mode="r")``) or any array that supports slicing, so the
+memory needed grows with the block size, not with the image (plus the int32 labels).
 """
 
 from __future__ import annotations
 
-import itertools
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 
 from .assembly import assemble, resolve_device
+from .blocks import (
+    MERGE_OVERLAP,
+    block_grid,
+    block_luts,
+    label_block,
+    match_block,
+    merge_pairs,
+)
 from .candidates import CandidatePatches
-from .labels import relabel_consecutive
 from .params import AssemblyParams
-
-
-def _blocks(shape: Sequence[int], block: Sequence[int], margin: Sequence[int]):
-    """Yield (core slices, crop slices) covering ``shape``."""
-    starts = [range(0, s, b) for s, b in zip(shape, block)]
-    for corner in itertools.product(*starts):
-        core = tuple(slice(c, min(c + b, s)) for c, b, s in zip(corner, block, shape))
-        crop = tuple(slice(max(c.start - m, 0), min(c.stop + m, s))
-                     for c, m, s in zip(core, margin, shape))
-        yield core, crop
 
 
 def assemble_blockwise(numinst, patches, params: AssemblyParams, *,
                        block_shape: Optional[Sequence[int]] = None,
-                       merge_overlap: float = 0.5,
+                       merge_overlap: float = MERGE_OVERLAP,
                        progress: Optional[Callable[[int, int], None]] = None,
                        device: str = "auto") -> np.ndarray:
     """Assemble instances block by block and stitch them into one label image.
@@ -49,9 +44,10 @@ def assemble_blockwise(numinst, patches, params: AssemblyParams, *,
     params : AssemblyParams
         ``overlapping`` must be False (label images only).
     block_shape : sequence of int, optional
-        Core size of a block per spatial axis (default 256 in 2D, 64 in 3D).
+        Core size of a block per spatial axis (default: about 512 x 512 in 2D, 64^3 in 3D,
+        cutting the image evenly; rounded up to the fast mode's stride).
     merge_overlap : float
-        A block instance and a written one are the same instance when their intersection
+        A block instance and a neighbour's are the same instance when their intersection
         is at least this fraction of the smaller of the two.
     progress : callable, optional
         Called with (blocks done, blocks total).
@@ -61,6 +57,7 @@ def assemble_blockwise(numinst, patches, params: AssemblyParams, *,
     Returns
     -------
     labels : ndarray of int32, shape ([Z,] Y, X)
+        Ids ``1..N`` in order of the block (raster order) where an instance is first seen.
 
     Examples
     --------
@@ -81,58 +78,29 @@ def assemble_blockwise(numinst, patches, params: AssemblyParams, *,
     if len(spatial) != params.ndim:
         raise ValueError(f"patches must have shape (P, {'Z, ' if params.ndim == 3 else ''}Y, X) "
                          f"for patchshape {params.patchshape}, got {patches.shape}")
-    if block_shape is None:
-        block_shape = (256,) * 2 if params.ndim == 2 else (64,) * 3
-    block_shape = tuple(int(b) for b in block_shape)
-    if len(block_shape) != params.ndim or min(block_shape) < 1:
-        raise ValueError(f"block_shape must have {params.ndim} positive entries, got {block_shape}")
-    margin = tuple(2 * p for p in params.patchshape)
-    out = np.zeros(spatial, np.int32)
-    next_id = 1
-    blocks = list(_blocks(spatial, block_shape, margin))
-    for done, (core, crop) in enumerate(blocks):
+    grid, strip = block_grid(spatial, params.patchshape, block_shape,
+                             align=params.fast_stride if params.fast else 1)
+    local = np.zeros(spatial, np.int32)  # each core's local ids, then the global ids
+    indices = grid.indices()
+    firsts = []
+    for done, index in enumerate(indices):
+        crop = grid.crop(index)
         n_crop = None if numinst is None else np.ascontiguousarray(numinst[(slice(None),) + crop])
         p_crop = patches[(slice(None),) + crop]
         if not isinstance(p_crop, CandidatePatches):  # compact ones are float32 already
             p_crop = np.ascontiguousarray(p_crop, dtype=np.float32)
-        local = assemble(n_crop, p_crop, params, device=device)
+        labels = assemble(n_crop, p_crop, params, device=device)
         del p_crop
-        next_id = _stitch(out, local, core, crop, next_id, merge_overlap)
+        n, core, strips = label_block(labels, grid, index, strip)
+        local[grid.core(index)] = core
+        firsts.append((n, strips))
         if progress is not None:
-            progress(done + 1, len(blocks))
-    return relabel_consecutive(out, np.int32)
-
-
-def _stitch(out, local, core, crop, next_id: int, merge_overlap: float) -> int:
-    """Write the block's instances that reach into its core; merge with existing ones."""
-    view = out[crop]
-    inner = tuple(slice(c.start - k.start, c.stop - k.start) for c, k in zip(core, crop))
-    in_core = np.unique(local[inner])
-    in_core = in_core[in_core > 0]
-    if in_core.size == 0:
-        return next_id
-    n_local = int(local.max())
-    # joint histogram of (local id, existing id) over the crop
-    existing_ids, existing = np.unique(view, return_inverse=True)
-    existing = existing.reshape(view.shape)
-    joint = np.bincount(local.ravel() * len(existing_ids) + existing.ravel(),
-                        minlength=(n_local + 1) * len(existing_ids))
-    joint = joint.reshape(n_local + 1, len(existing_ids))
-    size_local = joint.sum(axis=1)
-    size_existing = joint.sum(axis=0)
-    mapping = np.zeros(n_local + 1, np.int32)
-    for i in in_core:
-        row = joint[i].copy()
-        if existing_ids[0] == 0:
-            row[0] = 0
-        j = int(np.argmax(row))
-        inter = row[j]
-        smaller = min(size_local[i], size_existing[j])
-        if inter > 0 and existing_ids[j] != 0 and inter >= merge_overlap * smaller:
-            mapping[i] = existing_ids[j]
-        else:
-            mapping[i] = next_id
-            next_id += 1
-    write = (view == 0) & (mapping[local] > 0)
-    view[write] = mapping[local][write]
-    return next_id
+            progress(done + 1, len(indices))
+    counts = np.array([n for n, _ in firsts], np.int64)
+    pairs = [match_block(grid, index, n, strips, lambda region: local[region], merge_overlap)
+             for index, (n, strips) in zip(indices, firsts)]
+    ids = merge_pairs(counts, np.concatenate(pairs) if pairs else np.zeros((0, 4), np.int64))
+    for index, lut in zip(indices, block_luts(counts, ids, np.int32)):
+        core = grid.core(index)
+        local[core] = lut[local[core]]
+    return local

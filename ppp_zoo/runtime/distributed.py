@@ -1,19 +1,21 @@
 """Whole slides and volumes: blocks of a large image on dask.distributed, labels in zarr.
 
-The image is cut into blocks (cores). Three passes, each one task per block:
+The image is cut into blocks by the one block geometry of
+:mod:`ppp_zoo.postprocess.blocks` (the same as ``segment`` and
+:func:`~ppp_zoo.postprocess.assemble_blockwise` use in one process; the pad adds the
+network's halo here). Three passes, each one task per block:
 
-1. **segment** - read the core plus a pad (the network's halo, two patch sizes of assembly
-   context and a ``strip`` of overlap), run the block function (:class:`SegmentBlocks`: the
-   :class:`~ppp_zoo.runtime.segment.Segmenter` as for a whole image; :class:`AssembleBlocks`:
-   :func:`~ppp_zoo.postprocess.assemble` on raw outputs), keep the instances with a pixel in
-   the core, write them (ids ``1..n``) into the core of a temporary array and return what
-   the block saw in the strips of its neighbours' cores.
-2. **match** - compare each strip with what the neighbour wrote there: two instances are
-   one when they overlap by at least ``merge_overlap`` of the smaller (as the in-process
-   stitcher of :func:`~ppp_zoo.postprocess.assemble_blockwise` decides).
-3. **relabel** - union-find over all pairs at once (connected components of a sparse graph,
-   linear in the labels) gives consecutive global ids ordered by block and local id;
-   each block writes its core with them (uint32, uint64 beyond 2**32 - 1 ids).
+1. **segment** - read the core plus its pad, run the block function (:class:`SegmentBlocks`:
+   the :class:`~ppp_zoo.runtime.segment.Segmenter` as for a whole image;
+   :class:`AssembleBlocks`: :func:`~ppp_zoo.postprocess.assemble` on raw outputs), and keep
+   the instances with a pixel in the core in a temporary array
+   (:func:`~ppp_zoo.postprocess.blocks.label_block`).
+2. **match** - compare what each block saw in the strips of its neighbours' cores with
+   what they wrote there (:func:`~ppp_zoo.postprocess.blocks.match_block`).
+3. **relabel** - union-find over all pairs at once
+   (:func:`~ppp_zoo.postprocess.blocks.merge_pairs`) gives consecutive global ids ordered
+   by block and local id; each block writes its core with them (uint32, uint64 beyond
+   2**32 - 1 ids).
 
 The result does not depend on the number of workers (each block's work is the same), and
 intensity normalisation uses statistics of the whole image (not of each block). Outputs go
@@ -24,7 +26,6 @@ image behind. Needs the ``[dask]`` extra (dask, distributed, zarr).
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 import os
 import shutil
@@ -43,9 +44,16 @@ from ..io import (
     ngff_labels_group_attrs,
     open_image_source,
 )
+from ..postprocess.blocks import (
+    TASK_BLOCK,
+    BlockGrid,
+    block_grid,
+    block_luts,
+    label_block,
+    match_block,
+    merge_pairs,
+)
 
-MERGE_OVERLAP = 0.5
-"""Two block instances are one when they overlap by this fraction of the smaller."""
 SAMPLE_PIXELS = 1 << 24
 """Normalisation statistics are computed on at most about this many pixels of the image."""
 PYRAMID_MIN = 256
@@ -63,54 +71,6 @@ def _import_dask():
         raise SetupError('distributed segmentation needs the [dask] extra: '
                          'pip install "ppp-zoo[dask]"') from None
     return distributed
-
-
-# --------------------------------------------------------------------------- geometry
-@dataclasses.dataclass(frozen=True)
-class BlockGrid:
-    """Cores of ``block`` over ``shape`` and the pad read around each.
-
-    >>> g = BlockGrid((100, 70), (40, 40), (5, 5))
-    >>> g.grid, g.core((1, 1)), g.crop((1, 1))
-    ((3, 2), (slice(40, 80, None), slice(40, 70, None)), (slice(35, 85, None), slice(35, 70, None)))
-    """
-
-    shape: tuple[int, ...]
-    block: tuple[int, ...]
-    pad: tuple[int, ...]
-
-    @property
-    def grid(self) -> tuple[int, ...]:
-        return tuple(math.ceil(s / b) for s, b in zip(self.shape, self.block))
-
-    def indices(self) -> list[tuple[int, ...]]:
-        return list(itertools.product(*(range(g) for g in self.grid)))
-
-    def core(self, index) -> tuple[slice, ...]:
-        return tuple(slice(i * b, min((i + 1) * b, s))
-                     for i, b, s in zip(index, self.block, self.shape))
-
-    def crop(self, index, extra: Sequence[int] | None = None) -> tuple[slice, ...]:
-        pad = self.pad if extra is None else extra
-        return tuple(slice(max(c.start - p, 0), min(c.stop + p, s))
-                     for c, p, s in zip(self.core(index), pad, self.shape))
-
-    def neighbours(self, index) -> list[tuple[int, ...]]:
-        out = []
-        for step in itertools.product((-1, 0, 1), repeat=len(index)):
-            n = tuple(i + d for i, d in zip(index, step))
-            if any(step) and all(0 <= k < g for k, g in zip(n, self.grid)):
-                out.append(n)
-        return out
-
-
-def _intersect(a: tuple[slice, ...], b: tuple[slice, ...]) -> tuple[slice, ...] | None:
-    out = tuple(slice(max(x.start, y.start), min(x.stop, y.stop)) for x, y in zip(a, b))
-    return None if any(s.start >= s.stop for s in out) else out
-
-
-def _local(region: tuple[slice, ...], within: tuple[slice, ...]) -> tuple[slice, ...]:
-    return tuple(slice(r.start - w.start, r.stop - w.start) for r, w in zip(region, within))
 
 
 # --------------------------------------------------------------------------- block functions
@@ -191,8 +151,7 @@ class _Job:
     grid: BlockGrid
     strip: tuple[int, ...]
     scratch: str  # zarr array of local ids
-    threads: int = 1
-    fault: Callable[[tuple[int, ...]], None] | None = None
+    threads: int | None = None  # numba threads in each task (None: the worker's setting)
 
 
 def _set_threads(n: int) -> None:
@@ -205,60 +164,25 @@ def _set_threads(n: int) -> None:
 
 
 def _segment_task(job: _Job, index: tuple[int, ...]):
-    """Pass 1 for one block: local ids in the core; strips of the neighbours' cores."""
+    """Pass 1 for one block: local ids in the core; strips of the neighbours' cores
+    (:func:`~ppp_zoo.postprocess.blocks.label_block`)."""
     import zarr
 
-    if job.fault is not None:
-        job.fault(index)
-    _set_threads(job.threads)
-    grid = job.grid
-    core, crop = grid.core(index), grid.crop(index)
-    labels = np.asarray(job.block_fn(job.source.read(crop)))
-    if labels.shape != tuple(s.stop - s.start for s in crop):
-        raise UserError(f"block function returned shape {labels.shape} for a block of "
-                         f"{tuple(s.stop - s.start for s in crop)}")
-    written = np.unique(labels[_local(core, crop)])
-    written = written[written > 0]
-    lut = np.zeros(int(labels.max(initial=0)) + 1, np.uint32)
-    lut[written] = np.arange(1, written.size + 1, dtype=np.uint32)
-    zarr.open_array(job.scratch, mode="r+")[core] = lut[labels[_local(core, crop)]]
-    seen = grid.crop(index, job.strip)
-    strips = {}
-    for n in grid.neighbours(index):
-        region = _intersect(seen, grid.core(n))
-        if region is not None:
-            strips[n] = (region, lut[labels[_local(region, crop)]])
-    return int(written.size), strips
+    if job.threads:
+        _set_threads(job.threads)
+    labels = job.block_fn(job.source.read(job.grid.crop(index)))
+    n, core, strips = label_block(labels, job.grid, index, job.strip)
+    zarr.open_array(job.scratch, mode="r+")[job.grid.core(index)] = core
+    return n, strips
 
 
 def _match_task(job: _Job, index, n_written: int, strips: dict) -> np.ndarray:
-    """Pass 2 for one block: pairs (block, local id, neighbour, its local id) that are one
-    instance, from the overlap of what this block saw in each strip and what was written."""
+    """Pass 2 for one block: the pairs that are one instance
+    (:func:`~ppp_zoo.postprocess.blocks.match_block`)."""
     import zarr
 
     scratch = zarr.open_array(job.scratch, mode="r")
-    pairs = []
-    for n, (region, seen) in strips.items():
-        there = np.asarray(scratch[region]).ravel().astype(np.int64)
-        seen = seen.ravel().astype(np.int64)
-        both = (seen > 0) & (there > 0)
-        if not both.any():
-            continue
-        a_size = np.bincount(seen, minlength=n_written + 1)
-        b_size = np.bincount(there)
-        key, inter = np.unique(seen[both] * (len(b_size)) + there[both], return_counts=True)
-        a, b = key // len(b_size), key % len(b_size)
-        keep = inter >= MERGE_OVERLAP * np.minimum(a_size[a], b_size[b])
-        if keep.any():
-            block = np.empty(int(keep.sum()), np.int64)
-            pairs.append(np.stack([block, a[keep], block, b[keep]], axis=1))
-            pairs[-1][:, 0] = _flat(job.grid, index)
-            pairs[-1][:, 2] = _flat(job.grid, n)
-    return np.concatenate(pairs) if pairs else np.zeros((0, 4), np.int64)
-
-
-def _flat(grid: BlockGrid, index) -> int:
-    return int(np.ravel_multi_index(index, grid.grid))
+    return match_block(job.grid, index, n_written, strips, lambda region: scratch[region])
 
 
 def _relabel_task(job: _Job, index, lut: np.ndarray, target: str, label_index: tuple) -> None:
@@ -269,52 +193,6 @@ def _relabel_task(job: _Job, index, lut: np.ndarray, target: str, label_index: t
     local = np.asarray(zarr.open_array(job.scratch, mode="r")[core])
     out = zarr.open_array(target, mode="r+")
     out[label_index + core] = lut[local]
-
-
-def merge_pairs(counts: np.ndarray, pairs: np.ndarray) -> np.ndarray:
-    """Union-find over the instances of all blocks: global id per (block, local id).
-
-    Parameters
-    ----------
-    counts : ndarray of int, shape (B,)
-        Instances written per block (flat block index).
-    pairs : ndarray of int, shape (K, 4)
-        ``(block, local id, other block, its local id)`` rows of instances that are one.
-
-    Returns
-    -------
-    ids : ndarray of int64, shape (sum(counts),)
-        Global id ``1..N`` of each block's instance ``k`` at ``offsets[block] + k - 1``,
-        numbered in order of their first block and local id.
-
-    Examples
-    --------
-    >>> merge_pairs(np.array([2, 2]), np.array([[0, 2, 1, 1]])).tolist()
-    [1, 2, 2, 3]
-    """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    offsets = np.concatenate([[0], np.cumsum(counts)])
-    total = int(offsets[-1])
-    if total == 0:
-        return np.zeros(0, np.int64)
-    a = offsets[pairs[:, 0]] + pairs[:, 1] - 1
-    b = offsets[pairs[:, 2]] + pairs[:, 3] - 1
-    # undirected components on CSR: ~10x faster than weak components of the directed graph
-    graph = coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(total, total)).tocsr()
-    _, comp = connected_components(graph, directed=False)
-    # number components by their smallest node: scipy's numbering already is that order
-    # when new ids appear as 0, 1, 2, ... along the nodes (checked in O(n)); otherwise rank
-    seen = np.maximum.accumulate(comp)
-    if comp[0] == 0 and not np.any(np.diff(seen) > 1) and np.array_equal(seen, np.maximum(
-            seen, comp)):
-        return comp.astype(np.int64) + 1
-    first = np.full(comp.max() + 1, total, np.int64)
-    np.minimum.at(first, comp, np.arange(total))
-    rank = np.empty_like(first)
-    rank[np.argsort(first, kind="stable")] = np.arange(1, len(first) + 1)
-    return rank[comp]
 
 
 # --------------------------------------------------------------------------- driver
@@ -360,8 +238,9 @@ class _Cluster:
             self._own += [self.client, cluster]
         info = self.client.scheduler_info()["workers"]
         self.workers = max(1, len(info))
+        # numba threads per task on a cluster of our own; a user's workers keep theirs
         self.threads = max(1, (os.cpu_count() or 1) // self.workers) if not scheduler \
-            and client is None else 1
+            and client is None else None
 
     def close(self) -> None:
         for obj in self._own:
@@ -387,7 +266,7 @@ def _run(client, fn, args_per_block: list, progress: Progress, what: str, retrie
 
 def _validate_block(block: Sequence[int] | None, ndim: int, halo: Sequence[int]) -> tuple:
     if block is None:
-        block = (1024, 1024) if ndim == 2 else (64, 256, 256)
+        block = TASK_BLOCK[ndim]
     block = tuple(int(b) for b in block)
     if len(block) != ndim:
         raise UserError(f"block {'x'.join(map(str, block))} must have {ndim} entries for "
@@ -398,10 +277,6 @@ def _validate_block(block: Sequence[int] | None, ndim: int, halo: Sequence[int])
                          f"halo {'x'.join(map(str, halo))}: use at least "
                          f"{'x'.join(str(max(2 * h, 1)) for h in halo)}")
     return block
-
-
-def _round_up(n: int, k: int) -> int:
-    return -(-int(n) // k) * k
 
 
 def _fixed_preprocessing(source, ops: Sequence[dict], space_axes: Sequence[str]) -> tuple:
@@ -462,7 +337,7 @@ def run_blocks(source, block_fn, *, block: Sequence[int], pad: Sequence[int],
                strip: Sequence[int], output: str | os.PathLike, name: str = "labels",
                workers: int | None = None, scheduler: str | None = None, client=None,
                progress: Progress = None, retries: int = 2, threads: int | None = None,
-               fault=None, pyramid: bool = True) -> DistributedResult:
+               pyramid: bool = True) -> DistributedResult:
     """Label ``source`` block by block with ``block_fn`` on dask.distributed.
 
     Parameters
@@ -485,8 +360,6 @@ def run_blocks(source, block_fn, *, block: Sequence[int], pad: Sequence[int],
         Called with (blocks done, blocks total) in each pass.
     retries : int
         Times dask retries a failed block task.
-    fault : callable, optional
-        Called with the block index at the start of each segment task (for tests).
 
     Returns
     -------
@@ -507,7 +380,7 @@ def run_blocks(source, block_fn, *, block: Sequence[int], pad: Sequence[int],
         scratch = str(plan.tmp / "_blocks")
         zarr.create_array(scratch, shape=shape, chunks=grid.block, dtype=np.uint32,
                           zarr_format=2, fill_value=0)
-        job = _Job(source, block_fn, grid, tuple(strip), scratch, nthreads, fault)
+        job = _Job(source, block_fn, grid, tuple(strip), scratch, nthreads)
         c = cluster.client
         indices = grid.indices()
         [job_f] = c.scatter([job], broadcast=True)
@@ -526,9 +399,7 @@ def run_blocks(source, block_fn, *, block: Sequence[int], pad: Sequence[int],
         timings["merge"] = time.perf_counter() - t
         t = time.perf_counter()
         target, label_index = plan.create_level0(shape, grid.block, dtype)
-        offsets = np.concatenate([[0], np.cumsum(counts)])
-        luts = [np.concatenate([[0], ids[offsets[k]:offsets[k + 1]]]).astype(dtype)
-                for k in range(len(indices))]
+        luts = block_luts(counts, ids, dtype)
         _run(c, _relabel_task, [(job_f, i, lut, target, label_index)
                                 for i, lut in zip(indices, luts)],
              None, "writing labels", retries)
@@ -709,7 +580,7 @@ def segment_distributed(source: str | os.PathLike | ImageSource, output: str | o
                         engine: str = "onnx", device: str = "cpu", fast: bool | None = None,
                         tile: Sequence[int] | None = None, workers: int | None = None,
                         scheduler: str | None = None, client=None, progress: Progress = None,
-                        retries: int = 2, fault=None) -> DistributedResult:
+                        retries: int = 2) -> DistributedResult:
     """Segment a large image with a model package, block by block on dask.distributed.
 
     Parameters
@@ -746,19 +617,18 @@ def segment_distributed(source: str | os.PathLike | ImageSource, output: str | o
                          f"{package.n_channels}")
     halo = tuple(int(h) for h in package.halo)
     block = _validate_block(block, package.ndim, halo)
-    patch = tuple(package.model_params.assembly.patchshape)
-    strip = tuple(p for p in patch)
     # crops start on the model's step grid (and on even pixels for the fast mode's
     # stride-2 voting), as the whole image does: blocks and pads are multiples of it
     align = [math.lcm(int(s), 2) for s in package.step]
-    block = tuple(_round_up(b, a) for b, a in zip(block, align))
-    pad = tuple(_round_up(h + 2 * p + s, a) for h, p, s, a in zip(halo, patch, strip, align))
+    grid, strip = block_grid(src.space_shape, package.model_params.assembly.patchshape, block,
+                             halo=halo, align=align)
+    block, pad = grid.block, grid.pad
     fn = SegmentBlocks(str(model), _fixed_preprocessing(src, package.preprocessing,
                                                         package.space_axes),
                        engine, device, fast, tuple(tile) if tile else None)
     return run_blocks(src, fn, block=block, pad=pad, strip=strip, output=output, name=name,
                       workers=workers, scheduler=scheduler, client=client, progress=progress,
-                      retries=retries, fault=fault)
+                      retries=retries)
 
 
 def assemble_distributed(source, output: str | os.PathLike, params, *,
@@ -774,15 +644,14 @@ def assemble_distributed(source, output: str | os.PathLike, params, *,
     assembly = getattr(params, "assembly", params)
     if assembly.overlapping:
         raise UserError("block-wise assembly writes label images: use --no-overlapping")
-    patch = tuple(assembly.patchshape)
-    block = _validate_block(block, assembly.ndim, tuple(0 for _ in patch))
-    strip = patch
+    block = _validate_block(block, assembly.ndim, tuple(0 for _ in assembly.patchshape))
     # blocks start on the fast mode's voting grid, so that every block votes with the
     # centres the whole image would
     stride = assembly.fast_stride if assembly.fast else 1
-    pad = tuple(_round_up(2 * p + s, stride) for p, s in zip(patch, strip))
     if any(b % stride for b in block):
         raise UserError(f"block {'x'.join(map(str, block))} must be a multiple of the fast "
                          f"mode's stride {stride}")
+    grid, strip = block_grid(source.space_shape, assembly.patchshape, block, align=stride)
+    pad = grid.pad
     return run_blocks(source, AssembleBlocks(params, device), block=block, pad=pad, strip=strip,
                       output=output, name=name, **kwargs)

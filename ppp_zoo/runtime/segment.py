@@ -33,12 +33,6 @@ MIN_SIZE = 4
 """Smallest size of a space axis (after scaling) that ``segment`` accepts."""
 BLOCKWISE_PIXELS = {2: 512 * 512, 3: 96 * 96 * 96}
 """Images with more pixels are assembled blockwise."""
-ASSEMBLY_BLOCK = {2: (512, 512), 3: (64, 64, 64)}
-"""About the core size of the assembly's blocks when ``block`` is not given (the image is
-cut into equal blocks near this size). Each block is assembled with a margin of two patch
-sizes, so larger blocks waste less (a 512 x 512 block with 17 x 17 patches: 1.3x the
-core's pixels; 256 x 256: 1.6x) while the memory still follows the block (the decoded
-patches of one 580 x 580 crop: 0.4 GB)."""
 FLOAT16_BYTES = 1 << 30
 """Network outputs larger than this (as float32) are kept as float16."""
 SCALE_HINT = 1.5
@@ -485,20 +479,13 @@ class Segmenter:
         if blockwise:
             labels = assemble_blockwise(
                 numinst, patches, params, device=device,
-                block_shape=block or _even_blocks(patches.shape[1:],
-                                                  ASSEMBLY_BLOCK[len(params.patchshape)]),
+                block_shape=block,
                 progress=lambda done, total: report(f"assembly: block {done}/{total}"))
         else:
             labels = assemble(numinst, patches, params, device=device,
                               progress=lambda name: report(f"assembly: {name}"))
         timings["assembly"] = time.perf_counter() - t
         return labels
-
-
-def _even_blocks(shape: Sequence[int], about: Sequence[int]) -> tuple[int, ...]:
-    """Blocks of about ``about`` that cut ``shape`` into equal parts (1184 pixels with
-    blocks of about 512: two of 592, not 512 + 512 + 160)."""
-    return tuple(-(-s // max(1, round(s / a))) for s, a in zip(shape, about))
 
 
 def _scale_hint(measured: float | None, scale: float,
@@ -571,7 +558,8 @@ def segment_image(model: str | os.PathLike | ModelPackage | Segmenter, image: np
         Assemble in fast (True) or exact (False) mode; None: as the package says.
     block : sequence of int, optional
         Assemble blockwise with this block size (default: blockwise above
-        :data:`BLOCKWISE_PIXELS`, in blocks of :data:`ASSEMBLY_BLOCK`).
+        :data:`BLOCKWISE_PIXELS`, in blocks of
+        :data:`ppp_zoo.postprocess.blocks.ASSEMBLY_BLOCK`).
     keep_outputs : bool
         Keep the raw network outputs in the result.
     tile_progress : callable, optional
