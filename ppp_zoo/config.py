@@ -36,6 +36,7 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, Mapping, Optional, get_args, get_origin
 
+from .errors import UserError
 from .postprocess.params import AssemblyParams
 
 try:
@@ -225,40 +226,40 @@ def _convert(where: str, value: Any, hint: Any) -> Any:
     if origin is Literal:
         choices = get_args(hint)
         if value not in choices:
-            raise ValueError(f"{where} must be one of {', '.join(map(repr, choices))}, "
+            raise UserError(f"{where} must be one of {', '.join(map(repr, choices))}, "
                              f"got {value!r}")
         return value
     if hint is bool:
         if not isinstance(value, bool):
-            raise ValueError(f"{where} must be a boolean (true/false), got {_type_name(value)} "
+            raise UserError(f"{where} must be a boolean (true/false), got {_type_name(value)} "
                              f"{value!r}")
         return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{where} must be an integer, got {_type_name(value)} {value!r}")
+            raise UserError(f"{where} must be an integer, got {_type_name(value)} {value!r}")
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{where} must be a number, got {_type_name(value)} {value!r}")
+            raise UserError(f"{where} must be a number, got {_type_name(value)} {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
-            raise ValueError(f"{where} must be a string, got {_type_name(value)} {value!r}")
+            raise UserError(f"{where} must be a string, got {_type_name(value)} {value!r}")
         return value
     if hint is dict:
         if not isinstance(value, dict):
-            raise ValueError(f"{where} must be a table, got {_type_name(value)} {value!r}")
+            raise UserError(f"{where} must be a table, got {_type_name(value)} {value!r}")
         return dict(value)
     if origin is tuple:  # tuple[int, ...]: a shape
         if isinstance(value, str):
             try:
                 value = [int(s) for s in value.lower().split("x")]
             except ValueError:
-                raise ValueError(f"{where} must be a shape like 25x25 or [25, 25], "
+                raise UserError(f"{where} must be a shape like 25x25 or [25, 25], "
                                  f"got {value!r}") from None
         if not isinstance(value, (list, tuple)) or not value or any(
                 isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value):
-            raise ValueError(f"{where} must be a shape like 25x25 or [25, 25] (positive "
+            raise UserError(f"{where} must be a shape like 25x25 or [25, 25] (positive "
                              f"integers), got {value!r}")
         return tuple(value)
     raise TypeError(f"unsupported annotation {hint!r}")  # pragma: no cover
@@ -266,12 +267,12 @@ def _convert(where: str, value: Any, hint: Any) -> Any:
 
 def _section(name: str, cls, raw: Any):
     if not isinstance(raw, Mapping):
-        raise ValueError(f"[{name}] must be a table, got {_type_name(raw)}")
+        raise UserError(f"[{name}] must be a table, got {_type_name(raw)}")
     hints = typing.get_type_hints(cls)
     known = [f.name for f in dataclasses.fields(cls)]
     for key in raw:
         if key not in known:
-            raise ValueError(f"[{name}]: unknown key {key!r} (known: {', '.join(sorted(known))})")
+            raise UserError(f"[{name}]: unknown key {key!r} (known: {', '.join(sorted(known))})")
     values = {k: _convert(f"[{name}] {k}", v, hints[k]) for k, v in raw.items()}
     return cls(**values)
 
@@ -279,92 +280,92 @@ def _section(name: str, cls, raw: Any):
 def _validate_config(cfg: Config) -> None:
     d, m, t, n = cfg.data, cfg.model, cfg.train, cfg.normalize
     if d.source == "folder" and not d.path:
-        raise ValueError("[data] path is required when source = 'folder'")
+        raise UserError("[data] path is required when source = 'folder'")
     if d.source == "dsb-sample" and len(m.patchshape) != 2:
-        raise ValueError(f"[model] patchshape must be 2D for the dsb-sample, got {m.patchshape}")
+        raise UserError(f"[model] patchshape must be 2D for the dsb-sample, got {m.patchshape}")
     if d.source == "synth-worms" and not d.overlapping:
-        raise ValueError("[data] overlapping must be true for source = 'synth-worms' "
+        raise UserError("[data] overlapping must be true for source = 'synth-worms' "
                          "(worms cross)")
     if d.n_images < 1:
-        raise ValueError(f"[data] n_images must be >= 1, got {d.n_images}")
+        raise UserError(f"[data] n_images must be >= 1, got {d.n_images}")
     if not 0.0 <= d.val_fraction < 1.0:
-        raise ValueError(f"[data] val_fraction must lie in [0, 1), got {d.val_fraction}")
+        raise UserError(f"[data] val_fraction must lie in [0, 1), got {d.val_fraction}")
     if d.val_strip < 0:
-        raise ValueError(f"[data] val_strip must be >= 0, got {d.val_strip}")
+        raise UserError(f"[data] val_strip must be >= 0, got {d.val_strip}")
     if m.depth < 1 or m.base_features < 1 or m.growth < 1:
-        raise ValueError("[model] depth, base_features and growth must be >= 1")
+        raise UserError("[model] depth, base_features and growth must be >= 1")
     if len(m.patchshape) not in (2, 3) or any(p % 2 == 0 for p in m.patchshape):
-        raise ValueError(f"[model] patchshape must be 2 or 3 odd sizes, got {m.patchshape}")
+        raise UserError(f"[model] patchshape must be 2 or 3 odd sizes, got {m.patchshape}")
     if len(t.crop_size) != len(m.patchshape):
-        raise ValueError(f"[train] crop_size {t.crop_size} and [model] patchshape "
+        raise UserError(f"[train] crop_size {t.crop_size} and [model] patchshape "
                          f"{m.patchshape} differ in dimensions")
     if m.variant == "ppp" and (m.code_shape is not None or m.decoder_features is not None):
-        raise ValueError("[model] code_shape and decoder_features need variant = 'ppp+dec'")
+        raise UserError("[model] code_shape and decoder_features need variant = 'ppp+dec'")
     if m.variant == "ppp+dec":
         try:
             from .postprocess.code_layout import decoder_levels
 
             levels = decoder_levels(len(m.patchshape), m.code_shape, m.patchshape)
         except ValueError as err:
-            raise ValueError(f"[model] {err}") from None
+            raise UserError(f"[model] {err}") from None
         if m.decoder_features is not None and len(m.decoder_features) != levels:
-            raise ValueError(f"[model] decoder_features needs {levels} entries (one per "
+            raise UserError(f"[model] decoder_features needs {levels} entries (one per "
                              f"decoder level), got {list(m.decoder_features)}")
     divisor = 2 ** (m.depth - 1)
     if any(c % divisor for c in t.crop_size):
-        raise ValueError(f"[train] crop_size {t.crop_size} must be multiples of {divisor} "
+        raise UserError(f"[train] crop_size {t.crop_size} must be multiples of {divisor} "
                          f"(2**(depth-1) for depth {m.depth})")
     for key in ("iterations", "batch_size", "val_every", "max_resample", "decode_samples"):
         if getattr(t, key) < 1:
-            raise ValueError(f"[train] {key} must be >= 1, got {getattr(t, key)}")
+            raise UserError(f"[train] {key} must be >= 1, got {getattr(t, key)}")
     if t.lr <= 0 or not 0 <= t.beta1 < 1:
-        raise ValueError(f"[train] lr must be > 0 and beta1 in [0, 1), got {t.lr}, {t.beta1}")
+        raise UserError(f"[train] lr must be > 0 and beta1 in [0, 1), got {t.lr}, {t.beta1}")
     if t.max_minutes is not None and t.max_minutes <= 0:
-        raise ValueError(f"[train] max_minutes must be > 0, got {t.max_minutes}")
+        raise UserError(f"[train] max_minutes must be > 0, got {t.max_minutes}")
     if not 0 <= t.overlap_fraction <= 1:
-        raise ValueError(f"[train] overlap_fraction must lie in [0, 1], got {t.overlap_fraction}")
+        raise UserError(f"[train] overlap_fraction must lie in [0, 1], got {t.overlap_fraction}")
     if t.rotate < 0 or t.elastic_jitter < 0 or t.elastic_spacing < 2:
-        raise ValueError("[train] rotate and elastic_jitter must be >= 0 and elastic_spacing "
+        raise UserError("[train] rotate and elastic_jitter must be >= 0 and elastic_spacing "
                          ">= 2")
     if t.zoom < 1 or t.gamma < 1 or t.blur < 0 or t.noise < 0:
-        raise ValueError("[train] zoom and gamma must be >= 1 (1: off), blur and noise >= 0")
+        raise UserError("[train] zoom and gamma must be >= 1 (1: off), blur and noise >= 0")
     if d.synth_extra < 0 or not 0 < d.synth_extra_fraction < 1:
-        raise ValueError("[data] synth_extra must be >= 0 and synth_extra_fraction in (0, 1)")
+        raise UserError("[data] synth_extra must be >= 0 and synth_extra_fraction in (0, 1)")
     if (d.synth_extra or d.synth_val) and (d.overlapping or len(m.patchshape) != 2):
-        raise ValueError("[data] synth_extra and synth_val add 2D nuclei: they need a 2D "
+        raise UserError("[data] synth_extra and synth_val add 2D nuclei: they need a 2D "
                          "model and overlapping = false")
     if d.synth_val < 0:
-        raise ValueError(f"[data] synth_val must be >= 0, got {d.synth_val}")
+        raise UserError(f"[data] synth_val must be >= 0, got {d.synth_val}")
     if t.lr_min < 0:
-        raise ValueError(f"[train] lr_min must be >= 0, got {t.lr_min}")
+        raise UserError(f"[train] lr_min must be >= 0, got {t.lr_min}")
     if not 0 <= t.min_foreground < 1:
-        raise ValueError(f"[train] min_foreground must lie in [0, 1), got {t.min_foreground}")
+        raise UserError(f"[train] min_foreground must lie in [0, 1), got {t.min_foreground}")
     if not 0 <= n.p_low < n.p_high <= 100:
-        raise ValueError(f"[normalize] need 0 <= p_low < p_high <= 100, got {n.p_low}, "
+        raise UserError(f"[normalize] need 0 <= p_low < p_high <= 100, got {n.p_low}, "
                          f"{n.p_high}")
     try:
         cfg.assembly_params()
     except (ValueError, TypeError) as err:
-        raise ValueError(f"[postprocess] {err}") from None
+        raise UserError(f"[postprocess] {err}") from None
 
 
 def _postprocess(raw: Any) -> dict:
     if not isinstance(raw, Mapping):
-        raise ValueError(f"[postprocess] must be a table, got {_type_name(raw)}")
+        raise UserError(f"[postprocess] must be a table, got {_type_name(raw)}")
     hints = typing.get_type_hints(AssemblyParams)
     out = {}
     for key, value in raw.items():
         if key in ("patchshape", "overlapping"):
-            raise ValueError(f"[postprocess]: {key!r} is taken from "
+            raise UserError(f"[postprocess]: {key!r} is taken from "
                              f"{'[model] patchshape' if key == 'patchshape' else '[data] overlapping'}")
         if key not in _ASSEMBLY_KEYS:
-            raise ValueError(f"[postprocess]: unknown key {key!r} "
+            raise UserError(f"[postprocess]: unknown key {key!r} "
                              f"(known: {', '.join(sorted(_ASSEMBLY_KEYS))})")
         hint = hints[key]
         where = f"[postprocess] {key}"
         if get_origin(hint) is tuple and get_args(hint)[-1] is not Ellipsis:  # (t1, t2)
             if not isinstance(value, (list, tuple)) or len(value) != len(get_args(hint)):
-                raise ValueError(f"{where} must be an array of {len(get_args(hint))} numbers, "
+                raise UserError(f"{where} must be an array of {len(get_args(hint))} numbers, "
                                  f"got {value!r}")
             value = [_convert(where, v, a) for v, a in zip(value, get_args(hint))]
         else:
@@ -382,11 +383,11 @@ def config_from_dict(d: Mapping[str, Any]) -> Config:
         One line naming the section and key of the first problem found.
     """
     if not isinstance(d, Mapping):
-        raise ValueError(f"a configuration must be a table, got {_type_name(d)}")
+        raise UserError(f"a configuration must be a table, got {_type_name(d)}")
     known = list(_SECTIONS) + ["postprocess"]
     for key in d:
         if key not in known:
-            raise ValueError(f"unknown section [{key}] (known: {', '.join(known)})")
+            raise UserError(f"unknown section [{key}] (known: {', '.join(known)})")
     sections = {name: _section(name, cls, d.get(name, {})) for name, cls in _SECTIONS.items()}
     cfg = Config(**sections, postprocess=_postprocess(d.get("postprocess", {})))
     _validate_config(cfg)
@@ -398,7 +399,7 @@ def parse_config(text: str) -> Config:
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"invalid TOML: {err}") from None
+        raise UserError(f"invalid TOML: {err}") from None
     return config_from_dict(raw)
 
 
@@ -414,15 +415,15 @@ def load_config(path: str | os.PathLike, preset: str | None = None) -> Config:
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"{path}: invalid TOML: {err}") from None
+        raise UserError(f"{path}: invalid TOML: {err}") from None
     except UnicodeDecodeError:
-        raise ValueError(f"{path}: not a text (TOML) file") from None
+        raise UserError(f"{path}: not a text (TOML) file") from None
     if preset is not None:
         raw = merge_config_dicts(load_preset(preset).to_dict(), raw)
     try:
         return config_from_dict(raw)
     except ValueError as err:
-        raise ValueError(f"{path}: {err}") from None
+        raise UserError(f"{path}: {err}") from None
 
 
 def merge_config_dicts(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict:
@@ -458,10 +459,10 @@ def load_preset(name: str) -> Config:
     """
     names = preset_names()
     if name not in names:
-        raise ValueError(f"unknown preset {name!r} (available: {', '.join(names)})")
+        raise UserError(f"unknown preset {name!r} (available: {', '.join(names)})")
     text = (importlib.resources.files("ppp_zoo") / "presets" / f"{name}.toml").read_text(
         encoding="utf-8")
     try:
         return parse_config(text)
     except ValueError as err:  # pragma: no cover - shipped presets are tested
-        raise ValueError(f"preset {name!r}: {err}") from None
+        raise UserError(f"preset {name!r}: {err}") from None

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import UserError
 from ..postprocess.code_layout import (  # noqa: F401 - re-exported
     DEFAULT_CODE_SHAPES,
     _validate_decoder_args,
@@ -65,7 +66,7 @@ class PatchDecoder(nn.Module):
             features = tuple(max(64 // 2**i, 8) for i in range(levels))
         features = tuple(map(int, features))
         if len(features) != levels:
-            raise ValueError(f"need {levels} feature counts for code grid {code_shape[1:]} and "
+            raise UserError(f"need {levels} feature counts for code grid {code_shape[1:]} and "
                              f"patchshape {patchshape}, got {features}")
         conv, _, _ = conv_ops(ndim)
         self.ndim = ndim

@@ -70,7 +70,6 @@ from ._cache import configure as _configure_cache
 
 _configure_cache()
 
-from .params import AssemblyParams, Partition, parse_shape  # noqa: E402
 from .assembly import AssemblyResult, assemble  # noqa: E402
 from .blockwise import assemble_blockwise  # noqa: E402
 from .candidates import CandidatePatches  # noqa: E402
@@ -82,14 +81,17 @@ from .decode import (  # noqa: E402
     decode_candidates,
     load_decoder,
 )
+from .errors import PostprocessError  # noqa: E402
 from .model_package import (  # noqa: E402
     ModelParams,
     PackageError,
     PackageFiles,
     load_model_params,
 )
+from .params import AssemblyParams, Partition, parse_shape  # noqa: E402
 
 __all__ = ["AssemblyParams", "AssemblyResult", "CandidatePatches", "DecodedPatches", "Decoder",
-           "ModelParams", "PackageError", "PackageFiles", "Partition", "PatchHead", "assemble",
+           "ModelParams", "PackageError", "PackageFiles", "Partition", "PatchHead",
+           "PostprocessError", "assemble",
            "assemble_blockwise", "decode", "decode_candidates", "load_decoder",
            "load_model_params", "parse_shape"]

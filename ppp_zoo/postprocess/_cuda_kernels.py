@@ -50,6 +50,7 @@ from numba import cuda
 
 from ._cuda_probe import SIM, cuda_errors, unavailable_reason  # noqa: F401 - used from here
 from ._state import BAND_ROWS, Consensus
+from .errors import PostprocessError
 
 #: most bytes one block (consensus rows, patch window, scratch) takes on the GPU; the
 #: block is also kept under 60 % of the free GPU memory
@@ -728,7 +729,7 @@ def compute_consensus(prep, cand_flat: np.ndarray):
                            "computes it on the CPU then)")
     geo = prep.geo
     if int(np.prod(geo.patchshape)) > np.iinfo(np.uint16).max:
-        raise ValueError(f"patchshape {geo.patchshape} is too large (at most 65535 offsets)")
+        raise PostprocessError(f"patchshape {geo.patchshape} is too large (at most 65535 offsets)")
     lay = _Layout(prep)
     rz, ry, rx = lay.r
     A, ra, P, n_cols = lay.A, lay.ra, lay.P, lay.n_cols

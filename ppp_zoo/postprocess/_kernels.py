@@ -22,7 +22,6 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-
 #: pixels per tile of the consensus pass (see :func:`_consensus_of_row`)
 TILE = 8
 

@@ -26,8 +26,9 @@ import numpy as np
 
 from . import _cuda_probe
 from . import _kernels as K
-from ._state import BAND_ROWS, Consensus, Geometry, Prepared, _geometry
+from ._state import BAND_ROWS, Consensus, Prepared
 from .candidates import CandidatePatches
+from .errors import PostprocessError
 from .foreground import candidate_mask, foreground_classes
 from .labels import relabel_consecutive
 from .params import AssemblyParams
@@ -58,7 +59,7 @@ def resolve_device(device: str = "auto") -> str:
         For ``"cuda"`` without a usable CUDA GPU (the message says what is missing).
     """
     if device not in DEVICES:
-        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+        raise PostprocessError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
     if device == "cpu":
         return "cpu"
     reason = _cuda_probe.unavailable_reason()
@@ -158,41 +159,41 @@ def _cuda():
 def _validate_inputs(numinst, patches, params: AssemblyParams):
     compact = isinstance(patches, CandidatePatches)
     if compact and numinst is None:
-        raise ValueError("candidate patches need numinst (the foreground comes from it)")
+        raise PostprocessError("candidate patches need numinst (the foreground comes from it)")
     if not compact:
         patches = np.asarray(patches)
     if patches.ndim != params.ndim + 1:
-        raise ValueError(
+        raise PostprocessError(
             f"patches must have shape (P, {'Z, ' if params.ndim == 3 else ''}Y, X) for a "
             f"{params.ndim}D patchshape {params.patchshape}, got shape {patches.shape}"
         )
     n_ch = int(np.prod(params.patchshape))
     if patches.shape[0] != n_ch:
-        raise ValueError(
+        raise PostprocessError(
             f"patches has {patches.shape[0]} channels but patchshape "
             f"{'x'.join(map(str, params.patchshape))} needs {n_ch}"
         )
     if patches.dtype.kind not in "fiub":
-        raise ValueError(f"patches must be numeric, got dtype {patches.dtype}")
+        raise PostprocessError(f"patches must be numeric, got dtype {patches.dtype}")
     if min(patches.shape[1:], default=0) < 1:
-        raise ValueError(f"patches has an empty spatial shape {patches.shape[1:]}")
+        raise PostprocessError(f"patches has an empty spatial shape {patches.shape[1:]}")
     if numinst is not None:
         numinst = np.asarray(numinst)
         if numinst.shape != (3,) + patches.shape[1:]:
-            raise ValueError(
+            raise PostprocessError(
                 f"numinst must have shape {(3,) + patches.shape[1:]} (3 classes over the "
                 f"patches' spatial shape), got {numinst.shape}"
             )
         if numinst.dtype.kind not in "fiub":
-            raise ValueError(f"numinst must be numeric, got dtype {numinst.dtype}")
+            raise PostprocessError(f"numinst must be numeric, got dtype {numinst.dtype}")
         if not np.isfinite(numinst).all():
-            raise ValueError("numinst contains NaN or infinite values")
+            raise PostprocessError("numinst contains NaN or infinite values")
     # Checked in chunks so that a float64 copy of a large array is never made.
     flat = patches.values if compact else patches.reshape(patches.shape[0], -1)
     step = max(1, (1 << 24) // max(1, flat.shape[1]))
     for i in range(0, flat.shape[0], step):
         if not np.isfinite(flat[i:i + step]).all():
-            raise ValueError("patches contains NaN or infinite values")
+            raise PostprocessError("patches contains NaN or infinite values")
     return numinst, patches
 
 
@@ -241,7 +242,7 @@ def compute_consensus(prep: Prepared, cand_flat: np.ndarray, device: str = "cpu"
     geo = prep.geo
     n_cols = geo.n_columns
     if int(np.prod(geo.patchshape)) > np.iinfo(np.uint16).max:
-        raise ValueError(f"patchshape {geo.patchshape} is too large (at most 65535 offsets)")
+        raise PostprocessError(f"patchshape {geo.patchshape} is too large (at most 65535 offsets)")
     Z, Y, X = geo.shape
     ry = int(geo.r[1])
     cand_flat = np.ascontiguousarray(cand_flat, np.int64)
@@ -384,7 +385,7 @@ def partition_graph(n_nodes: int, edges: np.ndarray, weights: np.ndarray, method
     elif method == "mws":
         roots = _mutex_watershed(n_nodes, edges, weights)
     else:
-        raise ValueError(f"partition must be 'cc' or 'mws', got {method!r}")
+        raise PostprocessError(f"partition must be 'cc' or 'mws', got {method!r}")
     _, first, inverse = np.unique(roots, return_index=True, return_inverse=True)
     rank = np.empty(len(first), np.int64)
     rank[np.argsort(first, kind="stable")] = np.arange(1, len(first) + 1)

@@ -35,6 +35,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from .errors import PostprocessError
+
 MERGE_OVERLAP = 0.5
 """Two block instances are one when they overlap by this fraction of the smaller."""
 ASSEMBLY_BLOCK = {2: (512, 512), 3: (64, 64, 64)}
@@ -134,7 +136,7 @@ def block_grid(shape: Sequence[int], patchshape: Sequence[int],
         block = even_blocks(shape, ASSEMBLY_BLOCK[ndim])
     block = tuple(int(b) for b in block)
     if len(block) != ndim or min(block) < 1:
-        raise ValueError(f"block must have {ndim} positive sizes, got "
+        raise PostprocessError(f"block must have {ndim} positive sizes, got "
                          f"{'x'.join(map(str, block))}")
     block = tuple(round_up(b, a) for b, a in zip(block, align))
     strip = patch
@@ -169,7 +171,7 @@ def label_block(labels: np.ndarray, grid: BlockGrid, index: Sequence[int],
     core, crop = grid.core(index), grid.crop(index)
     labels = np.asarray(labels)
     if labels.shape != tuple(s.stop - s.start for s in crop):
-        raise ValueError(f"block labels of shape {labels.shape} for a block of "
+        raise PostprocessError(f"block labels of shape {labels.shape} for a block of "
                          f"{tuple(s.stop - s.start for s in crop)}")
     owned = np.unique(labels[_local(core, crop)])
     owned = owned[owned > 0]

@@ -26,6 +26,7 @@ from .blocks import (
     merge_pairs,
 )
 from .candidates import CandidatePatches
+from .errors import PostprocessError
 from .params import AssemblyParams
 
 
@@ -72,11 +73,11 @@ def assemble_blockwise(numinst, patches, params: AssemblyParams, *,
     (2, True)
     """
     if params.overlapping:
-        raise ValueError("blockwise assembly writes label images: use overlapping=False")
+        raise PostprocessError("blockwise assembly writes label images: use overlapping=False")
     resolve_device(device)  # an unknown device, or cuda without a GPU, fails before any block
     spatial = tuple(patches.shape[1:])
     if len(spatial) != params.ndim:
-        raise ValueError(f"patches must have shape (P, {'Z, ' if params.ndim == 3 else ''}Y, X) "
+        raise PostprocessError(f"patches must have shape (P, {'Z, ' if params.ndim == 3 else ''}Y, X) "
                          f"for patchshape {params.patchshape}, got {patches.shape}")
     grid, strip = block_grid(spatial, params.patchshape, block_shape,
                              align=params.fast_stride if params.fast else 1)

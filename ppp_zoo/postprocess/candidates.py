@@ -15,6 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .errors import PostprocessError
+
 
 class CandidatePatches:
     """The patches ``(P, n)`` of ``n`` pixels of an image of shape ``spatial``.
@@ -48,11 +50,11 @@ class CandidatePatches:
         flat = np.ascontiguousarray(flat, dtype=np.int64)
         spatial = tuple(int(s) for s in spatial)
         if values.ndim != 2 or flat.ndim != 1 or values.shape[1] != flat.size:
-            raise ValueError(f"values must have shape (P, n) with n = len(flat) = {flat.size}, "
+            raise PostprocessError(f"values must have shape (P, n) with n = len(flat) = {flat.size}, "
                              f"got {values.shape}")
         if flat.size and (flat[0] < 0 or flat[-1] >= int(np.prod(spatial))
                           or np.any(np.diff(flat) <= 0)):
-            raise ValueError(f"flat must be strictly increasing pixel indices into {spatial}")
+            raise PostprocessError(f"flat must be strictly increasing pixel indices into {spatial}")
         self.values, self.flat, self.spatial = values, flat, spatial
         self.shape = (values.shape[0],) + spatial
         self.ndim = len(self.shape)
@@ -100,7 +102,7 @@ class CandidatePatches:
         missing = pos >= self.flat.size
         missing[~missing] = self.flat[pos[~missing]] != flat[~missing]
         if missing.any():
-            raise ValueError(f"the candidate patches lack {int(missing.sum())} of the "
+            raise PostprocessError(f"the candidate patches lack {int(missing.sum())} of the "
                              f"{flat.size} candidate centres of these parameters: make them "
                              "from the same numinst with the same assembly parameters, for "
                              "this very image or block (in fast mode the stride grid starts "

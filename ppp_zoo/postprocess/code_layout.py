@@ -18,19 +18,21 @@ from __future__ import annotations
 
 import math
 
+from .errors import PostprocessError
+
 DEFAULT_CODE_SHAPES = {2: (16, 4, 4), 3: (8, 3, 3, 3)}
 
 
 def default_code_shape(ndim: int, code_channels: int | None = None) -> tuple[int, ...]:
     """Default code layout for ``ndim``; with ``code_channels``, keep the grid, adapt ``c0``."""
     if ndim not in DEFAULT_CODE_SHAPES:
-        raise ValueError(f"ndim must be 2 or 3, got {ndim}")
+        raise PostprocessError(f"ndim must be 2 or 3, got {ndim}")
     shape = DEFAULT_CODE_SHAPES[ndim]
     if code_channels is None:
         return shape
     grid = math.prod(shape[1:])
     if code_channels < grid or code_channels % grid:
-        raise ValueError(f"code_channels must be a positive multiple of the default {ndim}D "
+        raise PostprocessError(f"code_channels must be a positive multiple of the default {ndim}D "
                          f"code grid {shape[1:]} ({grid}), got {code_channels}; "
                          "pass code_shape instead")
     return (code_channels // grid,) + shape[1:]
@@ -46,12 +48,12 @@ def decoder_levels(ndim: int, code_shape, patchshape) -> int:
 def _validate_decoder_args(ndim, code_shape, patchshape) -> int:
     """Check the shapes and return the number of upsampling levels."""
     if ndim not in (2, 3):
-        raise ValueError(f"ndim must be 2 or 3, got {ndim}")
+        raise PostprocessError(f"ndim must be 2 or 3, got {ndim}")
     if len(code_shape) != ndim + 1 or min(code_shape) < 1:
-        raise ValueError(f"code_shape must be (channels, grid...) with {ndim} positive grid "
+        raise PostprocessError(f"code_shape must be (channels, grid...) with {ndim} positive grid "
                          f"sizes, got {code_shape}")
     if len(patchshape) != ndim or any(p < 1 or p % 2 == 0 for p in patchshape):
-        raise ValueError(f"patchshape must be {ndim} odd positive sizes, got {patchshape}")
+        raise PostprocessError(f"patchshape must be {ndim} odd positive sizes, got {patchshape}")
     levels = 0
     while any(g * 2**levels < p for g, p in zip(code_shape[1:], patchshape)):
         levels += 1

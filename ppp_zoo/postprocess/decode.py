@@ -32,6 +32,7 @@ import numpy as np
 from numba import njit, prange
 
 from .candidates import CandidatePatches
+from .errors import PostprocessError
 from .foreground import candidate_mask, foreground_classes
 from .params import AssemblyParams
 
@@ -125,10 +126,10 @@ class PatchHead:
         k = self.decoder.code_channels if self.decoder is not None else \
             int(np.prod(self.patchshape))
         if w.ndim != 2 or w.shape[0] != k or b.shape != (k,):
-            raise ValueError(f"head weight {w.shape} / bias {b.shape} do not give {k} "
+            raise PostprocessError(f"head weight {w.shape} / bias {b.shape} do not give {k} "
                              f"{'code' if self.decoder is not None else 'patch'} channels")
         if self.decoder is not None and self.decoder.patchshape != tuple(self.patchshape):
-            raise ValueError(f"decoder patchshape {self.decoder.patchshape} differs from the "
+            raise PostprocessError(f"decoder patchshape {self.decoder.patchshape} differs from the "
                              f"head's {tuple(self.patchshape)}")
 
     @property
@@ -153,7 +154,7 @@ class PatchHead:
         """Patch probabilities ``(N, P)`` of features ``(N, F)``."""
         features = np.asarray(features, np.float32)
         if features.ndim != 2 or features.shape[1] != self.in_channels:
-            raise ValueError(f"features must have shape (N, {self.in_channels}), "
+            raise PostprocessError(f"features must have shape (N, {self.in_channels}), "
                              f"got {features.shape}")
         probs = np.empty((len(features), len(self.bias)), np.float32)
         _pointwise_sigmoid(np.ascontiguousarray(features),
@@ -199,10 +200,10 @@ def load_head(source: bytes, decoder: Decoder | None = None) -> PatchHead:
         with np.load(io.BytesIO(source), allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
     except (OSError, ValueError, EOFError) as err:
-        raise ValueError(f"cannot read the head weights ({err})") from None
+        raise PostprocessError(f"cannot read the head weights ({err})") from None
     missing = [k for k in ("weight", "bias", "patchshape") if k not in arrays]
     if missing:
-        raise ValueError(f"head weights lack the arrays {missing}")
+        raise PostprocessError(f"head weights lack the arrays {missing}")
     return PatchHead(np.asarray(arrays["weight"], np.float32),
                      np.asarray(arrays["bias"], np.float32),
                      tuple(int(v) for v in arrays["patchshape"]), decoder)
@@ -222,7 +223,7 @@ def load_decoder(source: str | os.PathLike | bytes) -> Decoder:
         with npz:
             arrays = {k: npz[k] for k in npz.files}
     except (OSError, ValueError, EOFError) as err:
-        raise ValueError(f"cannot read the decoder weights ({err})") from None
+        raise PostprocessError(f"cannot read the decoder weights ({err})") from None
     return decoder_from_arrays(arrays)
 
 
@@ -231,7 +232,7 @@ def decoder_from_arrays(arrays: dict[str, np.ndarray]) -> Decoder:
     ``patchshape``."""
     for key in ("code_shape", "patchshape"):
         if key not in arrays:
-            raise ValueError(f"decoder weights lack the array {key!r}")
+            raise PostprocessError(f"decoder weights lack the array {key!r}")
     layers: dict[int, dict[str, np.ndarray]] = {}
     for key, value in arrays.items():
         match = _KEY.match(key)
@@ -248,23 +249,23 @@ def decoder_from_arrays(arrays: dict[str, np.ndarray]) -> Decoder:
 def _validate_decoder(code_shape, patchshape, convs) -> None:
     ndim = len(patchshape)
     if len(code_shape) != ndim + 1 or ndim not in (2, 3):
-        raise ValueError(f"code_shape {code_shape} does not fit patchshape {patchshape}")
+        raise PostprocessError(f"code_shape {code_shape} does not fit patchshape {patchshape}")
     if len(convs) % 2 != 1:
-        raise ValueError(f"expected two convolutions per level plus a final one, "
+        raise PostprocessError(f"expected two convolutions per level plus a final one, "
                          f"got {len(convs)} convolutions")
     levels = (len(convs) - 1) // 2
     if any(g * 2**levels < p for g, p in zip(code_shape[1:], patchshape)):
-        raise ValueError(f"{levels} levels cannot grow the code grid {code_shape[1:]} to "
+        raise PostprocessError(f"{levels} levels cannot grow the code grid {code_shape[1:]} to "
                          f"patchshape {patchshape}")
     prev = code_shape[0]
     for i, (w, b) in enumerate(convs):
         k = 1 if i == len(convs) - 1 else 3
         if w.shape[1:] != (prev,) + (k,) * ndim or b.shape != (w.shape[0],):
-            raise ValueError(f"convolution {i}: weight {w.shape} / bias {b.shape} do not "
+            raise PostprocessError(f"convolution {i}: weight {w.shape} / bias {b.shape} do not "
                              f"follow {prev} input channels and a {k}-wide kernel")
         prev = w.shape[0]
     if prev != 1:
-        raise ValueError(f"the final convolution must have one output channel, got {prev}")
+        raise PostprocessError(f"the final convolution must have one output channel, got {prev}")
 
 
 # --------------------------------------------------------------------------- maths
@@ -303,7 +304,7 @@ def decode_codes(decoder: Decoder, codes: np.ndarray) -> np.ndarray:
     """
     codes = np.asarray(codes, np.float32)
     if codes.ndim != 2 or codes.shape[1] != decoder.code_channels:
-        raise ValueError(f"codes must have shape (N, {decoder.code_channels}), "
+        raise PostprocessError(f"codes must have shape (N, {decoder.code_channels}), "
                          f"got {codes.shape}")
     x = np.moveaxis(codes.reshape((-1,) + decoder.code_shape), 1, -1)
     for level in range(decoder.levels):
@@ -332,11 +333,11 @@ def _check_decode_inputs(numinst, values, decoder: PixelDecoder):
     numinst = np.asarray(numinst)
     values = np.asarray(values)
     if values.ndim != decoder.ndim + 1 or values.shape[0] != decoder.in_channels:
-        raise ValueError(f"{'codes' if isinstance(decoder, Decoder) else 'features'} must "
+        raise PostprocessError(f"{'codes' if isinstance(decoder, Decoder) else 'features'} must "
                          f"have shape ({decoder.in_channels}, ...) with {decoder.ndim} "
                          f"spatial axes, got {values.shape}")
     if numinst.shape != (3,) + values.shape[1:]:
-        raise ValueError(f"numinst {numinst.shape} does not match {values.shape}")
+        raise PostprocessError(f"numinst {numinst.shape} does not match {values.shape}")
     return numinst, values
 
 

@@ -40,6 +40,7 @@ from .decode import (
     load_decoder,
     load_head,
 )
+from .errors import PostprocessError
 from .params import AssemblyParams
 
 PARAMS_FILE = "patchperpix.json"
@@ -55,7 +56,7 @@ network outputs compress about 1.1-2x; only crafted data (or a constant array) r
 _CHUNK = 1 << 20
 
 
-class PackageError(ValueError):
+class PackageError(PostprocessError):
     """A model package that is missing, unreadable, tampered with or not a PatchPerPix
     package."""
 
@@ -244,11 +245,11 @@ class ModelParams:
         """``(numinst, features)`` views of a format-2 output ``(C, [Z,] Y, X)``."""
         ranges = self.output_channels
         if ranges is None:
-            raise ValueError("this is a two-output (format 1) package: its outputs are "
+            raise PostprocessError("this is a two-output (format 1) package: its outputs are "
                              "numinst and patches/codes already")
         n = self.n_output_channels
         if output.ndim != self.assembly.ndim + 1 or output.shape[0] != n:
-            raise ValueError(f"the model's output has shape ({n}, "
+            raise PostprocessError(f"the model's output has shape ({n}, "
                              f"{'Z, ' if self.assembly.ndim == 3 else ''}Y, X), got "
                              f"{output.shape}")
         (a, b), (c, d) = ranges["numinst"], ranges["features"]
@@ -279,7 +280,7 @@ class ModelParams:
         """Patches ``(P, ...)`` from the model's numinst and codes (or features); like
         :meth:`patches`, but an error for a model whose output is the patches."""
         if self.decoder is None:
-            raise ValueError("this model outputs patches, it has no decoder")
+            raise PostprocessError("this model outputs patches, it has no decoder")
         return self.patches(numinst, values, memory_budget=memory_budget)
 
 
@@ -306,22 +307,22 @@ def model_params_from_info(info: dict, files: PackageFiles) -> ModelParams:
             decoder = load_decoder(files.read(entry.get("source", "decoder.npz"),
                                               entry.get("sha256")))
             if decoder.patchshape != assembly.patchshape:
-                raise ValueError(f"decoder patchshape {decoder.patchshape} differs from "
+                raise PostprocessError(f"decoder patchshape {decoder.patchshape} differs from "
                                  f"the assembly patchshape {assembly.patchshape}")
         if fmt >= 2:
             out, head = info.get("output") or {}, info.get("head") or {}
             channels = out.get("channels") or {}
             if set(channels) != {"numinst", "features"} or not head.get("source"):
-                raise ValueError("format 2 needs output.channels {numinst, features} and a "
+                raise PostprocessError("format 2 needs output.channels {numinst, features} and a "
                                  "head file")
             decoder = load_head(files.read(head["source"], head.get("sha256")),
                                 decoder if isinstance(decoder, Decoder) else None)
             lo, hi = channels["features"]
             if hi - lo != decoder.in_channels or tuple(channels["numinst"]) != (0, 3):
-                raise ValueError(f"output channels {channels} do not fit a head reading "
+                raise PostprocessError(f"output channels {channels} do not fit a head reading "
                                  f"{decoder.in_channels} features")
             if decoder.patchshape != assembly.patchshape:
-                raise ValueError(f"head patchshape {decoder.patchshape} differs from the "
+                raise PostprocessError(f"head patchshape {decoder.patchshape} differs from the "
                                  f"assembly patchshape {assembly.patchshape}")
     except PackageError:
         raise

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal, Mapping, get_args
 
+from .errors import PostprocessError
+
 Partition = Literal["cc", "mws"]
 PatchShape = tuple[int, ...]
 
@@ -15,7 +17,7 @@ def parse_shape(text: str | Any) -> PatchShape:
         try:
             shape = tuple(int(s) for s in text.lower().split("x"))
         except ValueError:
-            raise ValueError(f"cannot read shape {text!r}: write it like 25x25 or 9x9x9") from None
+            raise PostprocessError(f"cannot read shape {text!r}: write it like 25x25 or 9x9x9") from None
     else:
         shape = tuple(int(s) for s in text)
     return shape
@@ -100,25 +102,25 @@ class AssemblyParams:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise ValueError(f"unknown assembly parameter(s): {', '.join(unknown)}")
+            raise PostprocessError(f"unknown assembly parameter(s): {', '.join(unknown)}")
         return cls(**dict(d))
 
 
 def _validate_params(p: AssemblyParams) -> None:
     shape = p.patchshape
     if len(shape) not in (2, 3):
-        raise ValueError(f"patchshape must have 2 or 3 entries, got {shape}")
+        raise PostprocessError(f"patchshape must have 2 or 3 entries, got {shape}")
     if any(s < 1 or s % 2 == 0 for s in shape):
-        raise ValueError(f"patchshape entries must be odd and positive, got {shape}")
+        raise PostprocessError(f"patchshape entries must be odd and positive, got {shape}")
     if not 0.0 < p.patch_threshold < 1.0:
-        raise ValueError(f"patch_threshold must be in (0, 1), got {p.patch_threshold}")
+        raise PostprocessError(f"patch_threshold must be in (0, 1), got {p.patch_threshold}")
     if not 0.0 < p.fc_threshold < 1.0:
-        raise ValueError(f"fc_threshold must be in (0, 1), got {p.fc_threshold}")
+        raise PostprocessError(f"fc_threshold must be in (0, 1), got {p.fc_threshold}")
     if p.partition not in get_args(Partition):
-        raise ValueError(f"partition must be one of {get_args(Partition)}, got {p.partition!r}")
+        raise PostprocessError(f"partition must be one of {get_args(Partition)}, got {p.partition!r}")
     if len(p.numinst_thresholds) != 2 or not all(0 <= t < 1 for t in p.numinst_thresholds):
-        raise ValueError(f"numinst_thresholds must be two values in [0, 1), got {p.numinst_thresholds}")
+        raise PostprocessError(f"numinst_thresholds must be two values in [0, 1), got {p.numinst_thresholds}")
     if p.min_size < 0:
-        raise ValueError(f"min_size must be >= 0, got {p.min_size}")
+        raise PostprocessError(f"min_size must be >= 0, got {p.min_size}")
     if p.fast_stride < 1:
-        raise ValueError(f"fast_stride must be >= 1, got {p.fast_stride}")
+        raise PostprocessError(f"fast_stride must be >= 1, got {p.fast_stride}")

@@ -23,6 +23,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..errors import UserError
+
 #: weight formats this project writes, in the order they are tested
 WEIGHT_FORMATS: tuple[str, ...] = ("torchscript", "onnx")
 
@@ -80,11 +82,11 @@ def _weight_formats(source: Path) -> list[str]:
     try:
         descr = load_model_description(source, perform_io_checks=False)
     except Exception as err:  # noqa: BLE001 - corrupt zip, unreadable yaml, ...
-        raise ValueError(f"{source}: not a readable model package "
+        raise UserError(f"{source}: not a readable model package "
                          f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
                          ) from None
     if isinstance(descr, InvalidDescr):
-        raise ValueError(  # noqa: TRY004 - a bad file, not a bad argument type
+        raise UserError(  # noqa: TRY004 - a bad file, not a bad argument type
             f"{source}: invalid model description "
                          f"({_first_error(descr.validation_summary)})")
     return [wf for wf in WEIGHT_FORMATS if getattr(descr.weights, wf, None) is not None]
@@ -127,7 +129,7 @@ def validate_package(source: str | os.PathLike, weight_formats=None) -> list[Val
     formats = available if weight_formats is None else list(weight_formats)
     missing = [wf for wf in formats if wf not in available]
     if missing or not formats:
-        raise ValueError(f"{source}: no {', '.join(missing) or 'supported'} weights "
+        raise UserError(f"{source}: no {', '.join(missing) or 'supported'} weights "
                          f"(the package has: {', '.join(available) or 'none'})")
     from bioimageio.core import test_model
 

@@ -15,7 +15,7 @@ from typing import Literal
 
 import numpy as np
 
-from ..errors import SetupError, describe
+from ..errors import SetupError, UserError, describe
 from . import doctor
 from .package import ModelPackage
 
@@ -96,7 +96,7 @@ class OnnxEngine(Engine):
         try:
             self._session = ort.InferenceSession(model, sess_options=options, providers=providers)
         except Exception as err:  # noqa: BLE001 - onnxruntime raises its own types
-            raise ValueError(f"cannot load the ONNX weights ({type(err).__name__}: "
+            raise UserError(f"cannot load the ONNX weights ({type(err).__name__}: "
                              f"{str(err).strip().splitlines()[0] if str(err).strip() else ''})"
                              ) from None
         self.provider = self._session.get_providers()[0]
@@ -143,7 +143,7 @@ class TorchScriptEngine(Engine):
                 warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit notices
                 self._module = torch.jit.load(io.BytesIO(model), map_location=self.device).eval()
         except Exception as err:  # noqa: BLE001 - torch raises many types for corrupt files
-            raise ValueError(f"cannot load the TorchScript weights ({describe(err)})") from None
+            raise UserError(f"cannot load the TorchScript weights ({describe(err)})") from None
 
     def __call__(self, x: np.ndarray) -> list[np.ndarray]:
         torch = self._torch
@@ -173,11 +173,11 @@ def create_engine(package: ModelPackage, engine: EngineName = "onnx",
         The engine's library or the device is not available.
     """
     if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+        raise UserError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if device not in DEVICES:
-        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+        raise UserError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
     if engine not in package.weights:
-        raise ValueError(f"{package.source}: the package has no {engine} weights "
+        raise UserError(f"{package.source}: the package has no {engine} weights "
                          f"(it has: {', '.join(sorted(package.weights))})")
     data = package.read_bytes(package.weights[engine])
     if engine == "onnx":
