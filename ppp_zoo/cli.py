@@ -130,9 +130,8 @@ def targets(
 
 # --------------------------------------------------------------------------- postprocess
 def _load_outputs(path: Path, patchshape: Optional[str]):
-    from .postprocess.params import parse_shape
-
     from .io import read_npz
+    from .postprocess.params import parse_shape
 
     arrays = read_npz(path)
     if "patches" not in arrays:
@@ -566,8 +565,13 @@ class _BlockProgress:
     def __enter__(self):
         if self.enabled:
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
-                TimeElapsedColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
 
             self._progress = Progress(TextColumn("blocks"), BarColumn(), MofNCompleteColumn(),
                                       TimeElapsedColumn(), console=Console(stderr=True),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+
 @njit(cache=False, nogil=True)
 def _dense_patch(patches, c, cflat, offs, r, vmask, vidx, th, bg, vals, w_high, w_low,
                  n_any, n_high, rows, entries, span):

@@ -14,9 +14,9 @@ from __future__ import annotations
 import numba
 import numpy as np
 import pytest
-
 import reference_assembly as R
 from per_patch_consensus import per_patch_consensus
+
 from ppp_zoo.data.targets import instance_targets
 from ppp_zoo.postprocess import AssemblyParams
 from ppp_zoo.postprocess import _kernels as K

@@ -108,6 +108,14 @@ def test_blockwise_equals_whole_image_on_real_labels(dsb_sample, dsb_targets):
     assert calls[-1] == (16, 16)
     result = evaluate_image(pred, labels)
     assert result.n_pred == 125 and result.ap["0.9"] >= 0.99, result.to_dict()
+    # the same labels with the blocks' sizes, timings and the device their kernels ran on
+    full = assemble_blockwise(numinst, patches, params, block_shape=(128, 128),
+                              return_result=True)
+    assert np.array_equal(full.labels, pred) and full.n_instances == int(pred.max()) == 125
+    assert full.device == "cpu" and full.n_candidates > 0 and full.timings
+    # another block size: the same instances (the one merge rule, blocks > 2 patches)
+    other = assemble_blockwise(numinst, patches, params, block_shape=(96, 160))
+    assert evaluate_image(other, pred).ap["0.9"] == 1.0
 
 
 def test_blockwise_reads_memory_mapped_outputs(tmp_path, nuclei3d_sample):

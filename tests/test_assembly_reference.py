@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 import reference_assembly as R
+
 from ppp_zoo.data.targets import instance_targets
 from ppp_zoo.postprocess import AssemblyParams
 from ppp_zoo.postprocess import assembly as A

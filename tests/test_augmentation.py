@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy import ndimage
 
 from ppp_zoo.config import config_from_dict, load_preset, merge_config_dicts
 from ppp_zoo.train import CropSampler, load_training_data

@@ -67,6 +67,7 @@ def test_default_model_segments_the_unseen_test_half(test_half, segmented):
     # the summary a user reads reports what was written: the instance count of the labels
     (entry,) = summary["images"]
     assert entry["n_instances"] == int(pred.max()) == len(np.unique(pred)) - 1
+    assert entry["assembly_device"] == "cpu"  # where the assembly kernels ran
     assert summary["errors"] == []
 
 

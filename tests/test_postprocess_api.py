@@ -197,12 +197,16 @@ def test_candidate_patches_give_the_dense_labels(ndim, fast, partition):
 
     if ndim == 2:
         labels = np.zeros((48, 44), np.int32)
-        labels[3:15, 3:15] = 1; labels[15:27, 3:17] = 2; labels[10:30, 20:35] = 3
+        labels[3:15, 3:15] = 1
+        labels[15:27, 3:17] = 2
+        labels[10:30, 20:35] = 3
         labels[32:46, 8:40] = 4
         shape = (9, 9)
     else:
         labels = np.zeros((10, 20, 18), np.int32)
-        labels[1:6, 2:9, 2:9] = 1; labels[1:6, 9:17, 2:10] = 2; labels[4:10, 4:14, 10:17] = 3
+        labels[1:6, 2:9, 2:9] = 1
+        labels[1:6, 9:17, 2:10] = 2
+        labels[4:10, 4:14, 10:17] = 3
         shape = (5, 5, 5)
     numinst, patches = _noisy_targets(labels, shape)
     params = AssemblyParams(patchshape=shape, patch_threshold=0.6, fc_threshold=0.6,

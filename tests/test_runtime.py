@@ -615,7 +615,7 @@ def test_stage_progress_names_each_stage_and_can_stop_the_assembly(tiny2d, synth
 def test_auto_scale_decision(nuclei2d, monkeypatch, measured, passes, chosen):
     """The choice among probe passes, with the measured object sizes given per scale
     (training diameter 23 px; a 256 x 256 image skips the 1/4 probe, 512 x 512 runs it)."""
-    from ppp_zoo.runtime.segment import SegmentResult, Segmenter
+    from ppp_zoo.runtime.segment import Segmenter, SegmentResult
 
     monkeypatch.setattr(type(nuclei2d.package), "object_diameter", property(lambda self: 23.0))
     run = []

@@ -15,7 +15,14 @@ import torch
 from typer.testing import CliRunner
 
 from ppp_zoo.cli import app
-from ppp_zoo.config import Config, config_from_dict, load_config, load_preset, parse_config, preset_names
+from ppp_zoo.config import (
+    Config,
+    config_from_dict,
+    load_config,
+    load_preset,
+    parse_config,
+    preset_names,
+)
 from ppp_zoo.predict import load_checkpoint, predict_image, predict_probabilities
 from ppp_zoo.train import CropSampler, load_training_data, object_diameter, train
 
@@ -258,8 +265,8 @@ def test_resume_continues_the_same_run(tmp_path):
     resumed = train(long, tmp_path / "r", device="cpu", progress=False, resume=True)
     fresh = train(long, tmp_path / "f", device="cpu", progress=False)
     assert resumed.iterations == 6
-    np.testing.assert_allclose([l for _, l in resumed.history["loss"]],
-                               [l for _, l in fresh.history["loss"]], rtol=1e-5)
+    np.testing.assert_allclose([loss for _, loss in resumed.history["loss"]],
+                               [loss for _, loss in fresh.history["loss"]], rtol=1e-5)
 
 
 def test_callback_sees_every_step_and_stop_keeps_the_checkpoints(tmp_path):

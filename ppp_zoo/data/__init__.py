@@ -2,7 +2,6 @@
 
 from .folder import FolderDataset, load_bbbc010
 from .sample import dsb_split, load_dsb_sample, load_nuclei3d_sample, write_sample
-from .targets import instance_targets
 from .synth import (
     NucleiInfo,
     posture_source,
@@ -15,6 +14,7 @@ from .synth import (
     write_synth_nuclei,
     write_synth_worms,
 )
+from .targets import instance_targets
 
 __all__ = [
     "FolderDataset",

@@ -24,7 +24,14 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..config import Config, config_from_dict, load_config, load_preset, merge_config_dicts, preset_names
+from ..config import (
+    Config,
+    config_from_dict,
+    load_config,
+    load_preset,
+    merge_config_dicts,
+    preset_names,
+)
 from ..errors import SetupError
 from ..runtime.segment import segment_image
 from ._qt import LayerBox, PathField, Relay, layer_array, notify_error, run_controls

@@ -16,7 +16,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from .assembly import assemble, resolve_device
+from .assembly import AssemblyResult, assemble, resolve_device
 from .blocks import (
     MERGE_OVERLAP,
     block_grid,
@@ -34,7 +34,7 @@ def assemble_blockwise(numinst, patches, params: AssemblyParams, *,
                        block_shape: Optional[Sequence[int]] = None,
                        merge_overlap: float = MERGE_OVERLAP,
                        progress: Optional[Callable[[int, int], None]] = None,
-                       device: str = "auto") -> np.ndarray:
+                       device: str = "auto", return_result: bool = False):
     """Assemble instances block by block and stitch them into one label image.
 
     Parameters
@@ -54,6 +54,10 @@ def assemble_blockwise(numinst, patches, params: AssemblyParams, *,
         Called with (blocks done, blocks total).
     device : {"auto", "cpu", "cuda"}
         Where each block's assembly kernels run (see :func:`~ppp_zoo.postprocess.assemble`).
+    return_result : bool
+        Return an :class:`~ppp_zoo.postprocess.AssemblyResult` (sizes and timings summed
+        over the blocks; ``device`` where the kernels of the blocks with candidates ran)
+        instead of the labels.
 
     Returns
     -------
@@ -83,15 +87,17 @@ def assemble_blockwise(numinst, patches, params: AssemblyParams, *,
                              align=params.fast_stride if params.fast else 1)
     local = np.zeros(spatial, np.int32)  # each core's local ids, then the global ids
     indices = grid.indices()
-    firsts = []
+    firsts, results = [], []
     for done, index in enumerate(indices):
         crop = grid.crop(index)
         n_crop = None if numinst is None else np.ascontiguousarray(numinst[(slice(None),) + crop])
         p_crop = patches[(slice(None),) + crop]
         if not isinstance(p_crop, CandidatePatches):  # compact ones are float32 already
             p_crop = np.ascontiguousarray(p_crop, dtype=np.float32)
-        labels = assemble(n_crop, p_crop, params, device=device)
+        result = assemble(n_crop, p_crop, params, device=device, return_result=True)
         del p_crop
+        labels = result.labels
+        results.append(result)
         n, core, strips = label_block(labels, grid, index, strip)
         local[grid.core(index)] = core
         firsts.append((n, strips))
@@ -104,4 +110,14 @@ def assemble_blockwise(numinst, patches, params: AssemblyParams, *,
     for index, lut in zip(indices, block_luts(counts, ids, np.int32)):
         core = grid.core(index)
         local[core] = lut[local[core]]
-    return local
+    if not return_result:
+        return local
+    devices = {r.device for r in results if r.n_candidates} or {"cpu"}
+    timings: dict[str, float] = {}
+    for r in results:
+        for key, value in r.timings.items():
+            timings[key] = timings.get(key, 0.0) + value
+    return AssemblyResult(local, int(ids.max(initial=0)),
+                          sum(r.n_candidates for r in results),
+                          sum(r.n_selected for r in results), sum(r.n_edges for r in results),
+                          timings, devices.pop() if len(devices) == 1 else "cuda+cpu")

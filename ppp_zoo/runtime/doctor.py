@@ -435,7 +435,9 @@ def _numba_info() -> dict[str, Any]:
     try:
         import numba
 
-        from .. import postprocess  # importing it points numba's cache at a writable folder
+        from .. import (
+            postprocess,  # importing it points numba's cache at a writable folder
+        )
 
         folder = Path(numba.config.CACHE_DIR) if numba.config.CACHE_DIR else \
             Path(postprocess.__file__).parent / "__pycache__"

@@ -85,6 +85,9 @@ class SegmentResult:
         Raw network outputs (at the processing scale) when asked for.
     constant_image : bool
         The image had one value everywhere: nothing was run, no instances.
+    assembly_device : str
+        Where the assembly kernels really ran: ``"cpu"``, ``"cuda"`` or ``"cuda+cpu"``
+        (:attr:`ppp_zoo.postprocess.AssemblyResult.device`).
     auto_scale : dict or None
         With ``scale="auto"``: ``confident`` (the objects of the chosen pass measure within
         :data:`AUTO_SCALE_TOLERANCE` of the training size), ``trained_diameter``,
@@ -102,13 +105,14 @@ class SegmentResult:
     outputs: dict | None = None
     constant_image: bool = False
     auto_scale: dict | None = None
+    assembly_device: str = "cpu"
 
     def summary(self) -> dict:
         """A JSON-ready dict (without the arrays)."""
         return {"n_instances": self.n_instances, "shape": list(self.labels.shape),
                 "scale": self.scale, "auto_scale": self.auto_scale, "n_tiles": self.n_tiles,
                 "suggested_scale": self.suggested_scale, "notes": list(self.notes),
-                "constant_image": self.constant_image,
+                "constant_image": self.constant_image, "assembly_device": self.assembly_device,
                 "timings": {k: round(v, 4) for k, v in self.timings.items()}}
 
 
@@ -394,8 +398,8 @@ class Segmenter:
         del x
         timings["inference"] = time.perf_counter() - t
 
-        labels = self._assemble(numinst, second, params, timings, block=block,
-                                stage_progress=stage_progress)
+        labels, assembly_device = self._assemble(numinst, second, params, timings, block=block,
+                                                 stage_progress=stage_progress)
         measured = _median_diameter(labels)
         suggested, notes = (_scale_hint(measured, scale, pkg.object_diameter) if hint
                             else (None, []))
@@ -410,7 +414,7 @@ class Segmenter:
             notes.append("no instances found")
         outputs = dict(zip(pkg.output_ids, raw)) if keep_outputs else None
         return SegmentResult(labels, n, timings, scale, n_tiles, tuple(notes), suggested,
-                             outputs), measured
+                             outputs, assembly_device=assembly_device), measured
 
     def preprocess(self, image: np.ndarray) -> np.ndarray:
         """``(C, [Z,] Y, X)`` -> the network input ``(1, C, [Z,] Y, X)``: the package's
@@ -436,7 +440,7 @@ class Segmenter:
         ``block``."""
         params = params if params is not None else self.package.assembly_params()
         return self._assemble(numinst, values, params, {}, block=block,
-                              stage_progress=stage_progress)
+                              stage_progress=stage_progress)[0]
 
     def _infer(self, x: np.ndarray, tile, progress: Progress):
         """Tiled inference: the outputs without batch axis (float16 when large), tiles run."""
@@ -477,15 +481,14 @@ class Segmenter:
         timings["decode"] = time.perf_counter() - t
         t = time.perf_counter()
         if blockwise:
-            labels = assemble_blockwise(
-                numinst, patches, params, device=device,
-                block_shape=block,
+            result = assemble_blockwise(
+                numinst, patches, params, device=device, block_shape=block, return_result=True,
                 progress=lambda done, total: report(f"assembly: block {done}/{total}"))
         else:
-            labels = assemble(numinst, patches, params, device=device,
+            result = assemble(numinst, patches, params, device=device, return_result=True,
                               progress=lambda name: report(f"assembly: {name}"))
         timings["assembly"] = time.perf_counter() - t
-        return labels
+        return result.labels, result.device
 
 
 def _scale_hint(measured: float | None, scale: float,
