@@ -8,10 +8,12 @@ with a message that names the file.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -328,7 +330,10 @@ def channels_first(array: np.ndarray, axes: str | None, *, channels: int, ndim: 
 # by block without loading the whole image; zarr is imported only here (the [dask] extra).
 LARGE_SUFFIXES = (".zarr", ".tif", ".tiff", ".npy")
 _NGFF_SPACE = "zyx"
-_open_arrays: dict = {}  # (path, array path) -> opened array, per process
+_OPEN_ARRAYS = 8
+"""Opened large inputs kept per process (a dask worker reads many blocks of one image)."""
+_open_arrays: collections.OrderedDict = collections.OrderedDict()  # (path, array) -> array
+_open_lock = threading.Lock()
 
 
 def _import_zarr():
@@ -410,9 +415,16 @@ class ImageSource:
     def array(self):
         """The stored array (zarr array, memory map or, for compressed TIFF, in memory)."""
         key = (self.path, self.array_path)
-        if key not in _open_arrays:
-            _open_arrays[key] = _open_array(self)
-        return _open_arrays[key]
+        with _open_lock:  # the most recently used :data:`_OPEN_ARRAYS`, shared by threads
+            if key in _open_arrays:
+                _open_arrays.move_to_end(key)
+                return _open_arrays[key]
+        opened = _open_array(self)
+        with _open_lock:
+            _open_arrays[key] = opened
+            while len(_open_arrays) > _OPEN_ARRAYS:
+                _open_arrays.popitem(last=False)
+        return opened
 
     def read(self, space: tuple[slice, ...]) -> np.ndarray:
         """The block ``space`` (one slice per space axis) as ``([C,] [Z,] Y, X)``: the

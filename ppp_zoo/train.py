@@ -332,7 +332,7 @@ class CropSampler:
 
 
 # --------------------------------------------------------------------------- helpers
-def resolve_device(device: str) -> torch.device:
+def resolve_torch_device(device: str) -> torch.device:
     """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without a GPU is an error."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -542,7 +542,7 @@ def train(config: Config | dict, out_dir: str | os.PathLike, *, max_minutes: flo
     cfg = config if isinstance(config, Config) else config_from_dict(config)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    dev = resolve_device(device)
+    dev = resolve_torch_device(device)
     t_cfg = cfg.train
     limit = max_minutes if max_minutes is not None else t_cfg.max_minutes
     if limit is not None and limit <= 0:

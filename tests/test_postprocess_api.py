@@ -254,3 +254,47 @@ def test_candidate_patches_crop_and_errors():
         assemble(numinst, compact, params.replace(fast=False))
     with pytest.raises(ValueError, match="need numinst"):
         assemble(None, compact, params)
+
+
+_CONCURRENT = """
+import contextlib, sys, threading
+import numpy as np
+from ppp_zoo.data.targets import instance_targets
+from ppp_zoo.postprocess import AssemblyParams, assemble
+import ppp_zoo.postprocess.assembly as assembly
+if sys.argv[1] == "unguarded":
+    assembly.parallel_section = contextlib.nullcontext
+rng = np.random.default_rng(0)
+labels = np.zeros((120, 120), np.int32)
+for k in range(1, 25):
+    y, x = rng.integers(8, 112, 2)
+    labels[y - 6:y + 6, x - 6:x + 6] = k
+numinst, patches = instance_targets(labels, (9, 9))
+params = AssemblyParams(patchshape=(9, 9))
+want = assemble(numinst, patches, params)
+same = []
+def work():
+    same.append(all(np.array_equal(assemble(numinst, patches, params), want) for _ in range(10)))
+threads = [threading.Thread(target=work) for _ in range(3)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+import numba
+print(numba.threading_layer(), same)
+"""
+
+
+def test_concurrent_assemblies_under_numba_workqueue_layer():
+    """Three threads assembling at once (as the napari Segment and Train workers can) under
+    numba's workqueue threading layer: serialised by the postprocessing, they all give the
+    labels of one call; unguarded, numba aborts the process (what the guard prevents)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NUMBA_THREADING_LAYER": "workqueue"}
+    run = [subprocess.run([sys.executable, "-c", _CONCURRENT, mode], capture_output=True,
+                          text=True, env=env, timeout=600) for mode in ("guarded", "unguarded")]
+    assert run[0].returncode == 0 and run[0].stdout.split() == ["workqueue", "[True,",
+                                                                "True,", "True]"], run[0].stderr
+    assert run[1].returncode != 0 and "workqueue threading layer is not threadsafe" in \
+        run[1].stdout + run[1].stderr

@@ -27,6 +27,7 @@ import numpy as np
 from . import _cuda_probe
 from . import _kernels as K
 from ._state import BAND_ROWS, Consensus, Prepared
+from ._threads import parallel_section
 from .candidates import CandidatePatches
 from .errors import PostprocessError
 from .foreground import candidate_mask, foreground_classes
@@ -532,6 +533,13 @@ def assemble(numinst, patches, params: AssemblyParams, *, progress: ProgressCall
     >>> int(out.max()), bool((out > 0).sum() == (labels > 0).sum())
     (3, True)
     """
+    with parallel_section():  # one thread at a time where numba's threading layer needs it
+        return _assemble(numinst, patches, params, progress=progress,
+                         return_result=return_result, device=device)
+
+
+def _assemble(numinst, patches, params: AssemblyParams, *, progress: ProgressCallback,
+              return_result: bool, device: str):
     timings: dict[str, float] = {}
     dev = resolve_device(device)
     used: set[str] = set()

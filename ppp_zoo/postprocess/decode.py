@@ -31,6 +31,7 @@ from typing import Union
 import numpy as np
 from numba import njit, prange
 
+from ._threads import parallel_section
 from .candidates import CandidatePatches
 from .errors import PostprocessError
 from .foreground import candidate_mask, foreground_classes
@@ -157,9 +158,10 @@ class PatchHead:
             raise PostprocessError(f"features must have shape (N, {self.in_channels}), "
                              f"got {features.shape}")
         probs = np.empty((len(features), len(self.bias)), np.float32)
-        _pointwise_sigmoid(np.ascontiguousarray(features),
-                           np.ascontiguousarray(np.asarray(self.weight, np.float32).T),
-                           np.asarray(self.bias, np.float32), probs)
+        with parallel_section():
+            _pointwise_sigmoid(np.ascontiguousarray(features),
+                               np.ascontiguousarray(np.asarray(self.weight, np.float32).T),
+                               np.asarray(self.bias, np.float32), probs)
         return probs if self.decoder is None else decode_codes(self.decoder, probs)
 
 

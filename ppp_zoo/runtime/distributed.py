@@ -30,6 +30,7 @@ import math
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -74,7 +75,8 @@ def _import_dask():
 
 
 # --------------------------------------------------------------------------- block functions
-_segmenters: dict = {}  # per worker process: a loaded model per configuration
+_segmenters: dict = {}  # per worker process: the loaded model of the last configuration
+_segmenters_lock = threading.Lock()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +96,10 @@ class SegmentBlocks:
 
     def segmenter(self):
         key = repr(self)
+        with _segmenters_lock:  # a worker with several threads loads the model once
+            return self._segmenter(key)
+
+    def _segmenter(self, key: str):
         if key not in _segmenters:
             from .engine import create_engine
             from .package import open_package

@@ -29,8 +29,8 @@ from .package import ModelPackage, open_package
 from .preprocess import preprocess, validate_preprocessing
 from .tiling import Progress, run_tiled
 
-MIN_SIZE = 4
-"""Smallest size of a space axis (after scaling) that ``segment`` accepts."""
+MIN_IMAGE_SIDE = 4
+"""Smallest size of a space axis of an image (after scaling) that ``segment`` accepts."""
 BLOCKWISE_PIXELS = {2: 512 * 512, 3: 96 * 96 * 96}
 """Images with more pixels are assembled blockwise."""
 FLOAT16_BYTES = 1 << 30
@@ -185,9 +185,9 @@ def image_to_channels_first(image: np.ndarray, ndim: int, channels: int = 1) -> 
 
 
 def _check_size(spatial: Sequence[int], what: str) -> None:
-    if min(spatial) < MIN_SIZE:
+    if min(spatial) < MIN_IMAGE_SIDE:
         raise InputError(f"{what} of shape {tuple(spatial)} is too small: every space axis "
-                         f"needs at least {MIN_SIZE} pixels")
+                         f"needs at least {MIN_IMAGE_SIDE} pixels")
 
 
 def _rescale(image: np.ndarray, scale: float) -> np.ndarray:
@@ -299,7 +299,7 @@ class Segmenter:
         """
         trained = self.package.object_diameter
         lo, hi = AUTO_SCALE_RANGE[self.package.ndim]
-        min_side = max(int(np.max(self.package.min_shape)), 2 * MIN_SIZE)
+        min_side = max(int(np.max(self.package.min_shape)), 2 * MIN_IMAGE_SIDE)
         passes: dict[float, tuple[float | None, SegmentResult]] = {}
 
         def run_at(scale: float) -> None:
