@@ -1,8 +1,8 @@
 """Whether the CUDA assembly kernels can run in this process, and may run unasked.
 
-Kept apart from the kernels (``_cuda_kernels.py``), which import ``numba.cuda`` and define
-every kernel: :func:`unavailable_reason` asks numba for a GPU and a compiler,
-:func:`cuda_errors` names the exception types of a driver or compiler failure.
+Kept apart from the kernels (``_cuda_kernels.py`` and the modules it imports), which import
+``numba.cuda`` and define every kernel: :func:`unavailable_reason` asks numba for a GPU and a
+compiler, :func:`cuda_errors` names the exception types of a driver or compiler failure.
 ``numba.cuda`` is imported only when one of them is called.
 
 :func:`self_check` keeps the verdict of the self-check that ``device="auto"`` needs before
@@ -89,7 +89,8 @@ def cuda_errors() -> tuple:
 # --------------------------------------------------------------------------- self-check
 RECORD_FILE = "cuda_self_check.json"
 #: the sources whose kernels the self-check vouches for
-CHECKED_SOURCES = ("_cuda_kernels.py", "_kernels.py", "_state.py", "assembly.py")
+CHECKED_SOURCES = ("_cuda_kernels.py", "_cuda_consensus.py", "_cuda_graph.py",
+                   "_cuda_rounding.py", "_kernels.py", "_state.py", "assembly.py")
 
 _LOCK = threading.Lock()
 _VERDICT: dict[str, str | None] = {}  # {"reason": None (passed) or why not}, once known
