@@ -157,3 +157,20 @@ def test_a_checkpoint_and_its_package_give_the_same_instances(test_half, tmp_pat
     agreement = evaluate_image(predicted, segmented)
     assert agreement.ap["0.9"] >= 0.99, agreement.ap
     assert evaluate_image(predicted, gt).ap["0.5"] >= 0.84  # and it is the embedded model
+
+
+@pytest.mark.slow
+def test_test_time_augmentation_gives_the_same_answer_in_every_orientation(test_half):
+    """segment with tta on the 8 mirrors and rotations of the DSB right half: every AP@0.5
+    >= 0.84 and a spread <= 0.03 (without it 0.742-0.869 with this model)."""
+    from ppp_zoo.postprocess.tta import apply, transforms
+    from ppp_zoo.runtime import load_segmenter
+
+    path, gt = test_half
+    image = tifffile.imread(path)
+    with load_segmenter(embedded_model_path(), device="cpu") as seg:
+        scores = [evaluate_image(seg.segment(np.ascontiguousarray(apply(image, t)),
+                                             tta=True).labels,
+                                 np.ascontiguousarray(apply(gt, t))).ap["0.5"]
+                  for t in transforms(seg.package.patchshape)]
+    assert len(scores) == 8 and min(scores) >= 0.84 and max(scores) - min(scores) <= 0.03, scores

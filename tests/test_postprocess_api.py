@@ -298,3 +298,25 @@ def test_concurrent_assemblies_under_numba_workqueue_layer():
                                                                 "True,", "True]"], run[0].stderr
     assert run[1].returncode != 0 and "workqueue threading layer is not threadsafe" in \
         run[1].stdout + run[1].stderr
+
+
+def test_averaged_decoder_turns_each_patch_back_before_averaging():
+    """AveragedDecoder: the identity alone is the head itself; with the x-mirror as well, a
+    pixel's stacked features give the mean of its patch and of the mirrored one."""
+    from ppp_zoo.postprocess import PatchHead
+    from ppp_zoo.postprocess.tta import AveragedDecoder, transforms
+
+    rng = np.random.default_rng(5)
+    head = PatchHead(rng.normal(size=(15, 4)).astype(np.float32),
+                     rng.normal(size=15).astype(np.float32), (3, 5))
+    features = rng.normal(size=(6, 4)).astype(np.float32)
+    plain = head.decode_pixels(features)
+    same = AveragedDecoder(head, ((( False, False), False),))
+    np.testing.assert_allclose(same.decode_pixels(features), plain, rtol=1e-6)
+    mirrored = AveragedDecoder(head, (((False, False), False), ((False, True), False)))
+    got = mirrored.decode_pixels(np.concatenate([features, features], axis=1))
+    want = (plain.reshape(6, 3, 5) + plain.reshape(6, 3, 5)[:, :, ::-1]) / 2
+    np.testing.assert_allclose(got, want.reshape(6, 15), rtol=1e-6)
+    assert len(transforms((3, 5))) == 4  # no transpose for a non-square patch
+    with pytest.raises(ValueError, match="does not fit the patch shape"):
+        AveragedDecoder(head, (((False, False), True),))

@@ -243,7 +243,7 @@ class Segmenter:
                 scale: float | str = 1.0, fast: bool | None = None,
                 block: Sequence[int] | None = None, keep_outputs: bool = False,
                 tile_progress: Progress = None,
-                stage_progress: Callable[[str], None] | None = None,
+                stage_progress: Callable[[str], None] | None = None, tta: bool = False,
                 **assembly_changes: Any) -> SegmentResult:
         """See :func:`segment_image`.
 
@@ -270,7 +270,8 @@ class Segmenter:
                                  1.0 if auto else scale, 0, ("constant image: no instances",),
                                  constant_image=True)
         run = dict(tile=tile, fast=fast, block=block, keep_outputs=keep_outputs,
-                   tile_progress=tile_progress, stage_progress=stage_progress, params=params)
+                   tile_progress=tile_progress, stage_progress=stage_progress, params=params,
+                   tta=tta)
         if not auto:
             result, _ = self._segment_at(img, scale, hint=True, **run)
             return result
@@ -373,8 +374,8 @@ class Segmenter:
                                    auto_scale=info)
 
     def _segment_at(self, img: np.ndarray, scale: float, *, hint: bool, tile, fast, block,
-                    keep_outputs, tile_progress, stage_progress,
-                    params) -> tuple[SegmentResult, float | None]:
+                    keep_outputs, tile_progress, stage_progress, params,
+                    tta: bool = False) -> tuple[SegmentResult, float | None]:
         """One pass at ``scale``: the result and the median object diameter (at ``scale``)."""
         pkg = self.package
         timings: dict[str, float] = {}
@@ -393,13 +394,17 @@ class Segmenter:
         t = time.perf_counter()
         if stage_progress is not None:
             stage_progress("inference")
-        raw, n_tiles = self._infer(x, tile, tile_progress)
-        numinst, second = self.params.split(raw[0]) if len(raw) == 1 else raw[:2]
+        model = self.params
+        if tta:
+            raw, numinst, second, model, n_tiles = self._infer_tta(x, tile, tile_progress)
+        else:
+            raw, n_tiles = self._infer(x, tile, tile_progress)
+            numinst, second = self.params.split(raw[0]) if len(raw) == 1 else raw[:2]
         del x
         timings["inference"] = time.perf_counter() - t
 
         labels, assembly_device = self._assemble(numinst, second, params, timings, block=block,
-                                                 stage_progress=stage_progress)
+                                                 stage_progress=stage_progress, model=model)
         measured = _median_diameter(labels)
         suggested, notes = (_scale_hint(measured, scale, pkg.object_diameter) if hint
                             else (None, []))
@@ -442,6 +447,32 @@ class Segmenter:
         return self._assemble(numinst, values, params, {}, block=block,
                               stage_progress=stage_progress)[0]
 
+    def _infer_tta(self, x: np.ndarray, tile, progress: Progress):
+        """Test-time augmentation (:mod:`ppp_zoo.postprocess.tta`): the network on every
+        mirror and rotation of ``x``, its outputs mapped back; numinst averaged, the
+        features stacked for an :class:`~ppp_zoo.postprocess.tta.AveragedDecoder`. Returns
+        the identity pass's raw outputs, numinst, the stacked features, the model
+        parameters that decode them, and the tiles run."""
+        from ..postprocess.tta import AveragedDecoder, apply, invert, transforms
+
+        if self.params.output_channels is None:
+            raise InputError("test-time augmentation needs a package whose output is numinst "
+                             "and features (format 2); re-export the model")
+        steps = transforms(self.params.assembly.patchshape)
+        numinst, stack, n_tiles, first = None, [], 0, None
+        for transform in steps:
+            raw, n = self._infer(np.ascontiguousarray(apply(x, transform)), tile, progress)
+            n_tiles += n
+            first = raw if first is None else first
+            ni, values = self.params.split(invert(raw[0], transform))
+            numinst = ni.astype(np.float32) if numinst is None else numinst + ni
+            stack.append(values)
+        numinst = np.ascontiguousarray(numinst / len(steps))
+        values = np.ascontiguousarray(np.concatenate(stack, axis=0))
+        model = dataclasses.replace(self.params, decoder=AveragedDecoder(self.params.decoder,
+                                                                         tuple(steps)))
+        return first, numinst, values, model, n_tiles
+
     def _infer(self, x: np.ndarray, tile, progress: Progress):
         """Tiled inference: the outputs without batch axis (float16 when large), tiles run."""
         pkg = self.package
@@ -460,7 +491,7 @@ class Segmenter:
         return outs, n_tiles
 
     def _assemble(self, numinst, second, params, timings: dict, *, block,
-                  stage_progress: Callable[[str], None] | None = None):
+                  stage_progress: Callable[[str], None] | None = None, model=None):
         """Decode features or codes into patches and assemble; blockwise (label images
         with more than :data:`BLOCKWISE_PIXELS` pixels, or with ``block``) decoding happens
         per block, inside the assembly's time. The assembly follows the network: on the
@@ -476,7 +507,7 @@ class Segmenter:
         report = stage_progress or (lambda name: None)
         report("decode")
         t = time.perf_counter()
-        model = dataclasses.replace(self.params, assembly=params)
+        model = dataclasses.replace(model or self.params, assembly=params)
         patches = model.patches(numinst, second, lazy=blockwise, candidates_only=True)
         timings["decode"] = time.perf_counter() - t
         t = time.perf_counter()
@@ -537,7 +568,7 @@ def segment_image(model: str | os.PathLike | ModelPackage | Segmenter, image: np
                   fast: bool | None = None,
                   block: Sequence[int] | None = None, keep_outputs: bool = False,
                   tile_progress: Progress = None,
-                  stage_progress: Callable[[str], None] | None = None,
+                  stage_progress: Callable[[str], None] | None = None, tta: bool = False,
                   **assembly_changes: Any) -> SegmentResult:
     """Segment one image into instances with a PatchPerPix model package.
 
@@ -564,13 +595,19 @@ def segment_image(model: str | os.PathLike | ModelPackage | Segmenter, image: np
         :data:`BLOCKWISE_PIXELS`, in blocks of
         :data:`ppp_zoo.postprocess.blocks.ASSEMBLY_BLOCK`).
     keep_outputs : bool
-        Keep the raw network outputs in the result.
+        Keep the raw network outputs in the result (with ``tta``: those of the image as
+        it is).
     tile_progress : callable, optional
         Called with (tiles done, tiles total).
     stage_progress : callable, optional
         Called with the name of each stage as it starts ("inference", "decode",
         "assembly: <step>" or "assembly: block <done>/<total>"). An exception it raises
         ends the run there (how a GUI cancels).
+    tta : bool
+        Test-time augmentation: run the network on the 8 mirrors and rotations of a 2D
+        image (4 for non-square patches; 16 in 3D with cubic patches), map the outputs back
+        and average numinst and the decoded patches (:mod:`ppp_zoo.postprocess.tta`); about
+        that many times the inference and decoding.
     **assembly_changes
         Overrides of the package's assembly parameters.
 
@@ -581,10 +618,10 @@ def segment_image(model: str | os.PathLike | ModelPackage | Segmenter, image: np
     if isinstance(model, Segmenter):
         return model.segment(image, tile=tile, scale=scale, fast=fast, block=block,
                              keep_outputs=keep_outputs, tile_progress=tile_progress,
-                             stage_progress=stage_progress,
+                             stage_progress=stage_progress, tta=tta,
                              **assembly_changes)
     with load_segmenter(model, engine, device) as seg:
         return seg.segment(image, tile=tile, scale=scale, fast=fast, block=block,
                            keep_outputs=keep_outputs, tile_progress=tile_progress,
-                           stage_progress=stage_progress,
+                           stage_progress=stage_progress, tta=tta,
                            **assembly_changes)
