@@ -75,28 +75,30 @@ def _first(lo, step):
 
 # --------------------------------------------------------------------------- kernels
 @cuda.jit(cache=True)
-def _consensus_kernel(pw, f0, vmask, cand, ucoord, dtab, g0, n_u, rz, ry, rx, th, bg, th2,
-                      inv_norm, height, step, fuse_hh, fuse_hl, fuse_lh, fuse_acc, ring, rcap):
+def _consensus_kernel(window_patches, window_start, vmask, cand_mask, ucoord, col_offsets, g0,
+                      n_u, rz, ry, rx, th, bg, th2, inv_norm, height, step, fuse_hh, fuse_hl,
+                      fuse_lh, fuse_acc, ring, ring_rows):
     """C(u, v) of the voting pixels u = rows g0 .. g0 + n_u - 1, one thread per (u, column).
 
-    ``pw`` (P, W) holds the patches of the pixels with flat index f0 .. f0 + W - 1 (every
-    centre whose box reaches a u); ``cand`` (Z, Y, X) marks the candidate centres,
-    ``ucoord`` (n_voting, 3) the voting pixels in raster order, ``dtab`` (n_columns, 3) the
-    offset v - u of each column. Row g goes to ``ring[g % rcap]``. The centres are visited
-    as the CPU pass visits them (stripes of ``height`` centre rows, even stripes first, then
-    by (y, z, x)); the ``fuse_*`` flags say which expressions the CPU rounds once (FMA).
+    ``window_patches`` (P, W) holds the patches of the pixels with flat index
+    ``window_start`` .. ``window_start + W - 1`` (every centre whose box reaches a u);
+    ``cand_mask`` (Z, Y, X) marks the candidate centres, ``ucoord`` (n_voting, 3) the voting
+    pixels in raster order, ``col_offsets`` (n_columns, 3) the offset v - u of each column.
+    Row g goes to ``ring[g % ring_rows]``. The centres are visited as the CPU pass visits
+    them (stripes of ``height`` centre rows, even stripes first, then by (y, z, x)); the
+    ``fuse_*`` flags say which expressions the CPU rounds once (FMA).
     """
     Z, Y, X = vmask.shape
     py, px = 2 * ry + 1, 2 * rx + 1
-    n_cols = dtab.shape[0]
+    n_cols = col_offsets.shape[0]
     one = np.float32(1.0)
     mth2 = -th2
     for idx in range(cuda.grid(1), n_u * n_cols, cuda.gridsize(1)):
         col = idx // n_u
         g = g0 + idx - col * n_u
         uz, uy, ux = ucoord[g, 0], ucoord[g, 1], ucoord[g, 2]
-        vz, vy, vx = uz + dtab[col, 0], uy + dtab[col, 1], ux + dtab[col, 2]
-        slot = g % rcap
+        vz, vy, vx = uz + col_offsets[col, 0], uy + col_offsets[col, 1], ux + col_offsets[col, 2]
+        slot = g % ring_rows
         if vz < 0 or vz >= Z or vy < 0 or vy >= Y or vx < 0 or vx >= X \
                 or vmask[vz, vy, vx] == 0:
             ring[slot, col] = np.nan
@@ -112,13 +114,14 @@ def _consensus_kernel(pw, f0, vmask, cand, ucoord, dtab, g0, n_u, rz, ry, rx, th
                     continue
                 for cz in range(zlo, zhi + 1, step):
                     for cx in range(xlo, xhi + 1, step):
-                        if cand[cz, cy, cx] == 0:
+                        if cand_mask[cz, cy, cx] == 0:
                             continue
-                        cf = (cz * Y + cy) * X + cx - f0
-                        pa = pw[((uz - cz + rz) * py + (uy - cy + ry)) * px + (ux - cx + rx), cf]
+                        centre_col = (cz * Y + cy) * X + cx - window_start
+                        pa = window_patches[((uz - cz + rz) * py + (uy - cy + ry)) * px
+                                            + (ux - cx + rx), centre_col]
                         if pa > th:
-                            pb = pw[((vz - cz + rz) * py + (vy - cy + ry)) * px
-                                    + (vx - cx + rx), cf]
+                            pb = window_patches[((vz - cz + rz) * py + (vy - cy + ry)) * px
+                                                + (vx - cx + rx), centre_col]
                             if pb > th:
                                 if fuse_hh:
                                     v = _fma(pa, pb, mth2)
@@ -133,8 +136,8 @@ def _consensus_kernel(pw, f0, vmask, cand, ucoord, dtab, g0, n_u, rz, ry, rx, th
                             else:
                                 continue
                         elif pa < bg:
-                            pb = pw[((vz - cz + rz) * py + (vy - cy + ry)) * px
-                                    + (vx - cx + rx), cf]
+                            pb = window_patches[((vz - cz + rz) * py + (vy - cy + ry)) * px
+                                                + (vx - cx + rx), centre_col]
                             if pb > th:
                                 q = one - pa
                                 if fuse_lh:
@@ -157,14 +160,15 @@ def _consensus_kernel(pw, f0, vmask, cand, ucoord, dtab, g0, n_u, rz, ry, rx, th
 
 
 @cuda.jit(cache=True)
-def _scores_kernel(pw, f0, vmask, vidx, ccoord, i0, i1, rz, ry, rx, th, bg, ring, rcap,
-                   band_rows, cls_scr, term_scr, scores, n_high, n_low):
+def _scores_kernel(window_patches, window_start, vmask, vidx, ccoord, i0, i1, rz, ry, rx, th,
+                   bg, ring, ring_rows, band_rows, cls_scratch, term_scratch, scores, n_high,
+                   n_low):
     """Score, |H_c| and |L_c| of the candidates i0 .. i1 - 1, one thread block per candidate.
 
-    The block's threads classify the patch (``cls_scr``: 1 in H_c, -1 in L_c, else 0), then
-    compute each pixel u's term (its pairs with the later v: +C for both in H, -C for one in
-    H and one in L; float64, by patch plane), and one thread adds the terms up in the CPU
-    pass's order: by bands of ``band_rows`` image rows, within a band by (y, z, x).
+    The block's threads classify the patch (``cls_scratch``: 1 in H_c, -1 in L_c, else 0),
+    then compute each pixel u's term (its pairs with the later v: +C for both in H, -C for
+    one in H and one in L; float64, by patch plane), and one thread adds the terms up in the
+    CPU pass's order: by bands of ``band_rows`` image rows, within a band by (y, z, x).
     """
     Z, Y, X = vmask.shape
     pz, py, px = 2 * rz + 1, 2 * ry + 1, 2 * rx + 1
@@ -172,30 +176,30 @@ def _scores_kernel(pw, f0, vmask, vidx, ccoord, i0, i1, rz, ry, rx, th, bg, ring
     fy, fx = 4 * ry + 1, 4 * rx + 1
     half = ((4 * rz + 1) * fy * fx - 1) // 2
     tid = cuda.threadIdx.x
-    nt = cuda.blockDim.x
-    blk = cuda.blockIdx.x
-    for i in range(i0 + blk, i1, cuda.gridDim.x):
+    n_threads = cuda.blockDim.x
+    block = cuda.blockIdx.x
+    for i in range(i0 + block, i1, cuda.gridDim.x):
         cz, cy, cx = ccoord[i, 0], ccoord[i, 1], ccoord[i, 2]
-        cf = (cz * Y + cy) * X + cx - f0
-        for k in range(tid, P, nt):
+        centre_col = (cz * Y + cy) * X + cx - window_start
+        for k in range(tid, P, n_threads):
             z = cz + k // (py * px) - rz
             y = cy + (k // px) % py - ry
             x = cx + k % px - rx
             c = 0
             if 0 <= z < Z and 0 <= y < Y and 0 <= x < X and vmask[z, y, x] != 0:
-                p = pw[k, cf]
+                p = window_patches[k, centre_col]
                 if p > th:
                     c = 1
                 elif p < bg:
                     c = -1
-            cls_scr[blk, k] = c
+            cls_scratch[block, k] = c
         cuda.syncthreads()
-        for ka in range(tid, P, nt):
-            ca = cls_scr[blk, ka]
+        for ka in range(tid, P, n_threads):
+            ca = cls_scratch[block, ka]
             t = 0.0
             if ca != 0:
                 za, ya, xa = ka // (py * px), (ka // px) % py, ka % px
-                slot = vidx[cz + za - rz, cy + ya - ry, cx + xa - rx] % rcap
+                slot = vidx[cz + za - rz, cy + ya - ry, cx + xa - rx] % ring_rows
                 for zb in range(za, pz):
                     acc = 0.0
                     for yb in range(py):
@@ -203,7 +207,7 @@ def _scores_kernel(pw, f0, vmask, vidx, ccoord, i0, i1, rz, ry, rx, th, bg, ring
                             kb = (zb * py + yb) * px + xb
                             if kb <= ka:
                                 continue
-                            cb = cls_scr[blk, kb]
+                            cb = cls_scratch[block, kb]
                             if cb == 0 or (ca == -1 and cb != 1):
                                 continue
                             col = ((zb - za + 2 * rz) * fy + (yb - ya + 2 * ry)) * fx \
@@ -214,7 +218,7 @@ def _scores_kernel(pw, f0, vmask, vidx, ccoord, i0, i1, rz, ry, rx, th, bg, ring
                             else:
                                 acc -= value
                     t += acc
-            term_scr[blk, ka] = t
+            term_scratch[block, ka] = t
         cuda.syncthreads()
         if tid == 0:
             nh = 0
@@ -234,9 +238,9 @@ def _scores_kernel(pw, f0, vmask, vidx, ccoord, i0, i1, rz, ry, rx, th, bg, ring
                 for kz in range(pz):
                     for kx in range(px):
                         k = (kz * py + ky) * px + kx
-                        c = cls_scr[blk, k]
+                        c = cls_scratch[block, k]
                         if c != 0:
-                            part += term_scr[blk, k]
+                            part += term_scratch[block, k]
                             if c == 1:
                                 nh += 1
                             else:

@@ -34,9 +34,9 @@ def _iabs(a):
 
 # --------------------------------------------------------------------------- kernels
 @cuda.jit(cache=True)
-def _footprint_kernel(pw, f0, items, centres, fg, rz, ry, rx, fc, bits):
+def _footprint_kernel(window_patches, window_start, items, centres, fg, rz, ry, rx, fc, bits):
     """Bit k of ``bits[i]`` (32 per word): pixel c_i + o_k is foreground with P > fc, for
-    the items (indices into ``centres``) whose patches are in ``pw``."""
+    the items (indices into ``centres``) whose patches are in ``window_patches``."""
     Z, Y, X = fg.shape
     py, px = 2 * ry + 1, 2 * rx + 1
     P = (2 * rz + 1) * py * px
@@ -46,14 +46,14 @@ def _footprint_kernel(pw, f0, items, centres, fg, rz, ry, rx, fc, bits):
         w = idx - t * W
         i = items[t]
         cz, cy, cx = centres[i, 0], centres[i, 1], centres[i, 2]
-        cf = (cz * Y + cy) * X + cx - f0
+        centre_col = (cz * Y + cy) * X + cx - window_start
         word = 0
         for k in range(32 * w, _imin(32 * w + 32, P)):
             z = cz + k // (py * px) - rz
             y = cy + (k // px) % py - ry
             x = cx + k % px - rx
             if 0 <= z < Z and 0 <= y < Y and 0 <= x < X and fg[z, y, x] != 0 \
-                    and pw[k, cf] > fc:
+                    and window_patches[k, centre_col] > fc:
                 word |= 1 << (k - 32 * w)
         bits[i, w] = word
 
@@ -65,18 +65,18 @@ def _cover_kernel(centres, bits, rz, ry, rx, covered, selected, n_selected):
     py, px = 2 * ry + 1, 2 * rx + 1
     P = (2 * rz + 1) * py * px
     tid = cuda.threadIdx.x
-    nt = cuda.blockDim.x
+    n_threads = cuda.blockDim.x
     m = 0
     for i in range(centres.shape[0]):
         cz, cy, cx = centres[i, 0], centres[i, 1], centres[i, 2]
         new = np.int32(0)
-        for k in range(tid, P, nt):
+        for k in range(tid, P, n_threads):
             if (bits[i, k // 32] >> (k % 32)) & 1:
                 if covered[cz + k // (py * px) - rz, cy + (k // px) % py - ry,
                            cx + k % px - rx] == 0:
                     new = np.int32(1)
         if cuda.syncthreads_or(new):
-            for k in range(tid, P, nt):
+            for k in range(tid, P, n_threads):
                 if (bits[i, k // 32] >> (k % 32)) & 1:
                     covered[cz + k // (py * px) - rz, cy + (k // px) % py - ry,
                             cx + k % px - rx] = 1
@@ -124,9 +124,10 @@ def _pair_fill_kernel(order, centres, pz, py, px, offsets, edges):
 
 
 @cuda.jit(cache=True)
-def _high_masks_kernel(pw, f0, nodes, centres, vmask, rz, ry, rx, th, stride, hmask, hspan):
+def _high_masks_kernel(window_patches, window_start, nodes, centres, vmask, rz, ry, rx, th,
+                       stride, hmask, hspan):
     """H mask and per-line x extent of the nodes (indices into ``centres``) whose patches are
-    in ``pw``, one thread per (node, patch line); as ``_kernels.high_masks``."""
+    in ``window_patches``, one thread per (node, patch line); as ``_kernels.high_masks``."""
     Z, Y, X = vmask.shape
     py, px = 2 * ry + 1, 2 * rx + 1
     L = (2 * rz + 1) * py
@@ -135,7 +136,7 @@ def _high_masks_kernel(pw, f0, nodes, centres, vmask, rz, ry, rx, th, stride, hm
         line = idx - t * L
         b = nodes[t]
         cz, cy, cx = centres[b, 0], centres[b, 1], centres[b, 2]
-        cf = (cz * Y + cy) * X + cx - f0
+        centre_col = (cz * Y + cy) * X + cx - window_start
         z = cz + line // py - rz
         y = cy + line % py - ry
         first = px
@@ -146,7 +147,7 @@ def _high_masks_kernel(pw, f0, nodes, centres, vmask, rz, ry, rx, th, stride, hm
             h = 0
             if 0 <= z < Z and 0 <= y < Y and 0 <= x < X and vmask[z, y, x] != 0:
                 if stride <= 1 or (z % stride == 0 and y % stride == 0 and x % stride == 0):
-                    if pw[k, cf] > th:
+                    if window_patches[k, centre_col] > th:
                         h = 1
             hmask[b, k] = h
             if h:

@@ -120,8 +120,8 @@ class _Layout:
         self.P = int(np.prod(geo.patchshape))
         self.n_cols = geo.n_columns
         self.axis = 0 if Z > 1 else 1
-        self.A = geo.shape[self.axis]
-        self.ra = self.r[self.axis]
+        self.n_lines = geo.shape[self.axis]
+        self.axis_radius = self.r[self.axis]
         self.line_size = (Y * X) if self.axis == 0 else X
         rz, ry, rx = self.r
         core = (slice(rz, rz + Z), slice(ry, ry + Y), slice(rx, rx + X))
@@ -133,15 +133,15 @@ class _Layout:
             dtype=np.int64)
         #: first consensus row of each line (and the number of rows at the end)
         self.line_rows = np.searchsorted(self.ucoord[:, self.axis],
-                                         np.arange(self.A + 1)).astype(np.int64)
+                                         np.arange(self.n_lines + 1)).astype(np.int64)
         self.prep = prep
 
     def rows(self, l0: int, l1: int) -> int:
-        l0, l1 = max(l0, 0), min(l1, self.A)
+        l0, l1 = max(l0, 0), min(l1, self.n_lines)
         return int(self.line_rows[l1] - self.line_rows[l0]) if l1 > l0 else 0
 
     def window_bytes(self, l0: int, l1: int) -> int:
-        l0, l1 = max(l0, 0), min(l1, self.A)
+        l0, l1 = max(l0, 0), min(l1, self.n_lines)
         return 4 * self.P * max(l1 - l0, 0) * self.line_size
 
 
@@ -153,31 +153,32 @@ class _PatchWindow:
         self.buf = cuda.device_array(max(layout.P * max_lines * layout.line_size, 1), np.float32)
 
     def load(self, l0: int, l1: int):
-        """(device array (P, W), f0): the patches of lines l0 .. l1 - 1 (clipped)."""
-        lay = self.layout
-        l0, l1 = max(l0, 0), min(l1, lay.A)
-        f0, f1 = l0 * lay.line_size, l1 * lay.line_size
-        view = self.buf[:lay.P * (f1 - f0)].reshape(lay.P, f1 - f0)
-        view.copy_to_device(lay.prep.dense_columns(f0, f1))
-        return view, f0
+        """(device array (P, W), window_start): the patches of lines l0 .. l1 - 1 (clipped)."""
+        layout = self.layout
+        l0, l1 = max(l0, 0), min(l1, layout.n_lines)
+        window_start, window_end = l0 * layout.line_size, l1 * layout.line_size
+        width = window_end - window_start
+        view = self.buf[:layout.P * width].reshape(layout.P, width)
+        view.copy_to_device(layout.prep.dense_columns(window_start, window_end))
+        return view, window_start
 
 
-def _line_chunks(lines: np.ndarray, A: int, lines_per_chunk: int):
+def _line_chunks(lines: np.ndarray, n_lines: int, lines_per_chunk: int):
     """(m0, m1, items): the items (indices) whose line is in [m0, m1), chunk by chunk."""
     order = np.argsort(lines, kind="stable")
     sorted_lines = lines[order]
     step = max(int(lines_per_chunk), 1)
-    for m0 in range(0, A, step):
+    for m0 in range(0, n_lines, step):
         i0, i1 = np.searchsorted(sorted_lines, [m0, m0 + step])
         if i1 > i0:
-            yield m0, min(m0 + step, A), np.ascontiguousarray(order[i0:i1], np.int64)
+            yield m0, min(m0 + step, n_lines), np.ascontiguousarray(order[i0:i1], np.int64)
 
 
-def _ring_to_host(ring, rcap: int, g0: int, g1: int, out: np.ndarray) -> None:
+def _ring_to_host(ring, ring_rows: int, g0: int, g1: int, out: np.ndarray) -> None:
     g = g0
     while g < g1:
-        s = g % rcap
-        n = min(g1 - g, rcap - s)
+        s = g % ring_rows
+        n = min(g1 - g, ring_rows - s)
         ring[s:s + n].copy_to_host(out[g:g + n])
         g += n
 
@@ -192,33 +193,35 @@ def compute_consensus(prep, cand_flat: np.ndarray):
     geo = prep.geo
     if int(np.prod(geo.patchshape)) > np.iinfo(np.uint16).max:
         raise PostprocessError(f"patchshape {geo.patchshape} is too large (at most 65535 offsets)")
-    lay = _Layout(prep)
-    rz, ry, rx = lay.r
-    A, ra, P, n_cols = lay.A, lay.ra, lay.P, lay.n_cols
+    layout = _Layout(prep)
+    rz, ry, rx = layout.r
+    n_lines, axis_radius = layout.n_lines, layout.axis_radius
+    P, n_cols = layout.P, layout.n_cols
     cand_flat = np.ascontiguousarray(cand_flat, np.int64)
     order = np.argsort(cand_flat, kind="stable")
     ccoord = np.ascontiguousarray(prep.centres_of(cand_flat[order]), np.int64)
-    cand_lines = np.searchsorted(ccoord[:, lay.axis], np.arange(A + 1)).astype(np.int64)
-    cand3 = np.zeros(lay.shape, np.uint8)
-    cand3.reshape(-1)[cand_flat] = 1
+    cand_lines = np.searchsorted(ccoord[:, layout.axis], np.arange(n_lines + 1)).astype(np.int64)
+    cand_mask = np.zeros(layout.shape, np.uint8)
+    cand_mask.reshape(-1)[cand_flat] = 1
     fullshape = geo.fullshape
-    dtab = np.ascontiguousarray(
+    col_offsets = np.ascontiguousarray(
         (np.indices(tuple(fullshape)).reshape(3, -1).T - 2 * geo.r)[n_cols + 1:], np.int64)
 
-    # slabs of lines [l0, l1): the ring holds the rows of [l0 - 2 ra, l1), the patch window
-    # the centres of [l0 - ra, l1 + ra)
+    # slabs of lines [l0, l1): the ring holds the rows of [l0 - 2 axis_radius, l1), the patch
+    # window the centres of [l0 - axis_radius, l1 + axis_radius)
     budget = _budget()
     slabs = []
     l0 = 0
-    while l0 < A:
+    while l0 < n_lines:
         l1 = l0 + 1
-        while l1 < A and (lay.rows(l0 - 2 * ra, l1 + 1) * n_cols * 4
-                          + lay.window_bytes(l0 - ra, l1 + 1 + ra)) <= budget:
+        while l1 < n_lines and (layout.rows(l0 - 2 * axis_radius, l1 + 1) * n_cols * 4
+                                + layout.window_bytes(l0 - axis_radius, l1 + 1 + axis_radius)
+                                ) <= budget:
             l1 += 1
         slabs.append((l0, l1))
         l0 = l1
-    rcap = max(max(lay.rows(a - 2 * ra, b) for a, b in slabs), 1)
-    max_lines = max(min(b + ra, A) - max(a - ra, 0) for a, b in slabs)
+    ring_rows = max(max(layout.rows(a - 2 * axis_radius, b) for a, b in slabs), 1)
+    max_lines = max(min(b + axis_radius, n_lines) - max(a - axis_radius, 0) for a, b in slabs)
 
     th, bg = prep.th, prep.bg
     th2 = np.float32(th * th)
@@ -227,39 +230,41 @@ def compute_consensus(prep, cand_flat: np.ndarray):
     step = prep.params.fast_stride if prep.params.fast else 1
     fuse_hh, fuse_hl, fuse_lh, fuse_acc = rounding
 
-    d_vmask, d_cand = cuda.to_device(lay.vmask), cuda.to_device(cand3)
-    d_vidx, d_ucoord = cuda.to_device(lay.vidx), cuda.to_device(lay.ucoord)
-    d_dtab, d_ccoord = cuda.to_device(dtab), cuda.to_device(ccoord)
-    ring = cuda.device_array((rcap, n_cols), np.float32)
-    window = _PatchWindow(lay, max_lines)
+    d_vmask, d_cand = cuda.to_device(layout.vmask), cuda.to_device(cand_mask)
+    d_vidx, d_ucoord = cuda.to_device(layout.vidx), cuda.to_device(layout.ucoord)
+    d_col_offsets, d_ccoord = cuda.to_device(col_offsets), cuda.to_device(ccoord)
+    ring = cuda.device_array((ring_rows, n_cols), np.float32)
+    window = _PatchWindow(layout, max_lines)
     n_cand = len(cand_flat)
     d_scores = cuda.device_array(n_cand, np.float64)
     d_high = cuda.device_array(n_cand, np.int64)
     d_low = cuda.device_array(n_cand, np.int64)
-    sblocks, sthreads = SIM_LAUNCH if SIM else (min(max(n_cand, 1), 2048), 128)
-    cls_scr = cuda.device_array((sblocks, P), np.int8)
-    term_scr = cuda.device_array((sblocks, P), np.float64)
+    score_blocks, score_threads = SIM_LAUNCH if SIM else (min(max(n_cand, 1), 2048), 128)
+    cls_scratch = cuda.device_array((score_blocks, P), np.int8)
+    term_scratch = cuda.device_array((score_blocks, P), np.float64)
     cons = np.empty((prep.n_voting, n_cols), np.float32)
-    last_plan["consensus"] = {"slabs": len(slabs), "ring_rows": rcap,
+    last_plan["consensus"] = {"slabs": len(slabs), "ring_rows": ring_rows,
                               "rows": int(prep.n_voting)}
 
     scored = 0  # candidates of lines < scored have their scores
     for l0, l1 in slabs:
-        pw, f0 = window.load(l0 - ra, l1 + ra)
-        g0, g1 = int(lay.line_rows[l0]), int(lay.line_rows[l1])
+        window_patches, window_start = window.load(l0 - axis_radius, l1 + axis_radius)
+        g0, g1 = int(layout.line_rows[l0]), int(layout.line_rows[l1])
         if g1 > g0:
             blocks, threads = _grid((g1 - g0) * n_cols)
             _consensus_kernel[blocks, threads](
-                pw, f0, d_vmask, d_cand, d_ucoord, d_dtab, g0, g1 - g0, rz, ry, rx, th, bg,
-                th2, inv_norm, height, step, fuse_hh, fuse_hl, fuse_lh, fuse_acc, ring, rcap)
-            _ring_to_host(ring, rcap, g0, g1, cons)
-        s1 = A if l1 == A else max(l1 - ra, 0)
-        i0, i1 = int(cand_lines[scored]), int(cand_lines[s1])
+                window_patches, window_start, d_vmask, d_cand, d_ucoord, d_col_offsets, g0,
+                g1 - g0, rz, ry, rx, th, bg, th2, inv_norm, height, step, fuse_hh, fuse_hl,
+                fuse_lh, fuse_acc, ring, ring_rows)
+            _ring_to_host(ring, ring_rows, g0, g1, cons)
+        score_end = n_lines if l1 == n_lines else max(l1 - axis_radius, 0)
+        i0, i1 = int(cand_lines[scored]), int(cand_lines[score_end])
         if i1 > i0:
-            _scores_kernel[sblocks, sthreads](
-                pw, f0, d_vmask, d_vidx, d_ccoord, i0, i1, rz, ry, rx, th, bg, ring, rcap,
-                BAND_ROWS, cls_scr, term_scr, d_scores, d_high, d_low)
-        scored = max(scored, s1)
+            _scores_kernel[score_blocks, score_threads](
+                window_patches, window_start, d_vmask, d_vidx, d_ccoord, i0, i1, rz, ry, rx, th,
+                bg, ring, ring_rows, BAND_ROWS, cls_scratch, term_scratch, d_scores, d_high,
+                d_low)
+        scored = max(scored, score_end)
     scores = np.empty(n_cand, np.float64)
     high = np.empty(n_cand, np.int64)
     scores[order] = d_scores.copy_to_host()
@@ -269,24 +274,24 @@ def compute_consensus(prep, cand_flat: np.ndarray):
 
 def cover_foreground(prep, ranked_flat: np.ndarray) -> np.ndarray:
     """Step 3 on the GPU: the positions (into ``ranked_flat``) of the selected patches."""
-    lay = _Layout(prep)
-    rz, ry, rx = lay.r
+    layout = _Layout(prep)
+    rz, ry, rx = layout.r
     n = len(ranked_flat)
     centres = np.ascontiguousarray(prep.centres_of(ranked_flat), np.int64)
-    W = (lay.P + 31) // 32
+    W = (layout.P + 31) // 32
     d_centres = cuda.to_device(centres)
-    d_fg = cuda.to_device(lay.fgmask)
+    d_fg = cuda.to_device(layout.fgmask)
     bits = cuda.device_array((n, W), np.uint32)
-    per_chunk = max(_budget() // max(lay.window_bytes(0, 1), 1), 1)
-    window = _PatchWindow(lay, min(per_chunk, lay.A))
+    per_chunk = max(_budget() // max(layout.window_bytes(0, 1), 1), 1)
+    window = _PatchWindow(layout, min(per_chunk, layout.n_lines))
     fc = np.float32(prep.params.fc_threshold)
-    for m0, m1, items in _line_chunks(centres[:, lay.axis], lay.A, per_chunk):
-        pw, f0 = window.load(m0, m1)
+    for m0, m1, items in _line_chunks(centres[:, layout.axis], layout.n_lines, per_chunk):
+        window_patches, window_start = window.load(m0, m1)
         blocks, threads = _grid(len(items) * W)
-        _footprint_kernel[blocks, threads](pw, f0, cuda.to_device(items), d_centres, d_fg,
-                                           rz, ry, rx, fc, bits)
+        _footprint_kernel[blocks, threads](window_patches, window_start, cuda.to_device(items),
+                                           d_centres, d_fg, rz, ry, rx, fc, bits)
     del window
-    covered = cuda.to_device(np.zeros(lay.shape, np.uint8))
+    covered = cuda.to_device(np.zeros(layout.shape, np.uint8))
     selected = cuda.device_array(max(n, 1), np.int64)
     n_selected = cuda.device_array(1, np.int64)
     _cover_kernel[1, SIM_LAUNCH[1] if SIM else 256](d_centres, bits, rz, ry, rx, covered, selected,
@@ -320,21 +325,22 @@ def candidate_edges(centres: np.ndarray, patchshape) -> np.ndarray:
 def high_masks(prep, centres: np.ndarray, stride: int):
     """H masks (n, P) uint8 and extents (n, pz * py, 2) int64, as ``_kernels.high_masks``;
     also returns them on the device."""
-    lay = _Layout(prep)
-    rz, ry, rx = lay.r
+    layout = _Layout(prep)
+    rz, ry, rx = layout.r
     n = len(centres)
     L = (2 * rz + 1) * (2 * ry + 1)
-    d_hmask = cuda.device_array((max(n, 1), lay.P), np.uint8)
+    d_hmask = cuda.device_array((max(n, 1), layout.P), np.uint8)
     d_hspan = cuda.device_array((max(n, 1), L, 2), np.int64)
     d_centres = cuda.to_device(np.ascontiguousarray(centres, np.int64))
-    d_vmask = cuda.to_device(lay.vmask)
-    per_chunk = max(_budget() // max(lay.window_bytes(0, 1), 1), 1)
-    window = _PatchWindow(lay, min(per_chunk, lay.A))
-    for m0, m1, items in _line_chunks(centres[:, lay.axis], lay.A, per_chunk):
-        pw, f0 = window.load(m0, m1)
+    d_vmask = cuda.to_device(layout.vmask)
+    per_chunk = max(_budget() // max(layout.window_bytes(0, 1), 1), 1)
+    window = _PatchWindow(layout, min(per_chunk, layout.n_lines))
+    for m0, m1, items in _line_chunks(centres[:, layout.axis], layout.n_lines, per_chunk):
+        window_patches, window_start = window.load(m0, m1)
         blocks, threads = _grid(len(items) * L)
-        _high_masks_kernel[blocks, threads](pw, f0, cuda.to_device(items), d_centres, d_vmask,
-                                            rz, ry, rx, prep.th, int(stride), d_hmask, d_hspan)
+        _high_masks_kernel[blocks, threads](window_patches, window_start, cuda.to_device(items),
+                                            d_centres, d_vmask, rz, ry, rx, prep.th,
+                                            int(stride), d_hmask, d_hspan)
     return d_hmask, d_hspan, d_centres
 
 
@@ -346,16 +352,16 @@ def edge_weight_parts(prep, centres, d_hmask, d_hspan, d_centres, nbr_start, nbr
     The nodes go in chunks of lines; a chunk holds the consensus rows of its lines +- 3 r
     (the pixels u whose T_b(u) its nodes need) and a (6 r + 1)^3 grid of T per node.
     """
-    lay = _Layout(prep)
-    rz, ry, rx = lay.r
-    A, ra, n_cols = lay.A, lay.ra, lay.n_cols
+    layout = _Layout(prep)
+    rz, ry, rx = layout.r
+    n_lines, axis_radius, n_cols = layout.n_lines, layout.axis_radius, layout.n_cols
     G = (6 * rz + 1) * (6 * ry + 1) * (6 * rx + 1)
     n = len(centres)
     degree = np.diff(nbr_start)
-    lines = centres[:, lay.axis]
+    lines = centres[:, layout.axis]
     node_order = np.argsort(lines, kind="stable")
     sorted_lines = lines[node_order]
-    d_vidx = cuda.to_device(lay.vidx)
+    d_vidx = cuda.to_device(layout.vidx)
     d_nbr_node = cuda.to_device(np.ascontiguousarray(nbr_node, np.int64))
     d_nbr_slot = cuda.to_device(np.ascontiguousarray(nbr_slot, np.int64))
     d_sum = cuda.to_device(part_sum)
@@ -366,9 +372,9 @@ def edge_weight_parts(prep, centres, d_hmask, d_hspan, d_centres, nbr_start, nbr
     while k0 < n:
         m0 = int(sorted_lines[k0])
         m1 = m0 + 1
-        while m1 < A:
+        while m1 < n_lines:
             k1 = int(np.searchsorted(sorted_lines, m1 + 1))
-            cost = (lay.rows(m0 - 3 * ra, m1 + 1 + 3 * ra) * n_cols * 4
+            cost = (layout.rows(m0 - 3 * axis_radius, m1 + 1 + 3 * axis_radius) * n_cols * 4
                     + (k1 - k0) * G * 13)
             if cost > budget:
                 break
@@ -384,8 +390,8 @@ def edge_weight_parts(prep, centres, d_hmask, d_hspan, d_centres, nbr_start, nbr
         slot_i = np.repeat(np.arange(len(nodes), dtype=np.int64), lengths)
         first = np.concatenate([[0], np.cumsum(lengths)[:-1]])
         slot_j = (nbr_start[nodes][slot_i] + np.arange(len(slot_i)) - first[slot_i]).astype(np.int64)
-        g0 = int(lay.line_rows[max(m0 - 3 * ra, 0)])
-        g1 = int(lay.line_rows[min(m1 + 3 * ra, A)])
+        g0 = int(layout.line_rows[max(m0 - 3 * axis_radius, 0)])
+        g1 = int(layout.line_rows[min(m1 + 3 * axis_radius, n_lines)])
         d_cons = cuda.to_device(cons[g0:max(g1, g0 + 1)])
         d_nodes = cuda.to_device(nodes)
         d_slot_i, d_slot_j = cuda.to_device(slot_i), cuda.to_device(slot_j)

@@ -52,7 +52,7 @@ def cpu_vote_rounding():
 
 
 def _probe_cpu_rounding():
-    from . import _kernels as K
+    from . import _kernels as cpu_kernels
 
     rng = np.random.default_rng(20240601)
     th = np.float32(0.9)
@@ -73,9 +73,9 @@ def _probe_cpu_rounding():
         srow = np.zeros(2 * rx, np.float32)
         srow[:n] = s0
         crow = np.zeros(2 * rx, np.uint16)
-        K._votes_with_centre(0, buf, span, np.array([1, 1, px], np.int64),
-                             np.array([1, 1, fx], np.int64), 2 * rx, th, bg, th2, f32(inv),
-                             srow, crow)
+        cpu_kernels._votes_with_centre(0, buf, span, np.array([1, 1, px], np.int64),
+                                       np.array([1, 1, fx], np.int64), 2 * rx, th, bg, th2,
+                                       f32(inv), srow, crow)
         return srow[:n]
 
     def verdict(got, fused, plain):
@@ -93,16 +93,16 @@ def _probe_cpu_rounding():
             low = rng.uniform(0.0001, 0.0999, n + 1).astype(np.float32)
             if case == "hh":
                 pa, pb = high[0], high[1:]
-                fv = [_fma32_exact(pa, b, -th2) for b in pb]
-                pv = [f32(f32(pa * b) - th2) for b in pb]
+                fused_votes = [_fma32_exact(pa, b, -th2) for b in pb]
+                plain_votes = [f32(f32(pa * b) - th2) for b in pb]
             elif case == "hl":
                 pa, pb = high[0], low[1:]
-                fv = [_fma32_exact(-pa, f32(1) - b, th2) for b in pb]
-                pv = [f32(th2 - f32(pa * (f32(1) - b))) for b in pb]
+                fused_votes = [_fma32_exact(-pa, f32(1) - b, th2) for b in pb]
+                plain_votes = [f32(th2 - f32(pa * (f32(1) - b))) for b in pb]
             elif case == "lh":
                 pa, pb = low[0], high[1:]
-                fv = [_fma32_exact(-b, f32(1) - pa, th2) for b in pb]
-                pv = [f32(th2 - f32(b * (f32(1) - pa))) for b in pb]
+                fused_votes = [_fma32_exact(-b, f32(1) - pa, th2) for b in pb]
+                plain_votes = [f32(th2 - f32(b * (f32(1) - pa))) for b in pb]
             else:  # pa = 1: the vote pb - th2 is exact both ways; the accumulation is not
                 pa, pb = f32(1.0), high[1:]
                 inv = f32(1.0 / (1.0 - float(th2)))
@@ -113,8 +113,8 @@ def _probe_cpu_rounding():
                 plain.append(np.array([f32(s + f32(x * inv)) for x, s in zip(v, s0)]))
                 continue
             got.append(run(pa, pb, 1.0, 0.0))
-            fused.append(np.array(fv, np.float32))
-            plain.append(np.array(pv, np.float32))
+            fused.append(np.array(fused_votes, np.float32))
+            plain.append(np.array(plain_votes, np.float32))
         out.append(verdict(np.concatenate(got), np.concatenate(fused), np.concatenate(plain)))
     if any(v is None for v in out):
         return None

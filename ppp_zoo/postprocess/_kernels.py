@@ -33,7 +33,7 @@ def n_threads() -> int:
 
 @njit(cache=True, nogil=True)
 def _load_centre_row(patches, cy, row_start, cand, cflat, offs, r, fshape, vmask, th, bg, ring,
-                     rcls, rspan, n_high, n_low):
+                     ring_cls, ring_span, n_high, n_low):
     """Pitched dense copies of the patches of the candidates on centre row ``cy``.
 
     The patch of the j-th candidate c of the row goes to ``ring[j]`` with patch pixel
@@ -41,8 +41,8 @@ def _load_centre_row(patches, cy, row_start, cand, cflat, offs, r, fshape, vmask
     so that the pairs of a pixel with the later pixels of one patch plane are one run of
     consecutive positions and columns). The value is P_c(c + o_k) where that pixel votes
     (class 1), else NaN (neither in H_c nor in L_c; the inputs are finite), and NaN in the
-    gaps. ``rcls`` gets the same layout as int8 classes: 1 in H_c, -1 in L_c, else 0.
-    ``rspan[j, z]`` gets the first and one-past-last position (within the plane) of
+    gaps. ``ring_cls`` gets the same layout as int8 classes: 1 in H_c, -1 in L_c, else 0.
+    ``ring_span[j, z]`` gets the first and one-past-last position (within the plane) of
     the pixels in H_c or L_c (columns 0, 1) and in H_c (columns 2, 3) of each patch plane;
     ``n_high[i]`` / ``n_low[i]`` get |H_c| and |L_c| (i: the candidate's index).
     """
@@ -51,11 +51,11 @@ def _load_centre_row(patches, cy, row_start, cand, cflat, offs, r, fshape, vmask
     plane = py * fshape[2]
     i0, n = row_start[cy], row_start[cy + 1] - row_start[cy]
     ring[:n] = np.nan
-    rcls[:n] = 0
-    rspan[:n, :, 0] = plane
-    rspan[:n, :, 1] = 0
-    rspan[:n, :, 2] = plane
-    rspan[:n, :, 3] = 0
+    ring_cls[:n] = 0
+    ring_span[:n, :, 0] = plane
+    ring_span[:n, :, 1] = 0
+    ring_span[:n, :, 2] = plane
+    ring_span[:n, :, 3] = 0
     n_high[i0:i0 + n] = 0
     n_low[i0:i0 + n] = 0
     # offsets outer, centres inner: the centres of a row are neighbours in every channel
@@ -72,17 +72,17 @@ def _load_centre_row(patches, cy, row_start, cand, cflat, offs, r, fshape, vmask
             p = patches[k, cflat[i]]
             ring[j, zk * plane + pos] = p
             if p > th:
-                rspan[j, zk, 2] = min(rspan[j, zk, 2], pos)
-                rspan[j, zk, 3] = max(rspan[j, zk, 3], pos + 1)
+                ring_span[j, zk, 2] = min(ring_span[j, zk, 2], pos)
+                ring_span[j, zk, 3] = max(ring_span[j, zk, 3], pos + 1)
                 n_high[i] += 1
-                rcls[j, zk * plane + pos] = 1
+                ring_cls[j, zk * plane + pos] = 1
             elif p < bg:
                 n_low[i] += 1
-                rcls[j, zk * plane + pos] = -1
+                ring_cls[j, zk * plane + pos] = -1
             else:
                 continue
-            rspan[j, zk, 0] = min(rspan[j, zk, 0], pos)
-            rspan[j, zk, 1] = max(rspan[j, zk, 1], pos + 1)
+            ring_span[j, zk, 0] = min(ring_span[j, zk, 0], pos)
+            ring_span[j, zk, 1] = max(ring_span[j, zk, 1], pos + 1)
 
 
 #: fast-math flags of the vote loops: everything but the no-NaN assumption (NaN marks the
@@ -122,14 +122,14 @@ def _votes_with_centre(ka, buf, span, pshape, fshape, half, th, bg, th2, inv_nor
     ya = (ka // px) % py
     xa = ka % px
     for zb in range(za, pshape[0]):
-        cb = _run_column(za, zb, ya, xa, pshape, fshape, half)
+        col_base = _run_column(za, zb, ya, xa, pshape, fshape, half)
         first = pa_pos + 1 if zb == za else 0
         if high_a:
             lo, hi = max(first, span[zb, 0]), span[zb, 1]
             if lo >= hi:
                 continue
-            s = srow[cb + lo:cb + hi]
-            c = crow[cb + lo:cb + hi]
+            s = srow[col_base + lo:col_base + hi]
+            c = crow[col_base + lo:col_base + hi]
             b = buf[zb * plane + lo:zb * plane + hi]
             for i in range(hi - lo):
                 pb = b[i]  # NaN (no vote) selects 0, never multiplies
@@ -141,8 +141,8 @@ def _votes_with_centre(ka, buf, span, pshape, fshape, half, th, bg, th2, inv_nor
             lo, hi = max(first, span[zb, 2]), span[zb, 3]
             if lo >= hi:
                 continue
-            s = srow[cb + lo:cb + hi]
-            c = crow[cb + lo:cb + hi]
+            s = srow[col_base + lo:col_base + hi]
+            c = crow[col_base + lo:col_base + hi]
             b = buf[zb * plane + lo:zb * plane + hi]
             for i in range(hi - lo):
                 pb = b[i]
@@ -171,14 +171,14 @@ def _score_with_centre(ka, cls, span, pshape, fshape, half, srow):
     xa = ka % px
     total = 0.0
     for zb in range(za, pshape[0]):
-        cb = _run_column(za, zb, ya, xa, pshape, fshape, half)
+        col_base = _run_column(za, zb, ya, xa, pshape, fshape, half)
         first = pa_pos + 1 if zb == za else 0
         acc = 0.0
         if ca == 1:
             lo, hi = max(first, span[zb, 0]), span[zb, 1]
             if lo >= hi:
                 continue
-            s = srow[cb + lo:cb + hi]
+            s = srow[col_base + lo:col_base + hi]
             b = cls[zb * plane + lo:zb * plane + hi]
             for i in range(hi - lo):
                 acc += np.float64(s[i]) * b[i] if b[i] != 0 else 0.0
@@ -186,7 +186,7 @@ def _score_with_centre(ka, cls, span, pshape, fshape, half, srow):
             lo, hi = max(first, span[zb, 2]), span[zb, 3]
             if lo >= hi:
                 continue
-            s = srow[cb + lo:cb + hi]
+            s = srow[col_base + lo:col_base + hi]
             b = cls[zb * plane + lo:zb * plane + hi]
             for i in range(hi - lo):
                 acc -= np.float64(s[i]) if b[i] == 1 else 0.0
@@ -219,30 +219,30 @@ def consensus_rows(patches, cand, cflat, row_start, slot, bands, workers, slab_s
     """
     Z, Y, X = vmask.shape[0] - 2 * r[0], vmask.shape[1] - 2 * r[1], vmask.shape[2] - 2 * r[2]
     pz, py = pshape[0], pshape[1]
-    R = 2 * r[1] + 1
+    ring_size = 2 * r[1] + 1
     th2 = np.float32(th * th)
     inv_norm = np.float32(1.0 / (1.0 - th * th))
     n_cols = cons.shape[1]
     for w in prange(workers.shape[0] - 1):
-        ring = np.empty((R, max_row, pz * py * fshape[2]), np.float32)
-        rcls = np.empty((R, max_row, pz * py * fshape[2]), np.int8)
-        rspan = np.empty((R, max_row, pz, 4), np.int64)
-        ring_y = np.full(R, -1, np.int64)
+        ring = np.empty((ring_size, max_row, pz * py * fshape[2]), np.float32)
+        ring_cls = np.empty((ring_size, max_row, pz * py * fshape[2]), np.int8)
+        ring_span = np.empty((ring_size, max_row, pz, 4), np.int64)
+        ring_y = np.full(ring_size, -1, np.int64)
         crow = np.empty((TILE, n_cols), np.uint16)
         for band in range(workers[w], workers[w + 1]):
             part = score_part[band]
             part[:] = 0.0
             for y in range(bands[band], bands[band + 1]):
                 for cy in range(max(0, y - r[1]), min(Y, y + r[1] + 1)):
-                    if ring_y[cy % R] != cy:
+                    if ring_y[cy % ring_size] != cy:
                         _load_centre_row(patches, cy, row_start, cand, cflat, offs, r, fshape,
-                                         vmask, th, bg, ring[cy % R], rcls[cy % R],
-                                         rspan[cy % R], n_high, n_low)
-                        ring_y[cy % R] = cy
+                                         vmask, th, bg, ring[cy % ring_size],
+                                         ring_cls[cy % ring_size], ring_span[cy % ring_size],
+                                         n_high, n_low)
+                        ring_y[cy % ring_size] = cy
                 _consensus_of_row(y, Z, Y, X, r, pshape, fshape, half, th, bg, th2, inv_norm,
-                                  height, step, slot, row_start, vidx, ring, rcls, rspan, crow, cons,
-                                  part,
-                                  slab_start[band])
+                                  height, step, slot, row_start, vidx, ring, ring_cls, ring_span,
+                                  crow, cons, part, slab_start[band])
 
 
 @njit(cache=True)
@@ -279,7 +279,8 @@ def _first(lo, step):
 
 @njit(cache=True, nogil=True)
 def _consensus_of_row(y, Z, Y, X, r, pshape, fshape, half, th, bg, th2, inv_norm, height, step,
-                      slot, row_start, vidx, ring, rcls, rspan, crow, cons, part, part_start):
+                      slot, row_start, vidx, ring, ring_cls, ring_span, crow, cons, part,
+                      part_start):
     """Consensus rows and score terms of the voting pixels of image row y (see
     :func:`consensus_rows`). Candidate centres lie on a grid of spacing ``step`` (the fast
     mode's stride, else 1), so only grid positions are looked up.
@@ -291,15 +292,15 @@ def _consensus_of_row(y, Z, Y, X, r, pshape, fshape, half, th, bg, th2, inv_norm
     the tile size.
     """
     py, px = pshape[1], pshape[2]
-    R = 2 * r[1] + 1
+    ring_size = 2 * r[1] + 1
     n_cols = cons.shape[1]
-    T = crow.shape[0]
-    rows = np.empty(T, np.int64)
+    tile_size = crow.shape[0]
+    rows = np.empty(tile_size, np.int64)
     for z in range(Z):
-        for x0 in range(0, X, T):
-            nt = min(T, X - x0)
+        for x0 in range(0, X, tile_size):
+            tile_len = min(tile_size, X - x0)
             n_voting = 0
-            for t in range(nt):
+            for t in range(tile_len):
                 rows[t] = vidx[z + r[0], y + r[1], x0 + t + r[2]]
                 if rows[t] >= 0:
                     n_voting += 1
@@ -307,7 +308,7 @@ def _consensus_of_row(y, Z, Y, X, r, pshape, fshape, half, th, bg, th2, inv_norm
                     crow[t] = 0
             if n_voting == 0:
                 continue
-            x1 = x0 + nt - 1
+            x1 = x0 + tile_len - 1
             for parity in range(2):
                 for cy in range(_first(y - r[1], step), min(Y, y + r[1] + 1), step):
                     if (cy // height) % 2 != parity:
@@ -317,15 +318,17 @@ def _consensus_of_row(y, Z, Y, X, r, pshape, fshape, half, th, bg, th2, inv_norm
                             j = slot[cz, cy, cx]
                             if j < 0:
                                 continue
-                            for t in range(max(0, cx - r[2] - x0), min(nt, cx + r[2] - x0 + 1)):
+                            for t in range(max(0, cx - r[2] - x0),
+                                           min(tile_len, cx + r[2] - x0 + 1)):
                                 if rows[t] < 0:
                                     continue
                                 ka = ((z - cz + r[0]) * py + (y - cy + r[1])) * px \
                                     + (x0 + t - cx + r[2])
-                                _votes_with_centre(ka, ring[cy % R, j], rspan[cy % R, j],
-                                                   pshape, fshape, half, th, bg, th2,
-                                                   inv_norm, cons[rows[t]], crow[t])
-            for t in range(nt):
+                                _votes_with_centre(ka, ring[cy % ring_size, j],
+                                                   ring_span[cy % ring_size, j], pshape, fshape,
+                                                   half, th, bg, th2, inv_norm, cons[rows[t]],
+                                                   crow[t])
+            for t in range(tile_len):
                 if rows[t] < 0:
                     continue
                 srow = cons[rows[t]]
@@ -340,14 +343,16 @@ def _consensus_of_row(y, Z, Y, X, r, pshape, fshape, half, th, bg, th2, inv_norm
                         j = slot[cz, cy, cx]
                         if j < 0:
                             continue
-                        for t in range(max(0, cx - r[2] - x0), min(nt, cx + r[2] - x0 + 1)):
+                        for t in range(max(0, cx - r[2] - x0),
+                                       min(tile_len, cx + r[2] - x0 + 1)):
                             if rows[t] < 0:
                                 continue
                             ka = ((z - cz + r[0]) * py + (y - cy + r[1])) * px \
                                 + (x0 + t - cx + r[2])
                             part[row_start[cy] + j - part_start] += \
-                                _score_with_centre(ka, rcls[cy % R, j], rspan[cy % R, j],
-                                                   pshape, fshape, half, cons[rows[t]])
+                                _score_with_centre(ka, ring_cls[cy % ring_size, j],
+                                                   ring_span[cy % ring_size, j], pshape, fshape,
+                                                   half, cons[rows[t]])
 
 
 @njit(cache=True)
@@ -455,10 +460,10 @@ def high_masks(patches, centres, cflat, offs, r, vmask, th, stride, hmask, hspan
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
-def _later_sum(u, row, cb, hmask_b, hspan_b, r, fshape, half, stride):
+def _later_sum(u, row, centre_b, hmask_b, hspan_b, r, fshape, half, stride):
     """Sum and number of the defined C(u, v) over v in H_b after u in raster order.
 
-    ``row`` is u's consensus row (NaN where undefined), ``cb`` the centre of b. Only the
+    ``row`` is u's consensus row (NaN where undefined), ``centre_b`` the centre of b. Only the
     patch lines of b within ``2 r`` of u are visited, each over the x-extent of H_b on it
     clipped to ``u_x +- 2 r_x``: one contiguous run of consensus columns per line. With
     ``stride > 1`` (fast mode: H_b holds pixels on the stride grid only) a run steps over
@@ -467,9 +472,9 @@ def _later_sum(u, row, cb, hmask_b, hspan_b, r, fshape, half, stride):
     pz, py, px = 2 * r[0] + 1, 2 * r[1] + 1, 2 * r[2] + 1
     total = 0.0
     count = 0
-    z0 = cb[0] - r[0]
-    y0 = cb[1] - r[1]
-    x0 = cb[2] - r[2]
+    z0 = centre_b[0] - r[0]
+    y0 = centre_b[1] - r[1]
+    x0 = centre_b[2] - r[2]
     for zl in range(max(0, u[0] - z0), min(pz, u[0] + 2 * r[0] - z0 + 1)):
         dz = z0 + zl - u[0]
         ylo = max(0, u[1] - 2 * r[1] - y0)
@@ -534,7 +539,7 @@ def edge_weight_parts(centres, offs, hmask, hspan, nbr_start, nbr_node, nbr_slot
         tsum = np.empty((gz, gy, gx), np.float64)
         tcnt = np.empty((gz, gy, gx), np.int64)
         done = np.zeros((gz, gy, gx), np.uint8)
-        cb = centres[b]
+        centre_b = centres[b]
         u = np.empty(3, np.int64)
         for j in range(nbr_start[b], nbr_start[b + 1]):
             a = nbr_node[j]
@@ -546,14 +551,14 @@ def edge_weight_parts(centres, offs, hmask, hspan, nbr_start, nbr_node, nbr_slot
                 u[0] = centres[a, 0] + offs[k, 0]
                 u[1] = centres[a, 1] + offs[k, 1]
                 u[2] = centres[a, 2] + offs[k, 2]
-                qz = u[0] - cb[0] + 3 * r[0]
-                qy = u[1] - cb[1] + 3 * r[1]
-                qx = u[2] - cb[2] + 3 * r[2]
+                qz = u[0] - centre_b[0] + 3 * r[0]
+                qy = u[1] - centre_b[1] + 3 * r[1]
+                qx = u[2] - centre_b[2] + 3 * r[2]
                 if qz < 0 or qz >= gz or qy < 0 or qy >= gy or qx < 0 or qx >= gx:
                     continue
                 if done[qz, qy, qx] == 0:
                     row = cons[vidx[u[0] + r[0], u[1] + r[1], u[2] + r[2]]]
-                    t, c = _later_sum(u, row, cb, hmask[b], hspan[b], r, fshape, half,
+                    t, c = _later_sum(u, row, centre_b, hmask[b], hspan[b], r, fshape, half,
                                       stride)
                     tsum[qz, qy, qx] = t
                     tcnt[qz, qy, qx] = c
@@ -604,10 +609,10 @@ def connected_components(n, edges, weights):
     parent = np.arange(n)
     for e in range(edges.shape[0]):
         if weights[e] > 0:
-            ra = _find(parent, edges[e, 0])
-            rb = _find(parent, edges[e, 1])
-            if ra != rb:
-                parent[max(ra, rb)] = min(ra, rb)
+            root_a = _find(parent, edges[e, 0])
+            root_b = _find(parent, edges[e, 1])
+            if root_a != root_b:
+                parent[max(root_a, root_b)] = min(root_a, root_b)
     for i in range(n):
         parent[i] = _find(parent, i)
     return parent
@@ -636,12 +641,12 @@ def mutex_watershed(n, edges, weights, order):
         w = weights[e]
         if w == 0:
             continue
-        ra = _find(parent, edges[e, 0])
-        rb = _find(parent, edges[e, 1])
-        if ra == rb:
+        root_a = _find(parent, edges[e, 0])
+        root_b = _find(parent, edges[e, 1])
+        if root_a == root_b:
             continue
         if w > 0:
-            a, b = (ra, rb) if length[ra] <= length[rb] else (rb, ra)
+            a, b = (root_a, root_b) if length[root_a] <= length[root_b] else (root_b, root_a)
             j = head[a]
             blocked = False
             while j >= 0:
@@ -651,7 +656,7 @@ def mutex_watershed(n, edges, weights, order):
                 j = nxt[j]
             if blocked:
                 continue
-            keep, gone = min(ra, rb), max(ra, rb)
+            keep, gone = min(root_a, root_b), max(root_a, root_b)
             parent[gone] = keep
             if head[gone] >= 0:
                 if head[keep] < 0:
@@ -664,7 +669,7 @@ def mutex_watershed(n, edges, weights, order):
                 tail[gone] = -1
                 length[gone] = 0
         else:
-            for u, v in ((ra, rb), (rb, ra)):
+            for u, v in ((root_a, root_b), (root_b, root_a)):
                 other[k] = v
                 if head[u] < 0:
                     head[u] = k
