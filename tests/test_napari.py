@@ -116,6 +116,25 @@ def test_segment_at_a_fixed_scale(viewer, qtbot, dsb_sample):
     assert not widget.scale_box.isEnabled() and widget.scale() == "auto"
 
 
+def test_segment_with_test_time_augmentation(viewer, qtbot, dsb_sample):
+    """The 'mirrors and rotations' box runs the network on the 8 orientations and gives
+    the labels of segment_image(..., tta=True)."""
+    import numpy as np
+
+    from ppp_zoo.runtime import embedded_model_path, segment_image
+
+    crop = dsb_sample[0][:128, :160]
+    viewer.add_image(crop, name="crop")
+    widget = dock(viewer, "Segment")
+    widget.auto_scale_box.setChecked(False)
+    widget.tta_box.setChecked(True)
+    click_and_wait(qtbot, widget, widget.run_button)
+    result = widget.last_result
+    want = segment_image(embedded_model_path(), crop, tta=True, device="cpu")
+    assert result.n_tiles == want.n_tiles >= 8  # one network run per orientation, at least
+    assert np.array_equal(viewer.layers["crop instances"].data, want.labels)
+
+
 def test_cancel_adds_no_layer(viewer, qtbot, dsb_sample):
     viewer.add_image(dsb_sample[0], name="DSB")
     widget = dock(viewer, "Segment")

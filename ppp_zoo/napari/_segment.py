@@ -49,7 +49,7 @@ class Cancelled(Exception):
 
 def segment_in_thread(model: Path, image, *, scale: float | str, fast: bool | None,
                       tile: tuple[int, ...] | None, cancel: threading.Event,
-                      relay: Relay) -> SegmentResult:
+                      relay: Relay, tta: bool = False) -> SegmentResult:
     """The worker's job: load the package and segment, reporting tiles and stages,
     honouring cancel between tiles, between stages and between assembly steps."""
     def tile_progress(done: int, total: int) -> None:
@@ -68,7 +68,7 @@ def segment_in_thread(model: Path, image, *, scale: float | str, fast: bool | No
         if tile is not None:
             tile = tile[:1] * segmenter.package.ndim
         relay.event.emit(("stage", "inference and assembly"))
-        result = segmenter.segment(image, scale=scale, fast=fast, tile=tile,
+        result = segmenter.segment(image, scale=scale, fast=fast, tile=tile, tta=tta,
                                    tile_progress=tile_progress, stage_progress=stage_progress)
     if cancel.is_set():
         raise Cancelled
@@ -144,6 +144,10 @@ class SegmentWidget(QWidget):
         self.tile_box.setSingleStep(64)
         self.tile_box.setSpecialValueText("auto")
         self.tile_box.setToolTip("Side of the inference tiles (auto: by the model's output size)")
+        self.tta_box = QCheckBox("mirrors and rotations")
+        self.tta_box.setToolTip("Test-time augmentation: average the network over the 8 "
+                                "mirrors and rotations of the image (the same answer in "
+                                "every orientation; about 3x the time)")
 
         (self.run_button, self.cancel_button, self.progress, self.status_label,
          controls) = run_controls("Segment", self.run, self.cancel)
@@ -155,6 +159,7 @@ class SegmentWidget(QWidget):
         form.addRow("scale", scale_row)
         form.addRow("assembly", self.mode_box)
         form.addRow("tile", self.tile_box)
+        form.addRow("average", self.tta_box)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addLayout(controls)
@@ -230,7 +235,8 @@ class SegmentWidget(QWidget):
         self.worker = create_worker(
             segment_in_thread, package.source, layer_array(layer),
             scale=self.scale(), fast=MODES[self.mode_box.currentText()], tile=tile,
-            cancel=self._cancel, relay=self._relay, _start_thread=False, _ignore_errors=True)
+            tta=self.tta_box.isChecked(), cancel=self._cancel, relay=self._relay,
+            _start_thread=False, _ignore_errors=True)
         self.worker.returned.connect(lambda result: self._show(result, layer))
         self.worker.errored.connect(lambda err: self._failed(err, layer.name))
         self.worker.finished.connect(self._finished)
