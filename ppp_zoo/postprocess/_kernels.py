@@ -402,16 +402,18 @@ def foreground_cover(patches, centres, cflat, offs, r, fgmask, fc, covered, sele
 
 
 @njit(cache=True)
-def candidate_edges(centres, patchshape):
+def candidate_edges(centres, order, patchshape):
     """Pairs (a < b) of centres closer than ``2 * patchshape`` on every axis.
 
-    ``centres`` (n, 3) in any order (sorted by y here); returns an (E, 2) int64 array.
+    ``centres`` (n, 3) in any order; ``order`` sorts them by y (a stable argsort, done by
+    numpy: numba's own sort costs seconds of compilation); returns an (E, 2) int64 array.
+    The array grows by an element loop, not a slice copy (whose shape check compiles
+    numba's string formatting: seconds of a first run).
     """
     n = centres.shape[0]
     cap = 16 * n + 16
     out = np.empty((cap, 2), np.int64)
     e = 0
-    order = np.argsort(centres[:, 1], kind="mergesort")
     for ii in range(n):
         a = order[ii]
         for jj in range(ii + 1, n):
@@ -422,7 +424,9 @@ def candidate_edges(centres, patchshape):
                     and abs(centres[b, 2] - centres[a, 2]) < 2 * patchshape[2]):
                 if e == out.shape[0]:
                     bigger = np.empty((2 * out.shape[0], 2), np.int64)
-                    bigger[:e] = out[:e]
+                    for k in range(e):
+                        bigger[k, 0] = out[k, 0]
+                        bigger[k, 1] = out[k, 1]
                     out = bigger
                 out[e, 0] = min(a, b)
                 out[e, 1] = max(a, b)

@@ -25,7 +25,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from . import _cuda_probe
-from . import _kernels as K
+from . import _kernels as cpu_kernels
 from ._state import BAND_ROWS, Consensus, Prepared
 from ._threads import parallel_section
 from .candidates import CandidatePatches
@@ -225,7 +225,7 @@ def _share_bands(prep: Prepared, cand_mask: np.ndarray, bands: np.ndarray,
     values do not depend on the split."""
     if n_workers == 1:
         return np.array([0, len(bands) - 1], np.int64)
-    work = np.cumsum(np.add.reduceat(K.row_work(prep.vidx, cand_mask.view(np.uint8), prep.r),
+    work = np.cumsum(np.add.reduceat(cpu_kernels.row_work(prep.vidx, cand_mask.view(np.uint8), prep.r),
                                      bands[:-1]))
     cut = np.searchsorted(work, work[-1] * np.arange(1, n_workers) / n_workers) + 1
     return np.concatenate([[0], np.minimum(cut, len(bands) - 1), [len(bands) - 1]]).astype(np.int64)
@@ -268,14 +268,14 @@ def compute_consensus(prep: Prepared, cand_flat: np.ndarray, device: str = "cpu"
     pitched = int(np.prod(geo.patchshape[:2])) * int(prep.fshape[2])  # one pitched patch
     ring_bytes = (2 * ry + 1) * max_row * pitched * 5  # float32 values + int8 classes
     budget = max(prep.n_voting * n_cols * 2, ring_bytes)
-    n_workers = max(1, min(K.n_threads(), len(bands) - 1, budget // ring_bytes))
+    n_workers = max(1, min(cpu_kernels.n_threads(), len(bands) - 1, budget // ring_bytes))
     workers = _share_bands(prep, slot >= 0, bands, n_workers)
-    K.consensus_rows(prep.patches, by_row, prep.columns_of(cand_flat[order]), row_start,
+    cpu_kernels.consensus_rows(prep.patches, by_row, prep.columns_of(cand_flat[order]), row_start,
                      slot, bands, workers, slab_start, max_row, prep.offs, prep.r,
                      prep.pshape, prep.fshape, n_cols, prep.vmask, prep.vidx, prep.th, prep.bg,
                      height, step, cons, score_part, n_high, n_low)
     scores_by_row = np.empty(len(by_row), np.float64)
-    K.finish_scores(score_part, slab_start, slab_end, n_high, n_low, scores_by_row)
+    cpu_kernels.finish_scores(score_part, slab_start, slab_end, n_high, n_low, scores_by_row)
     scores = np.empty(len(cand_flat), np.float64)
     scores[order] = scores_by_row
     high = np.empty(len(cand_flat), np.int64)
@@ -311,7 +311,7 @@ def cover_foreground(prep: Prepared, ranked_flat: np.ndarray, device: str = "cpu
     centres = prep.centres_of(ranked_flat)
     covered = np.zeros_like(prep.fgmask)
     selected = np.empty(len(ranked_flat), np.int64)
-    m = K.foreground_cover(prep.patches, centres, prep.columns_of(ranked_flat),
+    m = cpu_kernels.foreground_cover(prep.patches, centres, prep.columns_of(ranked_flat),
                            prep.offs, prep.r, prep.fgmask,
                            np.float32(prep.params.fc_threshold), covered, selected)
     return ranked_flat[selected[:m]]
@@ -331,14 +331,15 @@ def patch_graph(prep: Prepared, selected_flat: np.ndarray, consensus: Consensus,
     pz, py, px = geo.patchshape
     stride = prep.params.fast_stride if prep.params.fast else 1
     if on_gpu:
-        CK = _cuda()
-        edges = CK.candidate_edges(centres, geo.patchshape)
-        hmask, hspan, d_centres = CK.high_masks(prep, centres, stride)
+        cuda_kernels = _cuda()
+        edges = cuda_kernels.candidate_edges(centres, geo.patchshape)
+        hmask, hspan, d_centres = cuda_kernels.high_masks(prep, centres, stride)
     else:
-        edges = K.candidate_edges(centres, np.array(geo.patchshape, np.int64))
+        edges = cpu_kernels.candidate_edges(centres, np.argsort(centres[:, 1], kind="stable"),
+                                  np.array(geo.patchshape, np.int64))
         hmask = np.empty((n, P), np.uint8)
         hspan = np.empty((n, pz * py, 2), np.int64)
-        K.high_masks(prep.patches, centres, prep.columns_of(selected_flat),
+        cpu_kernels.high_masks(prep.patches, centres, prep.columns_of(selected_flat),
                      prep.offs, prep.r, prep.vmask, prep.th, stride, hmask, hspan)
     # weight(a, b), a < b: half 0 sums u in H_a, v in H_b (v after u), computed in b's pass;
     # half 1 sums u in H_b, v in H_a, computed in a's pass
@@ -352,10 +353,10 @@ def patch_graph(prep: Prepared, selected_flat: np.ndarray, consensus: Consensus,
     part_cnt = np.zeros(2 * E, np.int64)
     if on_gpu:
         if E:
-            CK.edge_weight_parts(prep, centres, hmask, hspan, d_centres, nbr_start, nbr_node,
+            cuda_kernels.edge_weight_parts(prep, centres, hmask, hspan, d_centres, nbr_start, nbr_node,
                                  nbr_slot, consensus.values, part_sum, part_cnt)
     else:
-        K.edge_weight_parts(centres, prep.offs, hmask, hspan, nbr_start, nbr_node, nbr_slot,
+        cpu_kernels.edge_weight_parts(centres, prep.offs, hmask, hspan, nbr_start, nbr_node, nbr_slot,
                             prep.vidx, prep.r, prep.fshape, geo.n_columns, stride,
                             consensus.values, part_sum, part_cnt,
                             _visit_order(selected_flat))
@@ -373,7 +374,7 @@ def _visit_order(flat: np.ndarray, block: int = 32) -> np.ndarray:
     ``block`` nodes dealt round-robin to the threads (each thread takes a contiguous share
     of the loop), so that every thread gets parts of the whole image."""
     raster = np.argsort(flat, kind="stable")
-    k = max(1, K.n_threads())
+    k = max(1, cpu_kernels.n_threads())
     blocks = np.arange(len(raster)) // block
     return np.ascontiguousarray(raster[np.lexsort((np.arange(len(raster)), blocks % k))])
 
@@ -381,7 +382,7 @@ def _visit_order(flat: np.ndarray, block: int = 32) -> np.ndarray:
 def partition_graph(n_nodes: int, edges: np.ndarray, weights: np.ndarray, method: str) -> np.ndarray:
     """Step 6: component id (1..K, numbered by first node) of every node."""
     if method == "cc":
-        roots = K.connected_components(n_nodes, np.asarray(edges, np.int64),
+        roots = cpu_kernels.connected_components(n_nodes, np.asarray(edges, np.int64),
                                        np.asarray(weights, np.float64))
     elif method == "mws":
         roots = _mutex_watershed(n_nodes, edges, weights)
@@ -403,7 +404,7 @@ def _mutex_watershed(n_nodes: int, edges: np.ndarray, weights: np.ndarray) -> np
         order = np.lexsort((edges[:, 1], edges[:, 0], key))
     else:  # sorted by pair already (as patch_graph returns them): a stable sort suffices
         order = np.argsort(key, kind="stable")
-    return K.mutex_watershed(n_nodes, edges, weights, order.astype(np.int64))
+    return cpu_kernels.mutex_watershed(n_nodes, edges, weights, order.astype(np.int64))
 
 
 def label_instances(prep: Prepared, selected_flat: np.ndarray, comp: np.ndarray) -> np.ndarray:
@@ -417,14 +418,14 @@ def label_instances(prep: Prepared, selected_flat: np.ndarray, comp: np.ndarray)
     if params.overlapping:
         # one layer per component (at least two, so the kernel paints a stack)
         masks = np.zeros((max(n_comp, 2),) + geo.padded_shape, np.uint8)
-        K.paint(prep.patches, centres, cflat, comp.astype(np.int64), prep.offs, prep.r,
+        cpu_kernels.paint(prep.patches, centres, cflat, comp.astype(np.int64), prep.offs, prep.r,
                 mask, prep.th, masks)
         masks = geo.unpad(masks[:n_comp]).astype(bool)
         sizes = masks.reshape(n_comp, -1).sum(axis=1)
         return masks[sizes >= max(params.min_size, 1)]
     labels = np.zeros((1,) + geo.padded_shape, np.int32)
     rev = slice(None, None, -1)  # worst-ranked first, so the best patches are painted last
-    K.paint(prep.patches, np.ascontiguousarray(centres[rev]), np.ascontiguousarray(cflat[rev]),
+    cpu_kernels.paint(prep.patches, np.ascontiguousarray(centres[rev]), np.ascontiguousarray(cflat[rev]),
             np.ascontiguousarray(comp[rev].astype(np.int64)), prep.offs, prep.r, mask,
             prep.th, labels)
     labels = np.ascontiguousarray(geo.unpad(labels[0]))
