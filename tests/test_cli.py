@@ -255,3 +255,17 @@ def test_segment_bad_scale_is_one_error_line(sample_dir, tmp_path, args, msg):
     lines = [line for line in res.output.strip().splitlines() if line]
     assert len(lines) == 1 and lines[0].startswith("error:") and msg in lines[0], res.output
     assert not (tmp_path / "o").exists()
+
+
+def test_segment_tta_runs_every_orientation(tmp_path):
+    """--tta: the network once per mirror and rotation (8 for the square patches of the
+    embedded model); not available block by block (one error line)."""
+    res = run("segment", "--demo", "--scale", "1", "--tta", "-o", tmp_path, "--json")
+    assert res.exit_code == 0, res.output
+    (entry,) = json.loads(res.stdout)["images"]
+    plain = run("segment", "--demo", "--scale", "1", "-o", tmp_path / "plain", "--json")
+    (reference,) = json.loads(plain.stdout)["images"]
+    assert entry["n_tiles"] == 8 * reference["n_tiles"] and entry["n_instances"] > 0
+    res = run("segment", tmp_path / "demo_input.tif", "--tta", "--block", "256x256", "-o",
+              tmp_path / "b.zarr")
+    assert res.exit_code == 1 and "--tta is not available block by block" in res.stderr

@@ -216,7 +216,7 @@ def segment_files(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLik
                   model: str | os.PathLike, engine: str = "onnx", device: str = "auto",
                   tile: Sequence[int] | None = None, scale: float | str = 1.0,
                   fast: bool | None = None,
-                  overlay: bool = False, save_outputs: bool = False,
+                  overlay: bool = False, save_outputs: bool = False, tta: bool = False,
                   hooks: BatchHooks | None = None) -> BatchReport:
     """Segment every image named by ``inputs`` and write the results into ``out_dir``.
 
@@ -254,6 +254,7 @@ def segment_files(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLik
             used[stem] = path
             try:
                 entry = _segment_one(seg, path, out_dir, tile=tile, scale=scale, fast=fast,
+                                     tta=tta,
                                      overlay=overlay, save_outputs=save_outputs,
                                      on_tile=hooks.on_tile)
             except Exception as err:
@@ -276,12 +277,12 @@ def segment_files(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLik
 
 
 def _segment_one(seg: Segmenter, path: Path, out_dir: Path, *, tile, scale: float | str,
-                 fast: bool | None,
+                 fast: bool | None, tta: bool,
                  overlay: bool, save_outputs: bool, on_tile) -> dict[str, Any]:
     t0 = time.perf_counter()
     image = read_image(path)
     t_read = time.perf_counter() - t0
-    result: SegmentResult = seg.segment(image, tile=tile, scale=scale, fast=fast,
+    result: SegmentResult = seg.segment(image, tile=tile, scale=scale, fast=fast, tta=tta,
                                         keep_outputs=save_outputs, tile_progress=on_tile)
     t = time.perf_counter()
     labels_path = out_dir / f"{path.stem}_labels.tif"
