@@ -24,7 +24,7 @@ Examples
 >>> parse_config("[model]\\npatchsize = 9")
 Traceback (most recent call last):
 ...
-ValueError: [model]: unknown key 'patchsize' (known: base_features, code_shape, decoder_features, depth, growth, patchshape, variant)
+ppp_zoo.errors.UserError: [model]: unknown key 'patchsize' (known: base_features, code_shape, decoder_features, depth, growth, patchshape, variant)
 """
 
 from __future__ import annotations

@@ -100,7 +100,7 @@ def check_training_pair(image: np.ndarray, labels: np.ndarray, ndim: int, *,
     >>> check_training_pair(np.zeros((64, 64)), np.zeros((64, 60), int), 2)
     Traceback (most recent call last):
     ...
-    ValueError: the labels have shape (64, 60) but the image has shape (64, 64)
+    ppp_zoo.errors.UserError: the labels have shape (64, 60) but the image has shape (64, 64)
     """
     space = image_space_shape(image, rgb)
     if tuple(labels.shape) != space:
