@@ -113,6 +113,22 @@ def _is_zarr(path: str) -> bool:
     return is_zarr(path)
 
 
+def rich_progress(label: str):
+    """A transient rich progress bar on stderr: ``label`` (a rich format string), bar, done
+    of total, elapsed time."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=Console(stderr=True), transient=True)
+
+
 class _BlockProgress:
     """A progress bar over blocks (rich, on a terminal; else a line per tenth)."""
 
@@ -121,18 +137,7 @@ class _BlockProgress:
 
     def __enter__(self):
         if self.enabled:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-            )
-
-            self._progress = Progress(TextColumn("blocks"), BarColumn(), MofNCompleteColumn(),
-                                      TimeElapsedColumn(), console=Console(stderr=True),
-                                      transient=True)
+            self._progress = rich_progress("blocks")
             self._progress.start()
             self._task = self._progress.add_task("blocks", total=None)
         return self

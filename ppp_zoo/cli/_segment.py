@@ -14,7 +14,14 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import UserError
-from ._common import _BlockProgress, _interactive, _is_zarr, _status, reports_errors
+from ._common import (
+    _BlockProgress,
+    _interactive,
+    _is_zarr,
+    _status,
+    reports_errors,
+    rich_progress,
+)
 
 
 # --------------------------------------------------------------------------- predict
@@ -174,18 +181,7 @@ class _SegmentProgress:
 
     def __enter__(self):
         if self.enabled:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-            )
-
-            self._progress = Progress(TextColumn("{task.description}"), BarColumn(),
-                                      MofNCompleteColumn(), TimeElapsedColumn(),
-                                      console=Console(stderr=True), transient=True)
+            self._progress = rich_progress("{task.description}")
             self._progress.start()
             self._images = self._progress.add_task("images", total=None)
             self._tiles = self._progress.add_task("tiles", total=None)
