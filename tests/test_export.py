@@ -418,9 +418,9 @@ def test_cli_postprocess_with_model(exported, image, thresholds, tmp_path, varia
 
 
 def test_export_refuses_a_failing_package(exported, tmp_path, monkeypatch):
-    from ppp_zoo.export import ValidationRow, package
+    from ppp_zoo.export import ValidationRow, writer
 
-    monkeypatch.setattr(package, "validate_package", lambda source, formats: [
+    monkeypatch.setattr(writer, "validate_package", lambda source, formats: [
         ValidationRow("torchscript", "valid-format", "inference failed")])
     target = tmp_path / "model.zip"
     with pytest.raises(RuntimeError, match="valid-format"):

@@ -105,7 +105,7 @@ bioimageio.core's interpolated ones (the collection's deepImageJ check compares 
 output with the test output).
 """
 
-from .package import ExportResult, export_model
 from .validation import ValidationRow, validate_package
+from .writer import ExportResult, export_model
 
 __all__ = ["ExportResult", "ValidationRow", "export_model", "validate_package"]

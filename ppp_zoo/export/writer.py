@@ -1,6 +1,5 @@
 """Build a bioimage.io model package from a training checkpoint (see the package docstring).
 
-
 :func:`export_model` is the one public entry point. It works in a temporary folder next to
 the output, validates the finished package with bioimageio.core's test for every weight
 format, and only then moves it into place: a failed export leaves nothing behind.
