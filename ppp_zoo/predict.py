@@ -10,7 +10,7 @@ TorchScript export. ``ppp-zoo predict``, training validation, threshold tuning a
 they differ only in the engine's floating-point arithmetic.
 
 :func:`load_checkpoint` reads a ``.pt`` file written by :func:`ppp_zoo.train.train` into a
-:class:`ModelBundle`; :func:`predict_image` segments an image with it.
+:class:`Checkpoint`; :func:`predict_image` segments an image with it.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ BORDERS = ("none", "mirror")
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelBundle:
+class Checkpoint:
     """A network ready for inference plus what it needs around it.
 
     Attributes
@@ -127,7 +127,7 @@ def as_grayscale(image: np.ndarray, ndim: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- checkpoint
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> ModelBundle:
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> Checkpoint:
     """Load a checkpoint written by :func:`ppp_zoo.train.train`.
 
     Raises
@@ -152,13 +152,13 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     return bundle_from_checkpoint(ckpt, device)
 
 
-def bundle_from_checkpoint(ckpt: dict, device: str | torch.device = "cpu") -> ModelBundle:
-    """Build a :class:`ModelBundle` from a loaded checkpoint dict."""
+def bundle_from_checkpoint(ckpt: dict, device: str | torch.device = "cpu") -> Checkpoint:
+    """Build a :class:`Checkpoint` from a loaded checkpoint dict."""
     device = torch.device(device)
     model = PatchPerPixNet(**ckpt["model_kwargs"])
     model.load_state_dict(ckpt["model_state"])
     model.to(device).eval()
-    return ModelBundle(model=model, normalize=NormalizeConfig(**ckpt["normalize"]),
+    return Checkpoint(model=model, normalize=NormalizeConfig(**ckpt["normalize"]),
                        assembly=AssemblyParams.from_dict(ckpt["assembly"]),
                        config=ckpt["config"], iteration=int(ckpt.get("iteration", 0)),
                        device=device)
@@ -220,7 +220,7 @@ def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     return buffer.getvalue()
 
 
-def patchperpix_info(bundle: ModelBundle, *, training: dict | None = None,
+def patchperpix_info(bundle: Checkpoint, *, training: dict | None = None,
                      metrics: dict | None = None, hashes: dict | None = None,
                      version: str = "") -> dict:
     """``config.patchperpix`` of the package ``export`` writes from ``bundle`` (the layout
@@ -275,7 +275,7 @@ class CheckpointPackage(ModelPackage):
         raise UserError(f"{self.source}: a checkpoint has no package file {name!r}")
 
 
-def checkpoint_package(bundle: ModelBundle, source: str | os.PathLike = "checkpoint"
+def checkpoint_package(bundle: Checkpoint, source: str | os.PathLike = "checkpoint"
                        ) -> CheckpointPackage:
     """The in-memory :class:`CheckpointPackage` of ``bundle``: the preprocessing, sizes,
     halo, head, decoder and assembly parameters of its exported package."""
@@ -303,7 +303,7 @@ class CheckpointEngine(Engine):
     name = "checkpoint"
     provider = "torch"
 
-    def __init__(self, bundle: ModelBundle):
+    def __init__(self, bundle: Checkpoint):
         self._net = ExportNet(bundle.model)
         self._torch_device = bundle.device
         self.device = "cuda" if torch.device(bundle.device).type == "cuda" else "cpu"
@@ -319,12 +319,12 @@ class CheckpointEngine(Engine):
             self._net.train(was_training)
 
 
-def load_segmenter(checkpoint: str | os.PathLike | ModelBundle,
+def load_segmenter(checkpoint: str | os.PathLike | Checkpoint,
                    device: str | torch.device = "cpu") -> Segmenter:
     """A :class:`~ppp_zoo.runtime.Segmenter` that runs a checkpoint (a ``.pt`` path or a
-    loaded :class:`ModelBundle`) with the runtime's preprocessing, tiling, head, decoding
+    loaded :class:`Checkpoint`) with the runtime's preprocessing, tiling, head, decoding
     and assembly."""
-    if isinstance(checkpoint, ModelBundle):
+    if isinstance(checkpoint, Checkpoint):
         bundle, source = checkpoint, "checkpoint"
     else:
         bundle, source = load_checkpoint(checkpoint, device), checkpoint
@@ -359,7 +359,7 @@ def network_outputs(seg: Segmenter, image: np.ndarray, *, normalized: bool = Fal
     return np.ascontiguousarray(numinst[crop]), np.ascontiguousarray(values[crop])
 
 
-def predict_probabilities(bundle: ModelBundle, image: np.ndarray, normalized: bool = False,
+def predict_probabilities(bundle: Checkpoint, image: np.ndarray, normalized: bool = False,
                           tile: tuple[int, ...] | None = None,
                           border: str = "none") -> tuple[np.ndarray, np.ndarray]:
     """Network outputs as probabilities: ``numinst (3, ...)`` and dense ``patches (P, ...)``,
@@ -381,7 +381,7 @@ def predict_probabilities(bundle: ModelBundle, image: np.ndarray, normalized: bo
     return numinst, seg.params.patches(numinst, values)
 
 
-def predict_image(model_bundle: ModelBundle, image: np.ndarray, fast: bool | None = None,
+def predict_image(model_bundle: Checkpoint, image: np.ndarray, fast: bool | None = None,
                   tile: tuple[int, ...] | None = None, border: str = "none",
                   **assembly_changes: Any) -> np.ndarray:
     """Segment one image into instances, as ``ppp-zoo segment --scale 1`` segments it with
@@ -389,7 +389,7 @@ def predict_image(model_bundle: ModelBundle, image: np.ndarray, fast: bool | Non
 
     Parameters
     ----------
-    model_bundle : ModelBundle
+    model_bundle : Checkpoint
         From :func:`load_checkpoint`.
     image : ndarray, shape ([Z,] Y, X) (or (Y, X, C) RGB)
         Raw image; it is normalised as in training.

@@ -39,7 +39,7 @@ from .model import PatchPerPixNet, total_loss
 from .postprocess import AssemblyParams, assemble
 from .postprocess.labels import instance_sizes, median_object_diameter
 from .predict import (
-    ModelBundle,
+    Checkpoint,
     as_grayscale,
     load_segmenter,
     network_outputs,
@@ -361,7 +361,7 @@ def validate(model: PatchPerPixNet, cfg: Config, val: list[Pair],
     """avAP of the fast-mode assembly on the validation images (``None`` without any)."""
     if not val:
         return None
-    seg = load_segmenter(ModelBundle(model=model, normalize=cfg.normalize,
+    seg = load_segmenter(Checkpoint(model=model, normalize=cfg.normalize,
                                      assembly=cfg.assembly_params(fast=True), config={},
                                      device=device))
     per_image = []
@@ -397,7 +397,7 @@ def tune_thresholds(model: PatchPerPixNet, cfg: Config, val: list[Pair],
     :class:`~ppp_zoo.postprocess.AssemblyParams` fields to replace and the validation scores
     they reach (plus ``n_selected``). The network runs once per image.
     """
-    seg = load_segmenter(ModelBundle(model=model, normalize=cfg.normalize,
+    seg = load_segmenter(Checkpoint(model=model, normalize=cfg.normalize,
                                      assembly=cfg.assembly_params(fast=True), config={},
                                      device=device))
     outputs = []  # what the exported package computes: numinst and the decoded patches

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from .. import __version__
-from ..predict import NORMALIZE_EPS, OUTPUT_ID, Geometry, ModelBundle, patchperpix_info
+from ..predict import NORMALIZE_EPS, OUTPUT_ID, Checkpoint, Geometry, patchperpix_info
 from .wrapper import ONNX_OPSET
 
 PATCHPERPIX_DOI = "10.1007/978-3-030-58595-2_18"
@@ -134,7 +134,7 @@ def _imagej_macro(geometry: Geometry) -> str:
 
 
 # --------------------------------------------------------------------------- description
-def _patchperpix_info(bundle: ModelBundle, ckpt: dict, metrics: dict | None,
+def _patchperpix_info(bundle: Checkpoint, ckpt: dict, metrics: dict | None,
                       hashes: dict) -> dict:
     training = dict(ckpt.get("training") or {})
     if training.get("object_diameter") is None:
@@ -147,7 +147,7 @@ def _patchperpix_info(bundle: ModelBundle, ckpt: dict, metrics: dict | None,
                   "iterations": int(ckpt.get("iteration", bundle.iteration))})
 
 
-def _object_diameter(bundle: ModelBundle) -> float | None:
+def _object_diameter(bundle: Checkpoint) -> float | None:
     with contextlib.suppress(Exception):
         from ..config import config_from_dict
         from ..train import load_training_data, object_diameter

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..predict import Geometry, ModelBundle, normalize_image
+from ..predict import Checkpoint, Geometry, normalize_image
 from .wrapper import ExportNet
 
 #: test tensors are at the minimal size; the sample input and cover use at most this size
@@ -24,7 +24,7 @@ CLIP_FRACTION = 0.03
 
 
 # --------------------------------------------------------------------------- data
-def _example_image(bundle: ModelBundle, geometry: Geometry):
+def _example_image(bundle: Checkpoint, geometry: Geometry):
     """The validation or training image whose smallest side is largest (normalised) and its
     labels, for the test input, the sample and the cover; synthetic nuclei when the training
     data cannot be loaded any more."""

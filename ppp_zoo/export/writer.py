@@ -32,7 +32,7 @@ import torch
 from ..errors import SetupError, UserError
 from ..predict import (
     OUTPUT_ID,
-    ModelBundle,
+    Checkpoint,
     decoder_arrays,
     head_arrays,
     load_checkpoint,
@@ -160,7 +160,7 @@ def _check_output(output: Path, folder: bool) -> None:
 
 
 # --------------------------------------------------------------------------- export
-def _load(checkpoint: Path) -> tuple[ModelBundle, dict]:
+def _load(checkpoint: Path) -> tuple[Checkpoint, dict]:
     bundle = load_checkpoint(checkpoint)
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     return bundle, {k: ckpt.get(k) for k in ("training", "iteration", "best")}
@@ -170,7 +170,7 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _write_files(bundle: ModelBundle, extra: dict, folder: Path, formats: Sequence[str],
+def _write_files(bundle: Checkpoint, extra: dict, folder: Path, formats: Sequence[str],
                  name: str, metrics: dict | None, progress: Progress,
                  validated: bool = True) -> tuple[dict, dict, dict]:
     from ..postprocess import assemble
