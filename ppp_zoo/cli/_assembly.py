@@ -87,6 +87,7 @@ def postprocess(
     workers: Annotated[Optional[int], typer.Option(min=1, help="Assemble a zarr OUTPUTS array block by block on a local dask cluster of this many processes (needs the [dask] extra).")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="... or on the dask scheduler at this address.")] = None,
     device: Annotated[str, typer.Option(help="Where the assembly kernels run: auto (a CUDA GPU when numba finds one it can use, else the CPU), cpu or cuda (numba's CUDA target). The labels are the same.")] = "auto",
+    rois: Annotated[bool, typer.Option("--rois", help="Also write <output stem>_rois.zip: one ImageJ polygon ROI per instance (Fiji's ROI Manager opens it).")] = False,
 ):
     """Assemble instances from PatchPerPix outputs (numinst + patches), or from a model's raw
     output with --model."""
@@ -131,6 +132,11 @@ def postprocess(
                         "thresholds everywhere): nothing to assemble")
     write_labels(output, labels)
     summary = {"output": str(output), **summary}
+    if rois:
+        from ..rois import write_rois
+
+        summary["rois"] = str(write_rois(output.with_name(f"{output.stem}_rois.zip"), labels,
+                                         overlapping=params.overlapping))
     if json_out:
         typer.echo(json.dumps(summary))
     else:

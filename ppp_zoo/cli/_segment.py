@@ -62,6 +62,7 @@ def segment(
     scale: Annotated[str, typer.Option(help="'auto': measure the objects and resample so that they match the training size (one extra pass when they differ); or a factor (objects larger than in training: < 1). Labels come back on the input grid.")] = "auto",
     overlay: Annotated[bool, typer.Option(help="Also write <stem>_overlay.png: instance outlines over the image.")] = False,
     save_outputs: Annotated[bool, typer.Option(help="Also write <stem>_outputs.npz: the raw network outputs.")] = False,
+    rois: Annotated[bool, typer.Option("--rois", help="Also write <stem>_rois.zip: one ImageJ polygon ROI per instance, named by its id (Fiji's ROI Manager opens it; overlapping instances overlap there too).")] = False,
     fast: Annotated[Optional[bool], typer.Option("--fast/--exact", help="Assemble in fast mode (stride-2 voting) or exact mode (default: as the model package says).", show_default=False)] = None,
     tta: Annotated[bool, typer.Option("--tta", help="Test-time augmentation: average the network over the 8 mirrors and rotations of each image (the same answer in every orientation; about 3x the time of a small image).")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the JSON summary to stdout.")] = False,
@@ -103,7 +104,7 @@ def segment(
         report = segment_files(
             inputs, output, model=model_path, engine=engine, device=device,
             tile=tile_shape, scale=scale_value, fast=fast, overlay=overlay,
-            save_outputs=save_outputs, tta=tta,
+            save_outputs=save_outputs, tta=tta, rois=rois,
             hooks=progress.hooks(_segment_error, _segment_done))
     if report.device_note:
         _status(f"note: {report.device_note}")

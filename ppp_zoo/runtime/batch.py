@@ -69,7 +69,7 @@ class BatchHooks:
     on_tile: Callable[[int, int], None] | None = None
 
 
-OUTPUT_SUFFIXES = ("_labels", "_overlay")
+OUTPUT_SUFFIXES = ("_labels", "_overlay", "_rois")
 
 
 def _is_output(path: Path) -> bool:
@@ -217,6 +217,7 @@ def segment_files(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLik
                   tile: Sequence[int] | None = None, scale: float | str = 1.0,
                   fast: bool | None = None,
                   overlay: bool = False, save_outputs: bool = False, tta: bool = False,
+                  rois: bool = False,
                   hooks: BatchHooks | None = None) -> BatchReport:
     """Segment every image named by ``inputs`` and write the results into ``out_dir``.
 
@@ -255,7 +256,7 @@ def segment_files(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLik
             try:
                 entry = _segment_one(seg, path, out_dir, tile=tile, scale=scale, fast=fast,
                                      tta=tta,
-                                     overlay=overlay, save_outputs=save_outputs,
+                                     overlay=overlay, save_outputs=save_outputs, rois=rois,
                                      on_tile=hooks.on_tile)
             except Exception as err:
                 if not (is_project_error(err) or isinstance(err, OSError)):
@@ -278,7 +279,8 @@ def segment_files(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLik
 
 def _segment_one(seg: Segmenter, path: Path, out_dir: Path, *, tile, scale: float | str,
                  fast: bool | None, tta: bool,
-                 overlay: bool, save_outputs: bool, on_tile) -> dict[str, Any]:
+                 overlay: bool, save_outputs: bool, on_tile,
+                 rois: bool = False) -> dict[str, Any]:
     t0 = time.perf_counter()
     image = read_image(path)
     t_read = time.perf_counter() - t0
@@ -287,6 +289,11 @@ def _segment_one(seg: Segmenter, path: Path, out_dir: Path, *, tile, scale: floa
     t = time.perf_counter()
     labels_path = out_dir / f"{path.stem}_labels.tif"
     written = [write_labels(labels_path, result.labels)]
+    if rois:
+        from ..rois import write_rois
+
+        written.append(write_rois(out_dir / f"{path.stem}_rois.zip", result.labels,
+                                  overlapping=result.labels.dtype == bool))
     if overlay:
         written.append(write_image(out_dir / f"{path.stem}_overlay.png",
                                    overlay_image(image, result.labels)))
