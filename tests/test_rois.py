@@ -96,3 +96,17 @@ def test_postprocess_rois_and_bad_input(tmp_path, dsb_sample):
         assert len(zf.namelist()) == written.max()
     with pytest.raises(ValueError, match="integer array"):
         instance_rois(np.zeros((4, 4), np.float32))
+
+
+def test_overlay_marks_the_pixels_instances_share():
+    """The overlay of overlapping masks: each outline in its own colour, the shared pixels
+    tinted (and only those)."""
+    from ppp_zoo.runtime.batch import overlay_image
+
+    masks = np.zeros((2, 40, 40), bool)
+    masks[0, 5:25, 5:25] = True
+    masks[1, 15:35, 15:35] = True
+    rgb = overlay_image(np.zeros((40, 40), np.float32), masks)
+    assert rgb[20, 20].tolist() != [0, 0, 0] and rgb[20, 20][0] > 100  # shared: tinted
+    assert rgb[10, 10].tolist() == [0, 0, 0] and rgb[30, 30].tolist() == [0, 0, 0]
+    assert rgb[5, 10].tolist() != rgb[34, 30].tolist()  # two outlines, two colours

@@ -123,7 +123,8 @@ def check_output_folder(out_dir: Path) -> None:
 
 def overlay_image(image: np.ndarray, labels: np.ndarray, channels_last: bool = True) -> np.ndarray:
     """An RGB uint8 picture: the image (grey, 1-99.8 percentile contrast) with each instance
-    outlined in its own colour. 3D inputs show their middle z slice.
+    outlined in its own colour; where overlapping instances (a mask stack) share pixels,
+    those are tinted yellow under the outlines. 3D inputs show their middle z slice.
 
     >>> lab = np.zeros((20, 20), np.int32); lab[5:15, 5:15] = 1
     >>> rgb = overlay_image(np.ones((20, 20)), lab)
@@ -146,6 +147,8 @@ def overlay_image(image: np.ndarray, labels: np.ndarray, channels_last: bool = T
     grey = np.clip((img - lo) / max(float(hi - lo), 1e-12), 0, 1)
     rgb = np.repeat((grey * 255).astype(np.uint8)[..., None], 3, axis=-1)
     if labels.dtype == bool:
+        shared = labels.sum(axis=0) > 1
+        rgb[shared] = (rgb[shared] * 0.45 + np.array(OVERLAP_TINT) * 0.55).astype(np.uint8)
         for i, mask in enumerate(labels, start=1):
             rgb[find_boundaries(mask, mode="inner")] = _colour(i)
     elif labels.max(initial=0) > 0:
@@ -153,6 +156,10 @@ def overlay_image(image: np.ndarray, labels: np.ndarray, channels_last: bool = T
         ids = labels[edge]
         rgb[edge] = _colours(ids)
     return rgb
+
+
+OVERLAP_TINT = (255, 230, 0)
+"""Colour blended into the pixels that two or more instances share."""
 
 
 def _colours(ids: np.ndarray) -> np.ndarray:
