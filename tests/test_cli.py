@@ -153,8 +153,16 @@ def test_postprocess_blockwise_cli(sample_dir, tmp_path):
     assert res.exit_code == 0, res.output
     res = run("evaluate", pred, sample_dir / "test_labels.tif", "--json")
     assert json.loads(res.stdout)["ap"]["0.9"] >= 0.99
-    res = run("postprocess", npz, "-o", tmp_path / "x.tif", "--block", "128x128", "--overlapping")
-    assert res.exit_code == 1 and "--block" in res.output
+    # overlapping masks block by block: the (N, Y, X) stack of the whole-image assembly
+    res = run("postprocess", npz, "-o", tmp_path / "x.npy", "--block", "128x128",
+              "--overlapping", "--json")
+    assert res.exit_code == 0, res.output
+    whole = run("postprocess", npz, "-o", tmp_path / "w.npy", "--overlapping")
+    assert whole.exit_code == 0, whole.output
+    masks, reference = np.load(tmp_path / "x.npy"), np.load(tmp_path / "w.npy")
+    assert masks.ndim == 3 and masks.max() == 1 and len(masks) == len(reference) > 50
+    res = run("evaluate", tmp_path / "x.npy", tmp_path / "w.npy", "--overlapping", "--json")
+    assert json.loads(res.stdout)["ap"]["0.9"] == 1.0
 
 
 def test_an_internal_error_is_not_reported_as_a_user_error(sample_dir, tmp_path, monkeypatch):

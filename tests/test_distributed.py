@@ -301,3 +301,31 @@ def test_postprocess_assembles_a_model_output_stored_in_zarr(dsb_sample, client,
                                      "-o", str(tmp_path / "l.tif")])
     assert wrong.exit_code == 1 and "expected (28, Y, X)" in wrong.stderr
     assert not (tmp_path / "l.tif").exists()
+
+
+def test_overlapping_model_is_refused_before_a_cluster_starts(tmp_path):
+    """An overlapping model on the dask path: one clear error, before any worker starts
+    (the dask path writes label images), and no label image."""
+    import time
+    import zipfile
+
+    import yaml
+
+    from ppp_zoo.errors import UserError
+    from ppp_zoo.runtime.models import embedded_model_path
+
+    package = tmp_path / "overlapping.zip"
+    with zipfile.ZipFile(embedded_model_path()) as zf, zipfile.ZipFile(package, "w") as out:
+        for name in zf.namelist():
+            data = zf.read(name)
+            if name == "rdf.yaml":
+                rdf = yaml.safe_load(data)
+                rdf["config"]["patchperpix"]["assembly"]["overlapping"] = True
+                data = yaml.safe_dump(rdf).encode()
+            out.writestr(name, data)
+    image = write_ome_zarr_image(tmp_path / "img.ome.zarr", np.zeros((64, 64), np.uint16))
+    t = time.perf_counter()
+    with pytest.raises(UserError, match="overlapping instances"):
+        dist.segment_distributed(image, tmp_path / "out.zarr", model=package, workers=1)
+    assert time.perf_counter() - t < 10
+    assert not (tmp_path / "out.zarr").exists()

@@ -494,6 +494,13 @@ def test_overlapping_model_gives_a_mask_stack(tiny2d, synth512):
         result = segment_image(overlapping, image, scale=scale)
         assert result.labels.dtype == bool and result.labels.shape[1:] == image.shape
         assert result.n_instances == result.labels.shape[0] > 0
+    # the blockwise path of segment (blocks larger than two patches): the same masks
+    from ppp_zoo.evaluate import evaluate_image
+
+    whole = segment_image(overlapping, image).labels
+    blocks = segment_image(overlapping, image, block=(48, 64)).labels
+    assert blocks.dtype == bool and len(blocks) == len(whole)
+    assert evaluate_image(blocks, whole, overlapping=True).ap["0.9"] == 1.0
 
 
 # --------------------------------------------------------------------------- untrusted packages

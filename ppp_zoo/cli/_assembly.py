@@ -114,15 +114,14 @@ def postprocess(
         numinst, patches, shape = _load_outputs(outputs, patchshape)
         params = AssemblyParams(patchshape=shape).replace(**changes)
     if block is not None:
-        if params.overlapping:
-            raise UserError("--block writes label images: it cannot be combined with --overlapping")
         t0 = time.perf_counter()
-        labels = assemble_blockwise(numinst, patches, params, block_shape=parse_shape(block),
+        result = assemble_blockwise(numinst, patches, params, block_shape=parse_shape(block),
                                     progress=_block_progress if _interactive() else None,
-                                    device=device)
-        summary = {"n_instances": int(labels.max(initial=0)),
+                                    device=device, return_result=True)
+        labels = result.labels
+        summary = {"n_instances": result.n_instances, "device": result.device,
                    "timings": {"blockwise": round(time.perf_counter() - t0, 4)}}
-        empty = not (labels > 0).any() and not _has_foreground(numinst, patches, params)
+        empty = result.n_instances == 0 and not _has_foreground(numinst, patches, params)
     else:
         result = assemble(numinst, patches, params, return_result=True,
                           progress=_step_progress if _interactive() else None, device=device)

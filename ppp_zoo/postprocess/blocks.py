@@ -13,7 +13,8 @@ is defined here, so they differ only in who runs the blocks:
   voting stride; the network's step), so every block votes with the centres the whole
   image would.
 - **Owner**: a block writes only its core, and keeps the instances that have a pixel there
-  (:func:`label_block`); an instance that reaches into several cores is written by each.
+  (:func:`label_block`; :func:`mask_block` for overlapping instances, whose masks may share
+  pixels); an instance that reaches into several cores is written by each.
 - **Merge rule** (:func:`match_block`, :func:`merge_pairs`): what a block assembled in the
   strip around its core is compared with what each neighbour wrote there; two instances
   are one when their overlap is at least :data:`MERGE_OVERLAP` of the smaller, and every
@@ -213,6 +214,54 @@ def match_block(grid: BlockGrid, index: Sequence[int], n: int, strips: dict,
     return np.concatenate(pairs) if pairs else np.zeros((0, 4), np.int64)
 
 
+def mask_block(masks: np.ndarray, grid: BlockGrid, index: Sequence[int],
+               strip: Sequence[int]) -> tuple[int, list[np.ndarray], dict]:
+    """:func:`label_block` for overlapping instances: ``masks`` ``(n, *crop)`` are the
+    block's instance masks. Returns the number it owns (a pixel in its core), their masks
+    on the core (in order: local ids ``1..n``), and per neighbour ``(region, masks of the
+    owned instances there)``."""
+    index = tuple(index)
+    core, crop = grid.core(index), grid.crop(index)
+    masks = np.asarray(masks, bool)
+    if masks.shape[1:] != tuple(s.stop - s.start for s in crop):
+        raise ValueError(f"block masks of shape {masks.shape} for a block of "
+                         f"{tuple(s.stop - s.start for s in crop)}")
+    owned = [m for m in masks if m[_local(core, crop)].any()]
+    seen = grid.crop(index, strip)
+    strips = {}
+    for n in grid.neighbours(index):
+        region = _intersect(seen, grid.core(n))
+        if region is not None:
+            strips[n] = (region, [m[_local(region, crop)] for m in owned])
+    return len(owned), [m[_local(core, crop)] for m in owned], strips
+
+
+def match_block_masks(grid: BlockGrid, index: Sequence[int], strips: dict,
+                      written: Callable[[tuple[int, ...], tuple[slice, ...]], list],
+                      merge_overlap: float = MERGE_OVERLAP) -> np.ndarray:
+    """:func:`match_block` for overlapping instances: ``written(neighbour, region)`` gives
+    the masks the neighbour wrote in ``region`` (its local ids ``1..m`` in order).
+
+    Instances may share pixels, so two that cross inside a strip overlap there too: a pair
+    is one instance only when each is the other's largest overlap (and that overlap is at
+    least ``merge_overlap`` of the smaller)."""
+    pairs = []
+    for neighbour, (region, seen) in strips.items():
+        there = written(neighbour, region)
+        if not seen or not there:
+            continue
+        inter = np.array([[np.count_nonzero(a & b) for b in there] for a in seen], np.int64)
+        size_a = np.array([np.count_nonzero(a) for a in seen], np.int64)
+        size_b = np.array([np.count_nonzero(b) for b in there], np.int64)
+        best_b, best_a = inter.argmax(axis=1), inter.argmax(axis=0)
+        for a, b in enumerate(best_b):
+            overlap = inter[a, b]
+            if overlap and best_a[b] == a and \
+                    overlap >= merge_overlap * min(size_a[a], size_b[b]):
+                pairs.append((grid.flat(index), a + 1, grid.flat(neighbour), int(b) + 1))
+    return np.asarray(pairs, np.int64).reshape(-1, 4)
+
+
 def merge_pairs(counts: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     """Union-find over the instances of all blocks: global id per (block, local id).
 
@@ -263,5 +312,5 @@ def block_luts(counts: np.ndarray, ids: np.ndarray, dtype=np.uint32) -> list[np.
 
 
 __all__ = ["ASSEMBLY_BLOCK", "MERGE_OVERLAP", "TASK_BLOCK", "BlockGrid", "block_grid",
-           "block_luts", "even_blocks", "label_block", "match_block", "merge_pairs",
-           "round_up"]
+           "block_luts", "even_blocks", "label_block", "mask_block", "match_block",
+           "match_block_masks", "merge_pairs", "round_up"]

@@ -22,7 +22,9 @@ from .blocks import (
     block_grid,
     block_luts,
     label_block,
+    mask_block,
     match_block,
+    match_block_masks,
     merge_pairs,
 )
 from .candidates import CandidatePatches
@@ -43,7 +45,8 @@ def assemble_blockwise(numinst, patches, params: AssemblyParams, *,
     patches : array-like (P, [Z,] Y, X)
         As for :func:`~ppp_zoo.postprocess.assemble`; may be memory-mapped.
     params : AssemblyParams
-        ``overlapping`` must be False (label images only).
+        With ``overlapping``, the result is the ``(N, [Z,] Y, X)`` mask stack: each block's
+        masks are merged by the same rule, on the pixels of the masks.
     block_shape : sequence of int, optional
         Core size of a block per spatial axis (default: about 512 x 512 in 2D, 64^3 in 3D,
         cutting the image evenly; rounded up to the fast mode's stride).
@@ -76,8 +79,6 @@ def assemble_blockwise(numinst, patches, params: AssemblyParams, *,
     >>> int(out.max()), bool(((out > 0) == (labels > 0)).all())
     (2, True)
     """
-    if params.overlapping:
-        raise PostprocessError("blockwise assembly writes label images: use overlapping=False")
     resolve_device(device)  # an unknown device, or cuda without a GPU, fails before any block
     spatial = tuple(patches.shape[1:])
     if len(spatial) != params.ndim:
@@ -85,15 +86,14 @@ def assemble_blockwise(numinst, patches, params: AssemblyParams, *,
                          f"for patchshape {params.patchshape}, got {patches.shape}")
     grid, strip = block_grid(spatial, params.patchshape, block_shape,
                              align=params.fast_stride if params.fast else 1)
+    if params.overlapping:
+        return _assemble_masks(numinst, patches, params, grid, strip, merge_overlap,
+                               progress, device, return_result)
     local = np.zeros(spatial, np.int32)  # each core's local ids, then the global ids
     indices = grid.indices()
     firsts, results = [], []
     for done, index in enumerate(indices):
-        crop = grid.crop(index)
-        n_crop = None if numinst is None else np.ascontiguousarray(numinst[(slice(None),) + crop])
-        p_crop = patches[(slice(None),) + crop]
-        if not isinstance(p_crop, CandidatePatches):  # compact ones are float32 already
-            p_crop = np.ascontiguousarray(p_crop, dtype=np.float32)
+        n_crop, p_crop = _crops(numinst, patches, grid, index)
         result = assemble(n_crop, p_crop, params, device=device, return_result=True)
         del p_crop
         labels = result.labels
@@ -119,5 +119,58 @@ def assemble_blockwise(numinst, patches, params: AssemblyParams, *,
             timings[key] = timings.get(key, 0.0) + value
     return AssemblyResult(local, int(ids.max(initial=0)),
                           sum(r.n_candidates for r in results),
+                          sum(r.n_selected for r in results), sum(r.n_edges for r in results),
+                          timings, devices.pop() if len(devices) == 1 else "cuda+cpu")
+
+
+def _crops(numinst, patches, grid, index):
+    crop = grid.crop(index)
+    n_crop = None if numinst is None else np.ascontiguousarray(numinst[(slice(None),) + crop])
+    p_crop = patches[(slice(None),) + crop]
+    if not isinstance(p_crop, CandidatePatches):  # compact ones are float32 already
+        p_crop = np.ascontiguousarray(p_crop, dtype=np.float32)
+    return n_crop, p_crop
+
+
+def _assemble_masks(numinst, patches, params, grid, strip, merge_overlap, progress, device,
+                    return_result):
+    """Overlapping instances block by block: each block's masks restricted to its core,
+    merged across blocks by the same rule as labels; the result is the ``(N, ...)`` stack,
+    each instance the union of its parts (blocks hold only their cores' parts meanwhile)."""
+    indices = grid.indices()
+    parts, firsts, results = {}, [], []
+    for done, index in enumerate(indices):
+        n_crop, p_crop = _crops(numinst, patches, grid, index)
+        result = assemble(n_crop, p_crop, params, device=device, return_result=True)
+        del p_crop
+        n, core_masks, strips = mask_block(result.labels, grid, index, strip)
+        parts[index] = core_masks
+        firsts.append((n, strips))
+        results.append(result)
+        if progress is not None:
+            progress(done + 1, len(indices))
+
+    def written(neighbour, region):
+        core = grid.core(neighbour)
+        local = tuple(slice(r.start - c.start, r.stop - c.start) for r, c in zip(region, core))
+        return [m[local] for m in parts[neighbour]]
+
+    counts = np.array([n for n, _ in firsts], np.int64)
+    pairs = [match_block_masks(grid, index, strips, written, merge_overlap)
+             for index, (_, strips) in zip(indices, firsts)]
+    ids = merge_pairs(counts, np.concatenate(pairs) if pairs else np.zeros((0, 4), np.int64))
+    masks = np.zeros((int(ids.max(initial=0)),) + grid.shape, bool)
+    for index, lut in zip(indices, block_luts(counts, ids, np.int64)):
+        core = grid.core(index)
+        for local, mask in enumerate(parts.pop(index), start=1):
+            masks[(lut[local] - 1,) + core] |= mask
+    if not return_result:
+        return masks
+    devices = {r.device for r in results if r.n_candidates} or {"cpu"}
+    timings: dict[str, float] = {}
+    for r in results:
+        for key, value in r.timings.items():
+            timings[key] = timings.get(key, 0.0) + value
+    return AssemblyResult(masks, len(masks), sum(r.n_candidates for r in results),
                           sum(r.n_selected for r in results), sum(r.n_edges for r in results),
                           timings, devices.pop() if len(devices) == 1 else "cuda+cpu")

@@ -621,6 +621,10 @@ def segment_distributed(source: str | os.PathLike | ImageSource, output: str | o
     if src.channels != package.n_channels:
         raise UserError(f"{src.path}: {src.channels} channels, the model takes "
                          f"{package.n_channels}")
+    if package.assembly_params().overlapping:  # before any cluster starts
+        raise UserError(f"{model}: the model assembles overlapping instances; block by block "
+                        "on dask writes label images: segment it without --block/--workers "
+                        "(large images are assembled blockwise in one process)")
     halo = tuple(int(h) for h in package.halo)
     block = _validate_block(block, package.ndim, halo)
     # crops start on the model's step grid (and on even pixels for the fast mode's

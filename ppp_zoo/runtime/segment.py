@@ -492,16 +492,16 @@ class Segmenter:
 
     def _assemble(self, numinst, second, params, timings: dict, *, block,
                   stage_progress: Callable[[str], None] | None = None, model=None):
-        """Decode features or codes into patches and assemble; blockwise (label images
-        with more than :data:`BLOCKWISE_PIXELS` pixels, or with ``block``) decoding happens
+        """Decode features or codes into patches and assemble; blockwise (images with more
+        than :data:`BLOCKWISE_PIXELS` pixels, or with ``block``; label images and
+        overlapping masks alike) decoding happens
         per block, inside the assembly's time. The assembly follows the network: on the
         GPU (when numba can use it, else the CPU) when the engine runs there, else on the
         CPU."""
         from ..postprocess import assemble, assemble_blockwise
 
-        blockwise = not params.overlapping and (
-            block is not None or math.prod(numinst.shape[1:]) > BLOCKWISE_PIXELS[len(
-                params.patchshape)])
+        blockwise = block is not None or math.prod(numinst.shape[1:]) > BLOCKWISE_PIXELS[
+            len(params.patchshape)]
 
         device = "auto" if self.engine.device == "cuda" else "cpu"
         report = stage_progress or (lambda name: None)
