@@ -125,7 +125,11 @@ class TrainConfig:
     (objects resized by a factor log-uniform in [1/zoom, zoom], anti-aliased when
     shrinking), ``gamma`` (intensity gamma log-uniform in [1/gamma, gamma]), ``blur``
     (Gaussian blur, sigma uniform in [0, blur] pixels) and ``noise`` (Gaussian noise, standard
-    deviation uniform in [0, noise] of the normalised intensity range).
+    deviation uniform in [0, noise] of the normalised intensity range). ``edge_cut``: the
+    fraction of crops in which a band along one random side (a quarter to a third of the
+    crop deep, at most) becomes flat background and drops its instances there: objects cut
+    by a straight edge next to nothing, as at the border of a stitched or registered image
+    with empty margins (0: off).
     ``decode_samples``: ``ppp+dec`` only, the numinst == 1 pixels per batch whose codes
     are decoded for the loss (the paper: 1024). ``overlap_fraction``: for overlapping instances, the fraction of crops centred on an
     overlap pixel. ``tune_thresholds``: after training, choose the assembly thresholds
@@ -152,6 +156,7 @@ class TrainConfig:
     gamma: float = 1.0
     blur: float = 0.0
     noise: float = 0.0
+    edge_cut: float = 0.0
     overlap_fraction: float = 0.0
     tune_thresholds: bool = False
     decode_samples: int = 1024
@@ -327,6 +332,8 @@ def _validate_config(cfg: Config) -> None:
     if t.rotate < 0 or t.elastic_jitter < 0 or t.elastic_spacing < 2:
         raise UserError("[train] rotate and elastic_jitter must be >= 0 and elastic_spacing "
                          ">= 2")
+    if not 0 <= t.edge_cut <= 1:
+        raise UserError(f"[train] edge_cut is a fraction of the crops in [0, 1], got {t.edge_cut}")
     if t.zoom < 1 or t.gamma < 1 or t.blur < 0 or t.noise < 0:
         raise UserError("[train] zoom and gamma must be >= 1 (1: off), blur and noise >= 0")
     if d.synth_extra < 0 or not 0 < d.synth_extra_fraction < 1:

@@ -298,9 +298,25 @@ class CropSampler:
                 img, tgt = np.flip(img, axis), np.flip(tgt, axis + off)
         if img.shape[-1] == img.shape[-2] and self.rng.random() < 0.5:
             img, tgt = np.swapaxes(img, -1, -2), np.swapaxes(tgt, -1, -2)
+        if self.cfg.train.edge_cut > 0 and self.rng.random() < self.cfg.train.edge_cut:
+            img, tgt = self._cut_edge(img, tgt)
         img = self._appearance(img)
         scale, shift = self.rng.uniform(0.9, 1.1), self.rng.uniform(-0.1, 0.1)
         return (img * scale + shift).astype(np.float32), np.ascontiguousarray(tgt)
+
+    def _cut_edge(self, img: np.ndarray, tgt: np.ndarray) -> Pair:
+        """A band along one random Y/X side becomes flat background (the crop's 1st
+        percentile) without instances: objects cut by a straight edge next to nothing."""
+        off = 1 if self.overlapping else 0
+        axis = img.ndim - 1 - int(self.rng.integers(2))  # y or x
+        size = img.shape[axis]
+        depth = int(self.rng.integers(max(1, size // 8), max(2, size // 3) + 1))
+        band = [slice(None)] * img.ndim
+        band[axis] = slice(0, depth) if self.rng.random() < 0.5 else slice(size - depth, size)
+        img, tgt = img.copy(), tgt.copy()
+        img[tuple(band)] = np.percentile(img, 1)
+        tgt[(slice(None),) * off + tuple(band)] = 0
+        return img, tgt
 
     def _appearance(self, img: np.ndarray) -> np.ndarray:
         """Gamma, blur and noise, each on a random half of the crops (when enabled)."""

@@ -110,6 +110,26 @@ def test_options_off_leave_crops_and_random_stream_unchanged(base):
     assert b.rng.bit_generator.state == state == c.rng.bit_generator.state
 
 
+def test_edge_cut_makes_a_flat_band_without_instances():
+    """edge_cut=1: every crop gets a band along one side that is flat (one value) and has
+    no instance there; the rest of the crop is the crop without it (same random draws)."""
+    image, labels = _disks()
+    cfg = _cfg(edge_cut=1.0, crop_size=[64, 64])
+    for seed in range(6):
+        sampler = CropSampler([(image, labels)], cfg, np.random.default_rng(seed))
+        sampler._appearance = lambda img: img  # the band as the cut leaves it
+        img, tgt = sampler._augment(*sampler._crop_with_foreground())
+        k = 8  # the band is at least crop // 8 deep
+        sides = [(img[:k], tgt[:k]), (img[-k:], tgt[-k:]), (img[:, :k], tgt[:, :k]),
+                 (img[:, -k:], tgt[:, -k:])]
+        assert any(b.min() == b.max() and not t.any() for b, t in sides), seed
+        assert tgt.any()  # the rest keeps its instances
+    cfg_off = _cfg(edge_cut=0.0, crop_size=[64, 64])
+    a = CropSampler([(image, labels)], cfg_off, np.random.default_rng(3))
+    b = CropSampler([(image, labels)], _cfg(crop_size=[64, 64]), np.random.default_rng(3))
+    _assert_same(_samples(a), _samples(b))  # off: the random stream of before
+
+
 def test_appearance_changes_intensities_only():
     """Gamma, blur and noise act after the crop, flips and transposes: targets unchanged."""
     cfg_off = _cfg()
@@ -219,6 +239,7 @@ def test_general_preset_uses_the_new_options():
     {"data": {"source": "synth-worms", "overlapping": True, "synth": {}, "synth_extra": 2}},
     {"data": {"source": "synth-fluorescent-nuclei"}},
     {"train": {"zoom": "2"}},
+    {"train": {"edge_cut": 1.5}},
 ])
 def test_config_errors(override):
     raw = merge_config_dicts(TINY, override)
