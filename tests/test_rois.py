@@ -64,7 +64,22 @@ def test_overlapping_masks_give_overlapping_rois(tmp_path):
     filled = [_filled(r, masks.shape[1:]) for r in rois]
     assert min(_iou(f, m) for f, m in zip(filled, masks)) >= 0.9
     assert (np.sum(filled, axis=0) > 1).any()  # the ROIs overlap where the worms do
-    assert any(r.composite for r in rois)  # a coiled worm: its loop is a hole of its ROI
+
+
+def test_an_instance_with_a_hole_or_in_parts_is_one_composite_roi():
+    """A worm coiled around its own loop (a ring) and an instance in two parts: each one
+    composite ROI, filled even-odd back to its pixels; a plain instance stays a polygon."""
+    yy, xx = np.mgrid[:60, :80]
+    ring = ((yy - 30) ** 2 + (xx - 25) ** 2 <= 18 ** 2) & ((yy - 30) ** 2 + (xx - 25) ** 2 >= 9 ** 2)
+    parts = np.zeros((60, 80), bool)
+    parts[5:15, 50:60] = parts[40:55, 62:75] = True
+    blob = np.zeros((60, 80), bool)
+    blob[20:35, 50:70] = True
+    masks = np.stack([ring, parts, blob])
+    rois = instance_rois(masks, overlapping=True)
+    assert [r.composite for r in rois] == [True, True, False]
+    for roi, mask in zip(rois, masks):
+        assert _iou(_filled(roi, mask.shape), mask) >= 0.95
 
 
 def test_3d_labels_give_one_roi_per_slice(nuclei3d_sample):
