@@ -88,7 +88,8 @@ def _instances(labels: np.ndarray, overlapping: bool | None):
 
 
 def instance_rois(labels: np.ndarray, *, overlapping: bool | None = None) -> list:
-    """One polygon ROI per instance (per slice in 3D), named by instance id.
+    """One ROI per instance (per slice in 3D), named by instance id: a polygon, or a
+    composite ROI for an instance with holes or in parts.
 
     Parameters
     ----------
