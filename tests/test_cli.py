@@ -277,3 +277,21 @@ def test_segment_tta_runs_every_orientation(tmp_path):
     res = run("segment", tmp_path / "demo_input.tif", "--tta", "--block", "256x256", "-o",
               tmp_path / "b.zarr")
     assert res.exit_code == 1 and "--tta is not available block by block" in res.stderr
+
+
+def test_postprocess_takes_an_embedded_model_by_name(tmp_path):
+    """`postprocess OUTPUTS --model ppp-nuclei2d`: the embedded package by its name gives
+    the labels `segment` wrote from the same raw outputs; an unknown name is one line."""
+    import tifffile
+
+    res = run("segment", "--demo", "--scale", "1", "--save-outputs", "-o", tmp_path)
+    assert res.exit_code == 0, res.output
+    outputs = tmp_path / "demo_input_outputs.npz"
+    res = run("postprocess", outputs, "--model", "ppp-nuclei2d", "-o", tmp_path / "again.tif")
+    assert res.exit_code == 0, res.output
+    again = tifffile.imread(tmp_path / "again.tif")
+    assert np.array_equal(again, tifffile.imread(tmp_path / "demo_input_labels.tif"))
+    assert again.max() > 5
+    res = run("postprocess", outputs, "--model", "no-such-model", "-o", tmp_path / "x.tif")
+    assert res.exit_code == 1 and "no-such-model: no such model package" in res.stderr
+    assert not (tmp_path / "x.tif").exists()

@@ -83,7 +83,7 @@ def postprocess(
     overlapping: Annotated[Optional[bool], typer.Option("--overlapping/--no-overlapping", help="Write an (N, [Z,] Y, X) stack of instance masks (default: as the model package says; no without one).")] = None,
     block: Annotated[Optional[str], typer.Option(help="Assemble in blocks of this core size (e.g. 256x256) and stitch: bounded memory for large images.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary to stdout.")] = False,
-    model: Annotated[Optional[Path], typer.Option("--model", help="Exported model package (.zip or folder): every parameter, and the decoding of its output, come from it; the options above override them.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Exported model package (.zip or folder) or the name of an embedded model: every parameter, and the decoding of its output, come from it; the options above override them.")] = None,
     workers: Annotated[Optional[int], typer.Option(min=1, help="Assemble a zarr OUTPUTS array block by block on a local dask cluster of this many processes (needs the [dask] extra).")] = None,
     scheduler: Annotated[Optional[str], typer.Option(help="... or on the dask scheduler at this address.")] = None,
     device: Annotated[str, typer.Option(help="Where the assembly kernels run: auto (a CUDA GPU when numba finds one it can use, else the CPU), cpu or cuda (numba's CUDA target). The labels are the same.")] = "auto",
@@ -101,6 +101,10 @@ def postprocess(
         resolve_device(device)
     except RuntimeError as err:  # cuda without a usable GPU
         raise SetupError(str(err)) from None
+    if model is not None:
+        from ..runtime.models import resolve_model
+
+        model = resolve_model(model)  # a package path, or an embedded model by name
     changes = dict(patch_threshold=patch_threshold, fc_threshold=fc_threshold,
                    partition=partition, min_size=min_size, fast=fast, overlapping=overlapping)
     if _is_zarr(str(outputs)) or workers or scheduler:
