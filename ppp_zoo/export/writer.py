@@ -340,7 +340,7 @@ def export_model(checkpoint: str | os.PathLike, output: str | os.PathLike, *,
             progress("package")
         save_bioimageio_package_as_folder(descr, output_path=unpacked)
         rdf_path = unpacked / "rdf.yaml"
-        write_reader_forms(rdf_path)
+        rdf = write_reader_forms(rdf_path)
         staged = unpacked if folder else _zip_folder(unpacked, Path(tmp) / "package.zip")
         if progress and validate:
             progress("validation")
@@ -350,7 +350,7 @@ def export_model(checkpoint: str | os.PathLike, output: str | os.PathLike, *,
             r = failed[0]
             raise SetupError(f"the exported package failed bioimageio.core's test for "
                                f"{r.weight_format} ({r.status}: {r.error}); nothing written")
-        checked = _reader_records(staged, rows, check_readers, progress)
+        checked = _reader_records(staged, rdf, rows, check_readers, progress)
         write_reader_forms(rdf_path, checked)
         if not folder:
             staged = _zip_folder(unpacked, staged)
@@ -380,13 +380,12 @@ def _zip_folder(folder: Path, output: Path) -> Path:
     return output
 
 
-def _reader_records(staged: Path, rows: Sequence[ValidationRow], check_readers: bool,
-                    progress: Progress) -> list[dict]:
-    """What the package was checked with, for ``config.ppp_zoo.checked_with``; raises if a
-    reader refuses it."""
+def _reader_records(staged: Path, rdf: dict, rows: Sequence[ValidationRow],
+                    check_readers: bool, progress: Progress) -> list[dict]:
+    """What the package ``staged`` (whose rdf.yaml is ``rdf``) was checked with, for
+    ``config.ppp_zoo.checked_with``; raises if a reader refuses it."""
     import bioimageio.core
     import bioimageio.spec
-    import yaml
 
     from ..runtime.jdll import jdll_reading
     from ..runtime.readers import READERS, check_with_reader
@@ -398,12 +397,6 @@ def _reader_records(staged: Path, rows: Sequence[ValidationRow], check_readers: 
                         "used_by": "ppp-zoo export; the bioimage.io collection",
                         "checks": ["load"] + [f"test_model {r.weight_format}" for r in rows],
                         "result": "passed"})
-    rdf_file = staged / "rdf.yaml" if staged.is_dir() else None
-    if rdf_file is not None:
-        rdf = yaml.safe_load(rdf_file.read_text(encoding="utf-8"))
-    else:
-        with zipfile.ZipFile(staged) as zf:
-            rdf = yaml.safe_load(zf.read("rdf.yaml"))
     problems = [p for group in jdll_reading(rdf) for p in group.problems]
     if problems:
         raise SetupError(f"JDLL (deepImageJ) could not read the exported rdf.yaml: "

@@ -19,6 +19,7 @@ import numpy as np
 from .assembly import AssemblyResult, assemble, resolve_device
 from .blocks import (
     MERGE_OVERLAP,
+    _local,
     block_grid,
     block_luts,
     label_block,
@@ -110,17 +111,7 @@ def assemble_blockwise(numinst, patches, params: AssemblyParams, *,
     for index, lut in zip(indices, block_luts(counts, ids, np.int32)):
         core = grid.core(index)
         local[core] = lut[local[core]]
-    if not return_result:
-        return local
-    devices = {r.device for r in results if r.n_candidates} or {"cpu"}
-    timings: dict[str, float] = {}
-    for r in results:
-        for key, value in r.timings.items():
-            timings[key] = timings.get(key, 0.0) + value
-    return AssemblyResult(local, int(ids.max(initial=0)),
-                          sum(r.n_candidates for r in results),
-                          sum(r.n_selected for r in results), sum(r.n_edges for r in results),
-                          timings, devices.pop() if len(devices) == 1 else "cuda+cpu")
+    return _summed(local, int(ids.max(initial=0)), results) if return_result else local
 
 
 def _crops(numinst, patches, grid, index):
@@ -151,8 +142,7 @@ def _assemble_masks(numinst, patches, params, grid, strip, merge_overlap, progre
             progress(done + 1, len(indices))
 
     def written(neighbour, region):
-        core = grid.core(neighbour)
-        local = tuple(slice(r.start - c.start, r.stop - c.start) for r, c in zip(region, core))
+        local = _local(region, grid.core(neighbour))
         return [m[local] for m in parts[neighbour]]
 
     counts = np.array([n for n, _ in firsts], np.int64)
@@ -164,13 +154,17 @@ def _assemble_masks(numinst, patches, params, grid, strip, merge_overlap, progre
         core = grid.core(index)
         for local, mask in enumerate(parts.pop(index), start=1):
             masks[(lut[local] - 1,) + core] |= mask
-    if not return_result:
-        return masks
+    return _summed(masks, len(masks), results) if return_result else masks
+
+
+def _summed(labels, n_instances: int, results: list) -> AssemblyResult:
+    """The blocks' results as one: sizes and timings summed; the device where the kernels
+    of the blocks with candidates ran (``"cuda+cpu"`` when they differ)."""
     devices = {r.device for r in results if r.n_candidates} or {"cpu"}
     timings: dict[str, float] = {}
     for r in results:
         for key, value in r.timings.items():
             timings[key] = timings.get(key, 0.0) + value
-    return AssemblyResult(masks, len(masks), sum(r.n_candidates for r in results),
+    return AssemblyResult(labels, n_instances, sum(r.n_candidates for r in results),
                           sum(r.n_selected for r in results), sum(r.n_edges for r in results),
                           timings, devices.pop() if len(devices) == 1 else "cuda+cpu")
