@@ -37,7 +37,7 @@ from .errors import SetupError, UserError, describe
 from .evaluate import evaluate_image
 from .model import PatchPerPixNet, total_loss
 from .postprocess import AssemblyParams, assemble
-from .postprocess.labels import instance_sizes, median_object_diameter
+from .postprocess.labels import instance_sizes, instance_widths, median_object_diameter
 from .predict import (
     Checkpoint,
     as_grayscale,
@@ -139,10 +139,22 @@ def load_training_data(cfg: Config) -> tuple[list[Pair], list[Pair]]:
     return [prepare(p) for p in train], [prepare(p) for p in val]
 
 
+def size_measure(overlapping: bool) -> str:
+    """How the training objects' size is measured: the width of overlapping (worm-like)
+    instances, the equivalent diameter of others (see
+    :func:`~ppp_zoo.postprocess.labels.median_object_size`)."""
+    return "width" if overlapping else "diameter"
+
+
 def object_diameter(pairs: list[Pair], overlapping: bool) -> float | None:
-    """Median equivalent diameter (circle in 2D, sphere in 3D) of the instances, in pixels."""
+    """Median size of the instances in pixels, measured as :func:`size_measure` says:
+    equivalent diameter (circle in 2D, sphere in 3D), or the width of overlapping ones."""
     if not pairs:
         return None
+    measure = size_measure(overlapping)
+    if measure == "width":
+        widths = np.concatenate([instance_widths(np.asarray(t), True) for _, t in pairs])
+        return round(float(np.median(widths)), 2) if len(widths) else None
     sizes = np.concatenate([instance_sizes(np.asarray(target), overlapping)
                             for _, target in pairs])
     diameter = median_object_diameter(sizes, pairs[0][0].ndim)
@@ -582,6 +594,7 @@ def train(config: Config | dict, out_dir: str | os.PathLike, *, max_minutes: flo
     assembly = cfg.assembly_params()
     own_pairs = train_pairs[:len(train_pairs) - cfg.data.synth_extra]
     training_info = {"object_diameter": object_diameter(own_pairs, cfg.data.overlapping),
+                     "object_size": size_measure(cfg.data.overlapping),
                      "source": cfg.data.source, "n_train_images": len(train_pairs),
                      "n_val_images": len(val_pairs)}
 

@@ -263,6 +263,36 @@ def select_checkpoint(candidates: list[Path], output: Path,
                     "chosen": _key(path), "thresholds": tuned}
 
 
+MODEL_ORDER = ("ppp-nuclei2d", "ppp-worms2d")
+"""Order of the embedded models in ``index.json``: the first is ``segment``'s default."""
+
+
+def install_package(package: Path, name: str) -> tuple[str, Path]:
+    """Copy a built package to ``ppp_zoo/models/<name>.zip`` and its ``rdf.yaml``, covers and
+    documentation to ``model_specs/<name>/``; returns the package's sha256 and that folder."""
+    models = ROOT / "ppp_zoo" / "models"
+    models.mkdir(exist_ok=True)
+    shutil.copyfile(package, models / f"{name}.zip")
+    spec = ROOT / "model_specs" / name
+    spec.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(package) as zf:
+        for member in zf.namelist():
+            if member == "rdf.yaml" or member.endswith((".png", ".md")):
+                (spec / Path(member).name).write_bytes(zf.read(member))
+    return hashlib.sha256(package.read_bytes()).hexdigest(), spec
+
+
+def update_index(entry: dict) -> None:
+    """Put ``entry`` into ``ppp_zoo/models/index.json`` (replacing the model of that name,
+    keeping the others), in :data:`MODEL_ORDER`."""
+    path = ROOT / "ppp_zoo" / "models" / "index.json"
+    entries = json.loads(path.read_text())["models"] if path.exists() else []
+    entries = [e for e in entries if e["name"] != entry["name"]] + [entry]
+    rank = {n: i for i, n in enumerate(MODEL_ORDER)}
+    entries.sort(key=lambda e: rank.get(e["name"], len(rank)))
+    path.write_text(json.dumps({"models": entries}, indent=1) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=80.0, help="training time limit")
@@ -409,16 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         if abs(via_package["ap50"] - test["ap50"]) > 0.02:
             raise SystemExit("the exported package does not reproduce the checkpoint's AP")
 
-        models = ROOT / "ppp_zoo" / "models"
-        models.mkdir(exist_ok=True)
-        shutil.copyfile(package, models / f"{NAME}.zip")
-        spec = ROOT / "model_specs" / NAME
-        spec.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(package) as zf:
-            for member in zf.namelist():
-                if member == "rdf.yaml" or member.endswith((".png", ".md")):
-                    (spec / Path(member).name).write_bytes(zf.read(member))
-        digest = hashlib.sha256(package.read_bytes()).hexdigest()
+        digest, spec = install_package(package, NAME)
 
     if previous is not None and args.polish_minutes <= 0:
         # the same network re-exported: its history stays as it was, with the new package
@@ -430,15 +451,14 @@ def main(argv: list[str] | None = None) -> int:
                            "size_bytes": exported.size_bytes,
                            "weight_formats": list(exported.weight_formats)})
     (spec / "build.json").write_text(json.dumps(record, indent=1) + "\n")
-    index = {"models": [{
+    update_index({
         "name": NAME, "file": f"{NAME}.zip",
         "description": "2D fluorescence nuclei (PatchPerPix ppp, 17x17 patches), trained on "
                        "the left half of the DSB 2018 sample and synthetic fluorescence nuclei",
         "metrics": {"dsb2018_sample_test_half": {k: via_package[k]
                                                  for k in ("ap50", "ap75", "ap90", "avAP")}},
-    }]}
-    (models / "index.json").write_text(json.dumps(index, indent=1) + "\n")
-    print(f"wrote {models / (NAME + '.zip')}, {models / 'index.json'} and {spec}")
+    })
+    print(f"wrote ppp_zoo/models/{NAME}.zip, ppp_zoo/models/index.json and {spec}")
     return 0
 
 

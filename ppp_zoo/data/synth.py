@@ -39,9 +39,7 @@ from scipy import ndimage
 from ..errors import SetupError, UserError
 from ._synth_common import (
     Seed,
-    _render,
     _seeds,
-    _smooth_texture,
     _validate_count,
     _validate_range,
     _validate_rendering,
@@ -54,6 +52,7 @@ from ._synth_fluorescence import (
     synth_fluorescence_nuclei_dataset,
 )
 from ._synth_nuclei import synth_nuclei, synth_nuclei_dataset, write_synth_nuclei
+from ._synth_worm_render import RENDERINGS, render_worms
 
 PostureSource = Literal["wormpose", "plain"]
 
@@ -246,6 +245,9 @@ def synth_worms(
     blur: float = 1.2,
     background: float = 0.15,
     photons: float = 80.0,
+    rendering: Literal["fluorescence", "brightfield", "mixed"] = "fluorescence",
+    debris: int | tuple[int, int] = 0,
+    well_edge: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Synthesise a BBBC010-like image of overlapping worms and one mask per worm.
 
@@ -257,7 +259,10 @@ def synth_worms(
     placements that leave more than ``1 - min_inside`` of the worm outside the canvas or
     cover an earlier worm too much are redrawn. Worms are brighter than the background and
     brighter still where they cross; the image is blurred, lies on an uneven background and
-    carries Poisson noise.
+    carries Poisson noise. The brightfield rendering (BBBC010's transmitted-light channel)
+    draws them darker than an uneven, vignetted bright field instead, with a granular gut and
+    a bright halo, one image in five lighter than the field, and optionally a well edge and
+    debris.
 
     Parameters
     ----------
@@ -289,6 +294,16 @@ def synth_worms(
         Mean background level (worms are 0.55-0.9, crossings up to ~1).
     photons : float
         Photon count of intensity 1; lower means noisier.
+    rendering : {"fluorescence", "brightfield", "mixed"}
+        How the worms look; ``"mixed"`` draws one of the two per image (brightfield with
+        probability 1/2). ``background`` applies to fluorescence; a brightfield image's field
+        lies at 0.45-0.8.
+    debris : int or (int, int)
+        Unlabelled particles (specks, blobs, short fibres), or an inclusive range to draw
+        their count from.
+    well_edge : float
+        Probability that a brightfield image shows the edge of its well (the region beyond
+        it unlit, a dark rim along it).
 
     Returns
     -------
@@ -323,6 +338,11 @@ def synth_worms(
         if not 0 <= value <= 1:
             raise UserError(f"{name} must lie in [0, 1], got {value}")
     _validate_rendering(blur, photons)
+    if rendering not in RENDERINGS:
+        raise UserError(f"rendering must be one of {', '.join(RENDERINGS)}, got {rendering!r}")
+    debris_lo, debris_hi = _validate_count("debris", debris)
+    if not 0 <= well_edge <= 1:
+        raise UserError(f"well_edge must lie in [0, 1], got {well_edge}")
     if posture not in ("auto", "wormpose", "plain"):
         raise UserError(f"posture must be 'auto', 'wormpose' or 'plain', got {posture!r}")
     source = posture_source() if posture == "auto" else posture
@@ -378,10 +398,11 @@ def synth_worms(
             placed.append(points)
             density[window] += rng.uniform(0.55, 0.9) * (0.55 + 0.45 * np.sqrt(depth)) * local
             break
-    # overlaps are brighter but saturate: 1 - exp(-k d) is linear for one worm, sublinear beyond
-    signal = (1.0 - np.exp(-1.2 * density)) / 1.2 * 1.3
-    signal *= _smooth_texture(rng, shape, sigma=2.0, amount=0.1)
-    image = _render(rng, signal, background, blur, photons)
+    if rendering == "mixed":
+        rendering = "brightfield" if rng.random() < 0.5 else "fluorescence"
+    n_debris = int(rng.integers(debris_lo, debris_hi + 1)) if debris_hi else 0
+    image = render_worms(rng, density, rendering, blur=blur, background=background,
+                         photons=photons, debris=n_debris, well_edge=well_edge)
     stack = np.stack(masks) if masks else np.zeros((0, *shape), bool)
     return image, stack
 

@@ -88,8 +88,9 @@ Attachments:
      "normalize": {"mode", "p_low", "p_high"},   # for information: rdf.yaml's
                                                  # preprocessing is authoritative
      "halo": [per space axis], "min_shape": [...], "step": [...],
-     "training": {"object_diameter": median equivalent-circle (sphere) diameter of the
-                                     training instances in pixels,
+     "training": {"object_diameter": median size of the training instances in pixels,
+                  "object_size": "diameter" (equivalent circle / sphere) | "width"
+                                 (overlapping, worm-like instances),
                   "data": short description, "iterations": N},
      "metrics": {} | {"<data set>": {"ap50": ..., "ap75": ..., "ap90": ..., "avAP": ...}}}
 

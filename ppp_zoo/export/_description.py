@@ -80,9 +80,10 @@ def _documentation(name: str, info: dict, geometry: Geometry, diffs: dict,
              + ", ".join(f"`{k}` = {v}" for k, v in ppp["assembly"].items()) + ".", "",
              "## Training data", "",
              (f"{training.get('data') or 'not recorded'}; {training.get('iterations', '?')} "
-              "iterations. Median object diameter in the training labels: "
-              f"{training.get('object_diameter') or 'unknown'} pixels (rescale images whose "
-              "objects differ much in size)."), "",
+              "iterations. Median object "
+              f"{'width' if training.get('object_size') == 'width' else 'diameter'} in the "
+              f"training labels: {training.get('object_diameter') or 'unknown'} pixels "
+              "(rescale images whose objects differ much in size)."), "",
              "## Metrics", ""]
     if metrics:
         lines += ["| data | " + " | ".join(next(iter(metrics.values()))) + " |",
@@ -137,12 +138,18 @@ def _imagej_macro(geometry: Geometry) -> str:
 def _patchperpix_info(bundle: Checkpoint, ckpt: dict, metrics: dict | None,
                       hashes: dict) -> dict:
     training = dict(ckpt.get("training") or {})
+    overlapping = bool(bundle.config.get("data", {}).get("overlapping"))
+    if "object_size" not in training:  # older checkpoints measured the equivalent diameter
+        training["object_size"] = "width" if overlapping else "diameter"
+        if overlapping:  # measure again, as training now does
+            training["object_diameter"] = None
     if training.get("object_diameter") is None:
         training["object_diameter"] = _object_diameter(bundle)
     source = bundle.config.get("data", {}).get("source", "unknown")
     return patchperpix_info(
         bundle, metrics=metrics, hashes=hashes, version=__version__,
         training={"object_diameter": training.get("object_diameter"),
+                  "object_size": training["object_size"],
                   "data": _data_description(bundle.config, source),
                   "iterations": int(ckpt.get("iteration", bundle.iteration))})
 

@@ -51,7 +51,9 @@ from ..postprocess.blocks import (
     block_grid,
     block_luts,
     label_block,
+    mask_block,
     match_block,
+    match_block_masks,
     merge_pairs,
 )
 
@@ -113,10 +115,8 @@ class SegmentBlocks:
         return _segmenters[key]
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
+        """The block's labels, or its ``(N, ...)`` masks for an overlapping model."""
         seg = self.segmenter()
-        if seg.params.assembly.overlapping:
-            raise UserError("distributed segmentation writes label images: this model "
-                             "assembles overlapping instances")
         return seg.segment(image, tile=self.tile, fast=self.fast).labels
 
 
@@ -201,6 +201,179 @@ def _relabel_task(job: _Job, index, lut: np.ndarray, target: str, label_index: t
     out[label_index + core] = lut[local]
 
 
+def _masks_file(job: _Job, index) -> str:
+    return os.path.join(job.scratch, f"{job.grid.flat(index)}.npz")
+
+
+def _read_core_masks(job: _Job, index) -> np.ndarray:
+    with np.load(_masks_file(job, index)) as f:
+        return np.unpackbits(f["bits"], axis=1, count=int(np.prod(f["shape"][1:]))) \
+            .astype(bool).reshape(tuple(f["shape"]))
+
+
+def _segment_masks_task(job: _Job, index: tuple[int, ...]):
+    """Pass 1 for one block of overlapping instances: the masks of the instances it owns,
+    cut to its core, saved in the scratch folder (bit-packed); returns their number, the
+    strips of the neighbours' cores (:func:`~ppp_zoo.postprocess.blocks.mask_block`) and
+    the pairs of them that share a pixel in the core."""
+    if job.threads:
+        _set_threads(job.threads)
+    masks = job.block_fn(job.source.read(job.grid.crop(index)))
+    n, cores, strips = mask_block(masks, job.grid, index, job.strip)
+    core_shape = tuple(c.stop - c.start for c in job.grid.core(index))
+    stack = np.stack(cores) if cores else np.zeros((0,) + core_shape, bool)
+    flat = stack.reshape(n, int(np.prod(core_shape)))
+    shared = [(a + 1, b + 1) for a in range(n) for b in range(a + 1, n)
+              if np.any(flat[a] & flat[b])]
+    np.savez(_masks_file(job, index), bits=np.packbits(flat, axis=1),
+             shape=np.asarray(stack.shape))
+    return n, strips, np.asarray(shared, np.int64).reshape(-1, 2)
+
+
+def _match_masks_task(job: _Job, index, strips: dict) -> np.ndarray:
+    """Pass 2 for one block of overlapping instances
+    (:func:`~ppp_zoo.postprocess.blocks.match_block_masks`)."""
+    def written(neighbour, region):
+        core = job.grid.core(neighbour)
+        local = tuple(slice(r.start - c.start, r.stop - c.start) for r, c in zip(region, core))
+        return [m[local] for m in _read_core_masks(job, neighbour)]
+
+    return match_block_masks(job.grid, index, strips, written)
+
+
+def _write_masks_task(job: _Job, index, lut: np.ndarray, planes: np.ndarray,
+                      targets: list, label_index: tuple) -> None:
+    """Pass 3 for one block of overlapping instances: each owned instance, with its global
+    id, into the label image (plane) its colour says."""
+    import zarr
+
+    core = job.grid.core(index)
+    shape = tuple(c.stop - c.start for c in core)
+    out = [np.zeros(shape, np.asarray(lut).dtype) for _ in targets]
+    for k, mask in enumerate(_read_core_masks(job, index), 1):
+        out[int(planes[lut[k]])][mask] = lut[k]
+    for target, values in zip(targets, out):
+        if values.any():
+            zarr.open_array(target, mode="r+")[label_index + core] = values
+
+
+def colour_instances(n: int, shared: np.ndarray) -> np.ndarray:
+    """Plane of each instance ``1..n`` (index 0 unused): the first plane that holds none of
+    the instances with a smaller id that it shares a pixel with (``shared``: pairs of ids),
+    as :func:`ppp_zoo.napari.layers.label_planes` packs a mask stack.
+
+    >>> colour_instances(3, np.array([[1, 2], [2, 3]])).tolist()
+    [0, 0, 1, 0]
+    """
+    neighbours: list[list[int]] = [[] for _ in range(n + 1)]
+    for a, b in np.asarray(shared, np.int64).reshape(-1, 2):
+        if a != b:
+            neighbours[max(a, b)].append(int(min(a, b)))
+    planes = np.zeros(n + 1, np.int64)
+    for i in range(1, n + 1):
+        taken = {int(planes[j]) for j in neighbours[i]}
+        planes[i] = next(k for k in range(len(taken) + 1) if k not in taken)
+    return planes
+
+
+def plane_names(name: str, n_planes: int) -> list[str]:
+    """Label image names of the planes of overlapping instances: ``name`` for the first,
+    ``name_2``, ``name_3``, ... for the others.
+
+    >>> plane_names("worms", 3)
+    ['worms', 'worms_2', 'worms_3']
+    """
+    return [name] + [f"{name}_{k}" for k in range(2, n_planes + 1)]
+
+
+def run_mask_blocks(source, block_fn, *, block: Sequence[int], pad: Sequence[int],
+                    strip: Sequence[int], output: str | os.PathLike, name: str = "instances",
+                    workers: int | None = None, scheduler: str | None = None, client=None,
+                    progress: Progress = None, retries: int = 2, threads: int | None = None,
+                    pyramid: bool = True) -> DistributedResult:
+    """:func:`run_blocks` for overlapping instances: ``block_fn`` returns ``(N, *block)``
+    masks. The instances are stored as the fewest label images in which no two of them
+    share a pixel (:func:`colour_instances`; each instance whole in one of them):
+    OME-Zarr label images ``labels/<name>``, ``labels/<name>_2``, ... (see
+    :func:`plane_names`) in ``output`` (a ``.zarr`` store); every id appears in one plane
+    only. ``DistributedResult.output`` names the planes' store, ``n_planes`` is in its
+    timings' sibling ``planes``."""
+    _import_dask()
+    output = Path(output)
+    if output.suffix.lower() != ".zarr" or not name:
+        raise UserError(f"{output}: overlapping instances are written as OME-Zarr label "
+                        "images: give a .zarr output")
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    shape = tuple(int(s) for s in source.space_shape)
+    grid = BlockGrid(shape, tuple(block), tuple(pad))
+    plans: list[_OutputPlan] = []
+    scratch = Path(tempfile.mkdtemp(prefix=f".{name}.blocks-", dir=_scratch_parent(output)))
+    cluster = None
+    try:
+        cluster = _Cluster(workers, scheduler, client)
+        job = _Job(source, block_fn, grid, tuple(strip), str(scratch),
+                   threads or cluster.threads)
+        c = cluster.client
+        indices = grid.indices()
+        [job_f] = c.scatter([job], broadcast=True)
+        t = time.perf_counter()
+        first = _run(c, _segment_masks_task, [(job_f, i) for i in indices], progress,
+                     "segmenting a block", retries)
+        timings["blocks"] = time.perf_counter() - t
+        t = time.perf_counter()
+        counts = np.array([n for n, _, _ in first], np.int64)
+        pairs = _run(c, _match_masks_task, [(job_f, i, s) for i, (_, s, _) in
+                                            zip(indices, first)],
+                     None, "matching block faces", retries)
+        ids = merge_pairs(counts, np.concatenate(pairs))
+        n_total = int(ids.max(initial=0))
+        dtype = np.dtype(np.uint32 if n_total < 2**32 else np.uint64)
+        luts = block_luts(counts, ids, dtype)
+        shared = np.concatenate([lut[pair] for lut, (_, _, pair) in zip(luts, first)]
+                                or [np.zeros((0, 2), np.int64)])
+        del first
+        planes = colour_instances(n_total, shared)
+        n_planes = int(planes.max(initial=0)) + 1
+        timings["merge"] = time.perf_counter() - t
+        t = time.perf_counter()
+        targets, label_index = [], ()
+        for plane_name in plane_names(name, n_planes):
+            plans.append(_OutputPlan.create(source, output, plane_name))
+            target, label_index = plans[-1].create_level0(shape, grid.block, dtype)
+            targets.append(target)
+        _run(c, _write_masks_task, [(job_f, i, lut, planes, targets, label_index)
+                                    for i, lut in zip(indices, luts)],
+             None, "writing labels", retries)
+        if pyramid:
+            for plan in plans:
+                plan.write_pyramid(c)
+        timings["write"] = time.perf_counter() - t
+        for plan in plans:
+            plan.finish()
+    except BaseException:
+        for plan in plans:
+            plan.abandon()
+        raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        if cluster is not None:
+            cluster.close()
+    timings["total"] = time.perf_counter() - t0
+    return DistributedResult(str(output), n_total, shape, tuple(block), len(indices),
+                             str(dtype), cluster.workers, timings,
+                             planes=tuple(plane_names(name, n_planes)))
+
+
+def _scratch_parent(output: Path) -> Path:
+    parent = output if output.exists() else output.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{output}: cannot write there ({err.strerror or err})") from None
+    return parent
+
+
 # --------------------------------------------------------------------------- driver
 @dataclasses.dataclass(frozen=True)
 class DistributedResult:
@@ -214,12 +387,17 @@ class DistributedResult:
     dtype: str
     workers: int
     timings: dict
+    planes: tuple[str, ...] = ()
+    """Overlapping instances: the names of the label images that hold them."""
 
     def summary(self) -> dict:
-        return {"output": self.output, "n_instances": self.n_instances,
-                "shape": list(self.shape), "block": list(self.block),
-                "n_blocks": self.n_blocks, "dtype": self.dtype, "workers": self.workers,
-                "timings": {k: round(v, 3) for k, v in self.timings.items()}}
+        out = {"output": self.output, "n_instances": self.n_instances,
+               "shape": list(self.shape), "block": list(self.block),
+               "n_blocks": self.n_blocks, "dtype": self.dtype, "workers": self.workers,
+               "timings": {k: round(v, 3) for k, v in self.timings.items()}}
+        if self.planes:
+            out["planes"] = list(self.planes)
+        return out
 
 
 class _Cluster:
@@ -621,10 +799,10 @@ def segment_distributed(source: str | os.PathLike | ImageSource, output: str | o
     if src.channels != package.n_channels:
         raise UserError(f"{src.path}: {src.channels} channels, the model takes "
                          f"{package.n_channels}")
-    if package.assembly_params().overlapping:  # before any cluster starts
-        raise UserError(f"{model}: the model assembles overlapping instances; block by block "
-                        "on dask writes label images: segment it without --block/--workers "
-                        "(large images are assembled blockwise in one process)")
+    overlapping = package.assembly_params().overlapping
+    if overlapping and Path(output).suffix.lower() != ".zarr":  # before any cluster starts
+        raise UserError(f"{output}: the model assembles overlapping instances, written block "
+                        "by block as OME-Zarr label images: give a .zarr output")
     halo = tuple(int(h) for h in package.halo)
     block = _validate_block(block, package.ndim, halo)
     # crops start on the model's step grid (and on even pixels for the fast mode's
@@ -636,9 +814,10 @@ def segment_distributed(source: str | os.PathLike | ImageSource, output: str | o
     fn = SegmentBlocks(str(model), _fixed_preprocessing(src, package.preprocessing,
                                                         package.space_axes),
                        engine, device, fast, tuple(tile) if tile else None)
-    return run_blocks(src, fn, block=block, pad=pad, strip=strip, output=output, name=name,
-                      workers=workers, scheduler=scheduler, client=client, progress=progress,
-                      retries=retries)
+    run = run_mask_blocks if overlapping else run_blocks
+    return run(src, fn, block=block, pad=pad, strip=strip, output=output, name=name,
+               workers=workers, scheduler=scheduler, client=client, progress=progress,
+               retries=retries)
 
 
 def assemble_distributed(source, output: str | os.PathLike, params, *,
@@ -652,8 +831,9 @@ def assemble_distributed(source, output: str | os.PathLike, params, *,
     :func:`run_blocks` for ``output`` and ``kwargs``; ``device`` is where each block's
     assembly kernels run (``"auto"``, ``"cpu"`` or ``"cuda"``, on the worker)."""
     assembly = getattr(params, "assembly", params)
-    if assembly.overlapping:
-        raise UserError("block-wise assembly writes label images: use --no-overlapping")
+    if assembly.overlapping and Path(output).suffix.lower() != ".zarr":
+        raise UserError(f"{output}: overlapping instances are written block by block as "
+                        "OME-Zarr label images: give a .zarr output")
     block = _validate_block(block, assembly.ndim, tuple(0 for _ in assembly.patchshape))
     # blocks start on the fast mode's voting grid, so that every block votes with the
     # centres the whole image would
@@ -663,5 +843,6 @@ def assemble_distributed(source, output: str | os.PathLike, params, *,
                          f"mode's stride {stride}")
     grid, strip = block_grid(source.space_shape, assembly.patchshape, block, align=stride)
     pad = grid.pad
-    return run_blocks(source, AssembleBlocks(params, device), block=block, pad=pad, strip=strip,
-                      output=output, name=name, **kwargs)
+    run = run_mask_blocks if assembly.overlapping else run_blocks
+    return run(source, AssembleBlocks(params, device), block=block, pad=pad, strip=strip,
+               output=output, name=name, **kwargs)

@@ -98,9 +98,16 @@ class ModelPackage:
 
     @property
     def object_diameter(self) -> float | None:
-        """Median diameter (pixels) of the training instances, if the package records it."""
+        """Median size (pixels) of the training instances, if the package records it,
+        measured as :attr:`object_size` says."""
         value = (self.config.get("training") or {}).get("object_diameter")
         return None if value is None else float(value)
+
+    @property
+    def object_size(self) -> str:
+        """How :attr:`object_diameter` was measured: ``"diameter"`` (equivalent diameter;
+        packages that do not say) or ``"width"`` (worm-like objects)."""
+        return (self.config.get("training") or {}).get("object_size", "diameter")
 
     def assembly_params(self, **changes: Any) -> AssemblyParams:
         """The package's assembly parameters, with ``changes`` (``None`` ignored) applied."""

@@ -19,11 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..postprocess.labels import (
-    instance_sizes,
-    median_object_diameter,
-    relabel_consecutive,
-)
+from ..postprocess.labels import median_object_size, relabel_consecutive
 from .engine import Device, Engine, EngineName, create_engine
 from .package import ModelPackage, open_package
 from .preprocess import preprocess, validate_preprocessing
@@ -211,11 +207,14 @@ def _labels_to_grid(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return labels[idx]
 
 
-def _median_diameter(labels: np.ndarray) -> float | None:
-    """Median equivalent diameter of the instances found (None for fewer than 5)."""
-    masks = labels.dtype == bool
-    return median_object_diameter(instance_sizes(labels, overlapping=masks),
-                                  labels.ndim - 1 if masks else labels.ndim, min_count=5)
+_ACROSS = {"diameter": "across", "width": "wide"}
+
+
+def _median_diameter(labels: np.ndarray, measure: str = "diameter") -> float | None:
+    """Median size of the instances found, measured as the package's training size
+    (equivalent diameter or width; None for fewer than 5)."""
+    return median_object_size(labels, overlapping=labels.dtype == bool, measure=measure,
+                              min_count=5)
 
 
 # --------------------------------------------------------------------------- segmenter
@@ -340,7 +339,7 @@ class Segmenter:
                 notes.append("scale auto: too few objects to measure their size; used scale 1")
             else:  # objects found, but too small against the training size to count
                 notes.append(f"scale auto: the objects at scale 1 measure {small:.0f} px "
-                             f"across, under 1/{AUTO_SCALE_MIN_RATIO:g} of the training size "
+                             f"{_ACROSS[self.package.object_size]}, under 1/{AUTO_SCALE_MIN_RATIO:g} of the training size "
                              f"({trained:.0f} px); used scale 1: if they are objects, give "
                              f"--scale (about {trained / small:.1f})")
         else:
@@ -358,7 +357,8 @@ class Segmenter:
         confident = bool(trained and measured and abs(math.log(trained / measured)) <=
                          math.log(AUTO_SCALE_TOLERANCE))
         if trained and valid and not confident:
-            found = (f"measure {measured:.0f} px across" if measured is not None
+            found = (f"measure {measured:.0f} px {_ACROSS[self.package.object_size]}"
+                     if measured is not None
                      else "are too few to measure")
             notes.append(f"scale auto: the objects at scale {chosen:g} {found}, the model was "
                          f"trained on {trained:.0f} px; check the result or give --scale")
@@ -405,8 +405,8 @@ class Segmenter:
 
         labels, assembly_device = self._assemble(numinst, second, params, timings, block=block,
                                                  stage_progress=stage_progress, model=model)
-        measured = _median_diameter(labels)
-        suggested, notes = (_scale_hint(measured, scale, pkg.object_diameter) if hint
+        measured = _median_diameter(labels, pkg.object_size)
+        suggested, notes = (_scale_hint(measured, scale, pkg.object_diameter, _ACROSS[pkg.object_size]) if hint
                             else (None, []))
 
         t = time.perf_counter()
@@ -522,8 +522,8 @@ class Segmenter:
         return result.labels, result.device
 
 
-def _scale_hint(measured: float | None, scale: float,
-                trained: float | None) -> tuple[float | None, list[str]]:
+def _scale_hint(measured: float | None, scale: float, trained: float | None,
+                across: str = "across") -> tuple[float | None, list[str]]:
     """A ``scale`` suggestion when the objects found (``measured``: their median diameter
     at ``scale``) differ from the training size."""
     # fragments of a few pixels say more about a failed segmentation than about scale
@@ -533,8 +533,8 @@ def _scale_hint(measured: float | None, scale: float,
     if 1 / SCALE_HINT <= ratio <= SCALE_HINT:
         return None, []
     suggested = round(scale * ratio, 2)
-    return suggested, [(f"objects measure about {measured / scale:.0f} px across, the model was "
-                       f"trained on about {trained:.0f} px: try --scale {suggested}")]
+    return suggested, [(f"objects measure about {measured / scale:.0f} px {across}, the model "
+                       f"was trained on about {trained:.0f} px: try --scale {suggested}")]
 
 
 def output_channels(package: ModelPackage) -> int:
