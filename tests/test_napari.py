@@ -202,6 +202,31 @@ def test_overlapping_instances_all_shown(viewer, dsb_sample):
     assert viewer.layers["volume instances"].data.ndim == 3
 
 
+def test_worm_model_through_the_widget_shows_crossing_worms(viewer, qtbot):
+    """Choosing the embedded ppp-worms2d: its overlapping masks come out as Labels layers
+    in which every worm is whole, and crossing worms lie in different layers."""
+    from ppp_zoo.data import synth_worms
+    from ppp_zoo.runtime.models import embedded_models
+
+    if "ppp-worms2d" not in {m["name"] for m in embedded_models()}:
+        pytest.skip("ppp-worms2d is not embedded in this installation")
+    image, _ = synth_worms(shape=(256, 256), n_worms=(6, 6), seed=11, length=(90.0, 160.0),
+                           width=(7.0, 9.0), posture="plain", cross_fraction=1.0)
+    viewer.add_image(image, name="worms")
+    widget = dock(viewer, "Segment")
+    assert widget.set_model("ppp-worms2d")
+    assert "px wide" in widget.hint_label.text()
+    widget.auto_scale_box.setChecked(False)
+    click_and_wait(qtbot, widget, widget.run_button)
+    masks = widget.last_result.labels
+    assert masks.dtype == bool and (masks.sum(axis=0) >= 2).any()
+    shown = labels_layers(viewer)
+    assert len(shown) >= 2
+    for i, mask in enumerate(masks):
+        holding = [s for s in shown if (s.data == i + 1).any()]
+        assert len(holding) == 1 and np.array_equal(holding[0].data == i + 1, mask)
+
+
 TINY_OVERRIDES = """
 [model]
 patchshape = [7, 7]

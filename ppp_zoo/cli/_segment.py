@@ -147,6 +147,8 @@ def _segment_blocks(inputs: list[str], output: Path, model: Path, block, *, work
                                      tile=tile, workers=workers, scheduler=scheduler,
                                      progress=progress)
     where = f"{output}/labels/{name}" if output.suffix.lower() == ".zarr" else str(output)
+    if len(result.planes) > 1:  # overlapping instances: label images that share no pixel
+        where = f"{output}/labels/{{{','.join(result.planes)}}}"
     t = result.timings
     _status(f"wrote {where}: {result.n_instances} instances ({result.n_blocks} blocks of "
             f"{'x'.join(map(str, result.block))}, {result.workers} workers, "

@@ -210,7 +210,8 @@ class SegmentWidget(QWidget):
         kind = "overlapping instances" if params.overlapping else "instances"
         text = f"{package.variant} {package.ndim}D model of {kind}, {'fast' if params.fast else 'exact'} assembly"
         if package.object_diameter:
-            text += (f"; trained on objects about {package.object_diameter:.0f} px across "
+            across = "wide" if package.object_size == "width" else "across"
+            text += (f"; trained on objects about {package.object_diameter:.0f} px {across} "
                      "(scale = that / your objects' size)")
         self.hint_label.setText(text)
 
