@@ -22,6 +22,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from . import _portable
+
 #: pixels per tile of the consensus pass (see :func:`_consensus_of_row`)
 TILE = 8
 
@@ -685,3 +687,7 @@ def mutex_watershed(n, edges, weights, order):
     for i in range(n):
         parent[i] = _find(parent, i)
     return parent
+
+
+# the shipped kernels for any x86-64 CPU, when they apply (see _portable.py)
+_portable.attach(globals())

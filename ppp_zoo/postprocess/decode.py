@@ -31,6 +31,7 @@ from typing import Union
 import numpy as np
 from numba import njit, prange
 
+from . import _portable
 from ._threads import parallel_section
 from .candidates import CandidatePatches
 from .errors import PostprocessError
@@ -428,3 +429,7 @@ class DecodedPatches:
         return decode_candidates(np.asarray(self.numinst[key], np.float32),
                                  np.asarray(self.values[key], np.float32), self.decoder,
                                  self.params)
+
+
+# the shipped kernels for any x86-64 CPU, when they apply (see _portable.py)
+_portable.attach(globals())
