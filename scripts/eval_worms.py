@@ -167,6 +167,7 @@ def run_cellpose(env: Path, train_pairs, sets: dict, minutes: float) -> tuple[di
     true scale (each image's diameter from its ground truth): ``({set: labels}, {set:
     seconds per image, "epochs": ...})``."""
     def objects(arrays):
+        arrays = list(arrays)
         out = np.empty(len(arrays), dtype=object)
         out[:] = list(arrays)
         return out
@@ -234,21 +235,10 @@ def main(argv: list[str] | None = None) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     sets = heldout_sets(args.n, args.seed)
-    segmenter = load_segmenter(resolve_model(args.model), engine="onnx", device="cpu")
     results: dict[str, dict[str, list]] = {"ppp-worms2d": {}, "otsu+watershed": {}}
     seconds: dict[str, dict[str, float]] = {m: {} for m in results}
-    for name, pairs in sets.items():
-        scale = "auto" if name == "bbbc010-size" else 1.0
-        t = time.perf_counter()
-        results["ppp-worms2d"][name] = [segmenter.segment(img, scale=scale).labels
-                                        for img, _ in pairs]
-        seconds["ppp-worms2d"][name] = (time.perf_counter() - t) / len(pairs)
-        t = time.perf_counter()
-        results["otsu+watershed"][name] = [otsu_watershed(img, **BASELINE) for img, _ in pairs]
-        seconds["otsu+watershed"][name] = (time.perf_counter() - t) / len(pairs)
-        print(f"{name}: done", file=sys.stderr, flush=True)
     extra = {}
-    if args.cellpose_env is not None:
+    if args.cellpose_env is not None:  # first: its training takes longest
         from ppp_zoo.config import load_preset
         from ppp_zoo.train import load_training_data
 
@@ -259,7 +249,19 @@ def main(argv: list[str] | None = None) -> int:
         seconds["cellpose"] = {n: info[n] for n in sets}
         extra["cellpose"] = {"epochs": info["epochs"], "train_seconds": info["train_seconds"],
                              "version": "3.1.1.2", "from_scratch": True,
+                             "training_images": len(train_pairs),
                              "scale": "each image's ground-truth diameter (true scale)"}
+    segmenter = load_segmenter(resolve_model(args.model), engine="onnx", device="cpu")
+    for name, pairs in sets.items():
+        scale = "auto" if name == "bbbc010-size" else 1.0
+        t = time.perf_counter()
+        results["ppp-worms2d"][name] = [segmenter.segment(img, scale=scale).labels
+                                        for img, _ in pairs]
+        seconds["ppp-worms2d"][name] = (time.perf_counter() - t) / len(pairs)
+        t = time.perf_counter()
+        results["otsu+watershed"][name] = [otsu_watershed(img, **BASELINE) for img, _ in pairs]
+        seconds["otsu+watershed"][name] = (time.perf_counter() - t) / len(pairs)
+        print(f"{name}: done", file=sys.stderr, flush=True)
     table = {m: {n: {**score(zip(results[m][n], [g for _, g in sets[n]])),
                      "seconds": round(seconds[m][n], 3)} for n in sets} for m in results}
     print("| set | method | AP@0.5 | AP@0.75 | avAP | s / image |")
