@@ -130,6 +130,9 @@ class TrainConfig:
     crop deep, at most) becomes flat background and drops its instances there: objects cut
     by a straight edge next to nothing, as at the border of a stitched or registered image
     with empty margins (0: off).
+    ``patch_fg_weight``: ``ppp`` only, the weight of the patch loss at pixels of one
+    instance against background pixels (1: every pixel alike, as in the paper; more makes a
+    short training learn the shapes before the empty background patches).
     ``decode_samples``: ``ppp+dec`` only, the numinst == 1 pixels per batch whose codes
     are decoded for the loss (the paper: 1024). ``overlap_fraction``: for overlapping instances, the fraction of crops centred on an
     overlap pixel. ``tune_thresholds``: after training, choose the assembly thresholds
@@ -160,6 +163,7 @@ class TrainConfig:
     overlap_fraction: float = 0.0
     tune_thresholds: bool = False
     decode_samples: int = 1024
+    patch_fg_weight: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -332,6 +336,8 @@ def _validate_config(cfg: Config) -> None:
     if t.rotate < 0 or t.elastic_jitter < 0 or t.elastic_spacing < 2:
         raise UserError("[train] rotate and elastic_jitter must be >= 0 and elastic_spacing "
                          ">= 2")
+    if not t.patch_fg_weight >= 1:
+        raise UserError(f"[train] patch_fg_weight must be >= 1, got {t.patch_fg_weight}")
     if not 0 <= t.edge_cut <= 1:
         raise UserError(f"[train] edge_cut is a fraction of the crops in [0, 1], got {t.edge_cut}")
     if t.zoom < 1 or t.gamma < 1 or t.blur < 0 or t.noise < 0:

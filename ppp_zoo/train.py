@@ -642,7 +642,8 @@ def train(config: Config | dict, out_dir: str | os.PathLike, *, max_minutes: flo
                 outputs = model(x)
             outputs = tuple(o.float() for o in outputs)
             loss, _ = total_loss(outputs, targets, cfg.model.variant, decoder=model.decoder,
-                                 max_samples=t_cfg.decode_samples, generator=loss_gen)
+                                 max_samples=t_cfg.decode_samples, generator=loss_gen,
+                                 fg_weight=t_cfg.patch_fg_weight)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)

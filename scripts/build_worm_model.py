@@ -98,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--train-dir", type=Path, default=None,
                         help="use this finished run (best.pt, last.pt, metrics.json)")
+    parser.add_argument("--train-note", default=None,
+                        help="how the --train-dir run was made, if not by this script "
+                             "(recorded in build.json)")
     parser.add_argument("--test-seed", type=int, default=2026,
                         help="seed of the held-out sets (scripts/eval_worms.py)")
     parser.add_argument("--n-test", type=int, default=16, help="images per held-out set")
@@ -135,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
                  "test": f"scripts/eval_worms.py heldout_sets(n={args.n_test}, "
                          f"seed={args.test_seed}): {', '.join(TEST_SETS)}"},
         "training": _stage_record(train_dir, minutes=args.minutes)}
+    if args.train_note:
+        record["training"]["note"] = args.train_note
     checkpoint, record["selection"] = select([train_dir / "best.pt", train_dir / "last.pt"],
                                              args.work / "selected.pt")
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)

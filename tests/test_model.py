@@ -104,6 +104,18 @@ def test_ppp_loss_ignores_overlap_pixels():
     assert float(ppp_loss(changed, target, numinst)) == pytest.approx(expected, rel=1e-6)
 
 
+def test_ppp_loss_weights_the_pixels_of_one_instance():
+    """patch_fg_weight w: the entries of numinst == 1 pixels count w times those of
+    background pixels in the mean (overlap pixels still count 0)."""
+    numinst, target = _by_hand_masking_case()
+    changed = torch.zeros(1, 2, 1, 3)
+    changed[0, 0, 0, 1] = 3.0  # at the one-instance pixel; pixel 0 is background
+    w = 5.0
+    at_fg = math.log1p(math.exp(-3.0)) + math.log(2)  # its two channels
+    expected = (2 * math.log(2) + w * at_fg) / (2 + 2 * w)
+    assert float(ppp_loss(changed, target, numinst, w)) == pytest.approx(expected, rel=1e-6)
+
+
 def test_numinst_loss_by_hand():
     numinst, _ = _by_hand_masking_case()
     logits = torch.zeros(1, 3, 1, 3)

@@ -22,14 +22,17 @@ def numinst_loss(numinst_logits: torch.Tensor, numinst_target: torch.Tensor) -> 
 
 
 def ppp_loss(patch_logits: torch.Tensor, patch_target: torch.Tensor,
-             numinst_target: torch.Tensor) -> torch.Tensor:
+             numinst_target: torch.Tensor, fg_weight: float = 1.0) -> torch.Tensor:
     """Sigmoid cross-entropy on every patch channel, ignoring overlap (2+) pixels.
 
-    Averaged over the valid entries (channels x pixels that are not class 2); 0 when none.
+    Averaged over the valid entries (channels x pixels that are not class 2), the pixels of
+    one instance weighted ``fg_weight`` against background pixels; 0 when none.
     """
     _validate_same_shape(patch_logits, patch_target, "patch logits", "patch target")
     _validate_numinst(numinst_target, patch_logits)
     weight = (numinst_target[:, 2:3] < 0.5).to(patch_logits.dtype)
+    if fg_weight != 1.0:
+        weight = weight * (1.0 + (fg_weight - 1.0) * numinst_target[:, 1:2])
     bce = F.binary_cross_entropy_with_logits(patch_logits, patch_target, reduction="none")
     n_valid = weight.sum() * patch_logits.shape[1]
     return (bce * weight).sum() / n_valid.clamp(min=1.0)
@@ -75,7 +78,8 @@ def ppp_dec_loss(code_logits: torch.Tensor, decoder: nn.Module, patch_target: to
 
 
 def total_loss(outputs, targets, variant: str, decoder: nn.Module | None = None,
-               max_samples: int = 1024, generator: torch.Generator | None = None):
+               max_samples: int = 1024, generator: torch.Generator | None = None,
+               fg_weight: float = 1.0):
     """numinst loss + patch loss of ``variant``.
 
     Parameters
@@ -85,6 +89,8 @@ def total_loss(outputs, targets, variant: str, decoder: nn.Module | None = None,
     targets : (Tensor, Tensor)
         ``(numinst_target, patch_target)``.
     variant : {"ppp", "ppp+dec"}
+    fg_weight : float
+        ``ppp``: weight of the pixels of one instance in the patch loss (:func:`ppp_loss`).
     decoder : nn.Module or None
         The patch decoder (``ppp+dec`` only).
 
@@ -98,7 +104,7 @@ def total_loss(outputs, targets, variant: str, decoder: nn.Module | None = None,
     numinst_logits, second = outputs
     numinst_target, patch_target = targets
     if variant == "ppp":
-        patch = ppp_loss(second, patch_target, numinst_target)
+        patch = ppp_loss(second, patch_target, numinst_target, fg_weight)
     elif variant == "ppp+dec":
         if decoder is None:
             raise UserError("variant 'ppp+dec' needs the decoder")
