@@ -23,9 +23,15 @@ in green, the baseline's in magenta), and exits 1 when the model does not beat t
 baseline on every set at AP@0.5 and avAP (or ``--scale auto`` loses more than 0.05 AP@0.5
 against the true scale).
 
+``--orientations`` instead segments the DSB test half in its 8 mirrors and rotations
+(``segment``'s default, and with ``--tta``) and prints each AP@0.5, the lowest and the
+spread; the mosaic case (the same nuclei in a 2144 x 2144 field) is
+``scripts/eval_field_of_view.py``.
+
 Usage:
   python scripts/eval_generalization.py [--model PACKAGE] [--n-synth 6]
       [--snr 2,4,8,30] [--seed 2026] [--out runs/generalization]
+  python scripts/eval_generalization.py --orientations
 """
 
 from __future__ import annotations
@@ -146,6 +152,33 @@ def write_picture(sets: dict, results: dict, path: Path) -> None:
     imsave(path, (row * 255).astype(np.uint8), check_contrast=False)
 
 
+ORIENTATIONS = {"as is": lambda a: a, "mirror x": lambda a: a[:, ::-1],
+                "mirror y": lambda a: a[::-1], "both": lambda a: a[::-1, ::-1],
+                "transpose": lambda a: a.T, "rotate 90": lambda a: np.rot90(a, 1),
+                "rotate 270": lambda a: np.rot90(a, 3),
+                "anti-transpose": lambda a: np.rot90(a, 2).T}
+"""The 8 mirrors and rotations of a 2D image (the dihedral group of the square)."""
+
+
+def orientation_spread(segmenter, tta: bool = False) -> dict:
+    """AP of the default ``segment`` (``--scale auto``) on the 8 orientations of the DSB
+    test half (the same nuclei, mirrored or rotated), and their spread (max - min)."""
+    from ppp_zoo.data import dsb_split, load_dsb_sample
+
+    image, labels = dsb_split(*load_dsb_sample())["test"]
+    rows = {}
+    for name, turn in ORIENTATIONS.items():
+        t = time.perf_counter()
+        pred = segmenter.segment(np.ascontiguousarray(turn(image)), scale="auto",
+                                 tta=tta).labels
+        rows[name] = {**score([(pred, np.ascontiguousarray(turn(labels)))]),
+                      "seconds": round(time.perf_counter() - t, 2)}
+    ap50 = [r["ap50"] for r in rows.values()]
+    return {"orientations": rows, "ap50_min": min(ap50), "ap50_max": max(ap50),
+            "ap50_spread": round(max(ap50) - min(ap50), 4),
+            "ap75_min": min(r["ap75"] for r in rows.values())}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="model package (default: embedded)")
@@ -153,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--snr", default="2,4,8,30", help="synthetic SNR levels")
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--out", type=Path, default=Path("runs") / "generalization")
+    parser.add_argument("--orientations", action="store_true",
+                        help="only the 8 orientations of the DSB test half (default and "
+                             "--tta)")
     args = parser.parse_args(argv)
 
     import onnxruntime  # noqa: F401 - fail early without it
@@ -162,6 +198,20 @@ def main(argv: list[str] | None = None) -> int:
 
     model = resolve_model(args.model)
     segmenter = load_segmenter(model, "onnx", "cpu")
+    if args.orientations:
+        print("| DSB test half, 8 orientations | " + " | ".join(ORIENTATIONS) +
+              " | min | spread | s / image |")
+        print("|---" * (len(ORIENTATIONS) + 4) + "|")
+        spreads = {}
+        for tta in (False, True):
+            r = spreads["tta" if tta else "default"] = orientation_spread(segmenter, tta)
+            print(f"| segment{' --tta' if tta else ''} (AP@0.5) | " +
+                  " | ".join(f"{o['ap50']:.3f}" for o in r["orientations"].values()) +
+                  f" | {r['ap50_min']:.3f} | {r['ap50_spread']:.3f} | "
+                  f"{np.mean([o['seconds'] for o in r['orientations'].values()]):.2f} |")
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "orientations.json").write_text(json.dumps(spreads, indent=1) + "\n")
+        return 0
     trained = segmenter.package.object_diameter
     snrs = [float(s) for s in args.snr.split(",")]
     sets = build_sets(args.n_synth, snrs, args.seed)
