@@ -282,6 +282,28 @@ def install_package(package: Path, name: str) -> tuple[str, Path]:
     return hashlib.sha256(package.read_bytes()).hexdigest(), spec
 
 
+def train_preset(preset: str, seed: int, minutes: float, out_dir: Path) -> None:
+    """Train ``preset`` with ``[train] seed`` for ``minutes`` on the CPU into ``out_dir``."""
+    from ppp_zoo.config import config_from_dict, load_preset, merge_config_dicts
+    from ppp_zoo.train import train
+
+    cfg = config_from_dict(merge_config_dicts(load_preset(preset).to_dict(),
+                                              {"train": {"seed": seed}}))
+    print(f"training {preset} for {minutes} min (seed {seed})", flush=True)
+    train(cfg, out_dir, max_minutes=minutes, device="cpu", progress=sys.stderr.isatty())
+
+
+def write_record(spec: Path, record: dict, name: str, test: dict, via_package: dict,
+                 digest: str, exported) -> None:
+    """``model_specs/<name>/build.json``: ``record`` with the test scores of the checkpoint
+    and of the package (ONNX Runtime) and the package's file, sha256, size and weights."""
+    record.update(test_checkpoint=test, test_package_onnx=via_package,
+                  package={"file": f"ppp_zoo/models/{name}.zip", "sha256": digest,
+                           "size_bytes": exported.size_bytes,
+                           "weight_formats": list(exported.weight_formats)})
+    (spec / "build.json").write_text(json.dumps(record, indent=1) + "\n")
+
+
 def update_index(entry: dict) -> None:
     """Put ``entry`` into ``ppp_zoo/models/index.json`` (replacing the model of that name,
     keeping the others), in :data:`MODEL_ORDER`."""
@@ -335,12 +357,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from ppp_zoo.config import config_from_dict, load_preset, merge_config_dicts
     from ppp_zoo.data import dsb_split, load_dsb_sample
     from ppp_zoo.export import export_model
     from ppp_zoo.predict import load_checkpoint, predict_image
     from ppp_zoo.runtime.segment import segment_image
-    from ppp_zoo.train import train
 
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -354,11 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.train_dir is not None or args.checkpoint is None:
         train_dir = args.train_dir or args.work / "train"
         if args.train_dir is None:
-            cfg = config_from_dict(merge_config_dicts(load_preset(PRESET).to_dict(),
-                                                      {"train": {"seed": args.seed}}))
-            print(f"training {PRESET} for {args.minutes} min (seed {args.seed})", flush=True)
-            train(cfg, train_dir, max_minutes=args.minutes, device="cpu",
-                  progress=sys.stderr.isatty())
+            train_preset(PRESET, args.seed, args.minutes, train_dir)
         record["training"] = _stage_record(train_dir, minutes=args.minutes)
         candidates = [train_dir / "best.pt", train_dir / "last.pt"]
         if args.finetune_dir is not None or args.finetune_minutes > 0:
@@ -446,11 +462,7 @@ def main(argv: list[str] | None = None) -> int:
         record = {**previous, "repackaged": {
             "from": args.from_package.name,
             "what": "the same network re-exported in the current package layout"}}
-    record.update(test_checkpoint=test, test_package_onnx=via_package,
-                  package={"file": f"ppp_zoo/models/{NAME}.zip", "sha256": digest,
-                           "size_bytes": exported.size_bytes,
-                           "weight_formats": list(exported.weight_formats)})
-    (spec / "build.json").write_text(json.dumps(record, indent=1) + "\n")
+    write_record(spec, record, NAME, test, via_package, digest, exported)
     update_index({
         "name": NAME, "file": f"{NAME}.zip",
         "description": "2D fluorescence nuclei (PatchPerPix ppp, 17x17 patches), trained on "

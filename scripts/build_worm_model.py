@@ -25,14 +25,20 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from build_default_model import _key, _stage_record, install_package, update_index  # noqa: E402
+from build_default_model import (  # noqa: E402
+    _key,
+    _stage_record,
+    install_package,
+    train_preset,
+    update_index,
+    write_record,
+)
 from eval_worms import heldout_sets, score  # noqa: E402
 
 NAME = "ppp-worms2d"
@@ -111,12 +117,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from ppp_zoo.config import config_from_dict, load_preset, merge_config_dicts
     from ppp_zoo.data.synth import posture_source
     from ppp_zoo.export import export_model
     from ppp_zoo.predict import load_segmenter as checkpoint_segmenter
     from ppp_zoo.runtime.segment import load_segmenter
-    from ppp_zoo.train import train
 
     if posture_source() != "wormpose":
         raise SystemExit("the worm posture model is missing: pip install --no-deps "
@@ -125,11 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     train_dir = args.train_dir or args.work / "train"
     if args.train_dir is None:
-        cfg = config_from_dict(merge_config_dicts(load_preset(PRESET).to_dict(),
-                                                  {"train": {"seed": args.seed}}))
-        print(f"training {PRESET} for {args.minutes} min (seed {args.seed})", flush=True)
-        train(cfg, train_dir, max_minutes=args.minutes, device="cpu",
-              progress=sys.stderr.isatty())
+        train_preset(PRESET, args.seed, args.minutes, train_dir)
     record: dict = {
         "name": NAME, "preset": PRESET,
         "data": {"train": f"{PRESET}: ppp_zoo.data.synth_worms, posture model of wormpose "
@@ -187,11 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                                  f"AP on {name}")
         digest, spec = install_package(package, NAME)
 
-    record.update(test_checkpoint=test, test_package_onnx=via_package,
-                  package={"file": f"ppp_zoo/models/{NAME}.zip", "sha256": digest,
-                           "size_bytes": exported.size_bytes,
-                           "weight_formats": list(exported.weight_formats)})
-    (spec / "build.json").write_text(json.dumps(record, indent=1) + "\n")
+    write_record(spec, record, NAME, test, via_package, digest, exported)
     update_index({
         "name": NAME, "file": f"{NAME}.zip",
         "description": "2D overlapping worms, fluorescence and brightfield (PatchPerPix ppp, "

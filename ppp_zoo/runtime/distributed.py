@@ -316,17 +316,9 @@ def run_mask_blocks(source, block_fn, *, block: Sequence[int], pad: Sequence[int
                    threads or cluster.threads)
         c = cluster.client
         indices = grid.indices()
-        [job_f] = c.scatter([job], broadcast=True)
-        t = time.perf_counter()
-        first = _run(c, _segment_masks_task, [(job_f, i) for i in indices], progress,
-                     "segmenting a block", retries)
-        timings["blocks"] = time.perf_counter() - t
-        t = time.perf_counter()
-        counts = np.array([n for n, _, _ in first], np.int64)
-        pairs = _run(c, _match_masks_task, [(job_f, i, s) for i, (_, s, _) in
-                                            zip(indices, first)],
-                     None, "matching block faces", retries)
-        ids = merge_pairs(counts, np.concatenate(pairs))
+        job_f, first, counts, ids, t = _segment_and_merge(
+            c, job, indices, _segment_masks_task, _match_masks_task, lambda r: r[1:2],
+            progress, retries, timings)
         n_total = int(ids.max(initial=0))
         dtype = np.dtype(np.uint32 if n_total < 2**32 else np.uint64)
         luts = block_luts(counts, ids, dtype)
@@ -363,6 +355,24 @@ def run_mask_blocks(source, block_fn, *, block: Sequence[int], pad: Sequence[int
     return DistributedResult(str(output), n_total, shape, tuple(block), len(indices),
                              str(dtype), cluster.workers, timings,
                              planes=tuple(plane_names(name, n_planes)))
+
+
+def _segment_and_merge(c, job: _Job, indices: list, segment_task, match_task, match_args,
+                       progress: Progress, retries: int, timings: dict):
+    """Passes 1 and 2 and the merge, for labels and masks alike: ``segment_task`` on every
+    block, ``match_task(job, index, *match_args(its result))`` on every block, then the
+    union-find. Returns the scattered job, the first pass's results, the instances per
+    block, the global ids and when the merge phase began (``timings["blocks"]`` is set)."""
+    [job_f] = c.scatter([job], broadcast=True)
+    t = time.perf_counter()
+    first = _run(c, segment_task, [(job_f, i) for i in indices], progress,
+                 "segmenting a block", retries)
+    timings["blocks"] = time.perf_counter() - t
+    t = time.perf_counter()
+    counts = np.array([r[0] for r in first], np.int64)
+    pairs = _run(c, match_task, [(job_f, i, *match_args(r)) for i, r in zip(indices, first)],
+                 None, "matching block faces", retries)
+    return job_f, first, counts, merge_pairs(counts, np.concatenate(pairs)), t
 
 
 def _scratch_parent(output: Path) -> Path:
@@ -567,17 +577,10 @@ def run_blocks(source, block_fn, *, block: Sequence[int], pad: Sequence[int],
         job = _Job(source, block_fn, grid, tuple(strip), scratch, nthreads)
         c = cluster.client
         indices = grid.indices()
-        [job_f] = c.scatter([job], broadcast=True)
-        t = time.perf_counter()
-        first = _run(c, _segment_task, [(job_f, i) for i in indices], progress,
-                     "segmenting a block", retries)
-        timings["blocks"] = time.perf_counter() - t
-        t = time.perf_counter()
-        counts = np.array([n for n, _ in first], np.int64)
-        pairs = _run(c, _match_task, [(job_f, i, n, s) for i, (n, s) in zip(indices, first)],
-                     None, "matching block faces", retries)
+        job_f, first, counts, ids, t = _segment_and_merge(
+            c, job, indices, _segment_task, _match_task, lambda r: r, progress, retries,
+            timings)
         del first
-        ids = merge_pairs(counts, np.concatenate(pairs))
         n_total = int(ids.max(initial=0))
         dtype = np.dtype(np.uint32 if n_total < 2**32 else np.uint64)
         timings["merge"] = time.perf_counter() - t
