@@ -4,15 +4,16 @@ numba compiles a kernel the first time it is called with new argument types and 
 machine code for the CPU it runs on. That first compilation takes about 20 s for the
 kernels one ``segment`` needs, and every new environment (a user's, a cluster node's, a
 CI runner's) pays it again. ``scripts/build_portable_kernels.py`` compiles the kernels of
-the common paths for the baseline x86-64 CPU (``NUMBA_CPU_NAME=generic``: no instruction
-set beyond what every x86-64 CPU has) and writes numba's cache files into
-``_portable_kernels/``, shipped as package data.
+the common paths for three x86-64 levels (``NUMBA_CPU_NAME`` x86-64-v4: AVX-512;
+x86-64-v3: AVX2 and FMA; generic: what every x86-64 CPU has) and writes numba's cache files
+into ``_portable_kernels/<level>/``, shipped as package data. A machine uses the best level
+it supports (:func:`chosen_variant`).
 
 Each kernel's cache then looks in two places (:class:`PortableCache`):
 
 1. numba's own cache for this CPU (``__pycache__`` or the folder :mod:`._cache` picks): the
    kernels compiled on this machine before, tuned for its CPU;
-2. the shipped portable kernels, keyed by the baseline CPU; used only when the numba
+2. the shipped portable kernels of that level; used only when the numba
    version, the Python version, the kernel's source file (its content) and bytecode, and
    the argument types are those they were built with, and the machine is x86-64.
 
@@ -22,12 +23,13 @@ everywhere; it only starts faster where the shipped kernels apply. Kernels compi
 machine are saved as usual (keyed by its CPU), never into the shipped folder.
 ``PPP_ZOO_PORTABLE_KERNELS=0`` turns the shipped kernels off: run one segmentation with it
 to compile kernels tuned for the machine's own CPU, which later runs find first (the
-shipped x86-64-v3 kernels assemble about 1.3x slower than tuned ones on an AVX-512 CPU;
+shipped x86-64-v4 kernels assemble about 1.25x slower than tuned ones on an AVX-512 CPU;
 ``scripts/bench_first_run.py``).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -48,6 +50,13 @@ def _enabled() -> bool:
     return os.environ.get("PPP_ZOO_PORTABLE_KERNELS", "1") != "0" and PORTABLE_DIR.is_dir()
 
 
+@functools.lru_cache(maxsize=None)
+def _host_features() -> frozenset[str]:
+    from numba.core.codegen import get_host_cpu_features  # "+avx2,-avx512f,..."
+
+    return frozenset(f[1:] for f in get_host_cpu_features().split(",") if f.startswith("+"))
+
+
 def chosen_variant(host_features: set[str] | None = None) -> tuple[str, tuple[str, str]] | None:
     """The shipped kernel set this machine runs: the first of :data:`VARIANTS` whose
     features it has (None when none is shipped or the machine is not x86-64).
@@ -61,10 +70,7 @@ def chosen_variant(host_features: set[str] | None = None) -> tuple[str, tuple[st
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return None
     if host_features is None:
-        from numba.core.codegen import get_host_cpu_features  # "+avx2,-avx512f,..."
-
-        host_features = {f[1:] for f in get_host_cpu_features().split(",")
-                         if f.startswith("+")}
+        host_features = _host_features()  # read once per process
     for folder, key, needs in VARIANTS:
         if needs <= host_features and (PORTABLE_DIR / folder).is_dir():
             return folder, key
@@ -90,9 +96,7 @@ def _make_cache_class(variant: tuple[str, tuple[str, str]]):
             if data is not None or not self._enabled:
                 return data
             sig_key, magic, code = self._index_key(sig, target_context.codegen())
-            if not str(magic[0]).startswith("x86_64"):
-                return None
-            try:
+            try:  # the same key with the shipped level's CPU name and features
                 data = self._portable.load((sig_key, (magic[0],) + cpu_key, code))
                 return None if data is None else self._impl.rebuild(target_context, data)
             except Exception:  # an unreadable shipped file: compile as usual

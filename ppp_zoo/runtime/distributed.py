@@ -48,6 +48,7 @@ from ..io import (
 from ..postprocess.blocks import (
     TASK_BLOCK,
     BlockGrid,
+    _local,
     block_grid,
     block_luts,
     label_block,
@@ -223,8 +224,9 @@ def _segment_masks_task(job: _Job, index: tuple[int, ...]):
     core_shape = tuple(c.stop - c.start for c in job.grid.core(index))
     stack = np.stack(cores) if cores else np.zeros((0,) + core_shape, bool)
     flat = stack.reshape(n, int(np.prod(core_shape)))
+    crossed = flat[:, flat.sum(axis=0) >= 2]  # only the pixels in two masks or more
     shared = [(a + 1, b + 1) for a in range(n) for b in range(a + 1, n)
-              if np.any(flat[a] & flat[b])]
+              if np.any(crossed[a] & crossed[b])]
     np.savez(_masks_file(job, index), bits=np.packbits(flat, axis=1),
              shape=np.asarray(stack.shape))
     return n, strips, np.asarray(shared, np.int64).reshape(-1, 2)
@@ -234,8 +236,7 @@ def _match_masks_task(job: _Job, index, strips: dict) -> np.ndarray:
     """Pass 2 for one block of overlapping instances
     (:func:`~ppp_zoo.postprocess.blocks.match_block_masks`)."""
     def written(neighbour, region):
-        core = job.grid.core(neighbour)
-        local = tuple(slice(r.start - c.start, r.stop - c.start) for r, c in zip(region, core))
+        local = _local(region, job.grid.core(neighbour))
         return [m[local] for m in _read_core_masks(job, neighbour)]
 
     return match_block_masks(job.grid, index, strips, written)
@@ -249,7 +250,7 @@ def _write_masks_task(job: _Job, index, lut: np.ndarray, planes: np.ndarray,
 
     core = job.grid.core(index)
     shape = tuple(c.stop - c.start for c in core)
-    out = [np.zeros(shape, np.asarray(lut).dtype) for _ in targets]
+    out = [np.zeros(shape, lut.dtype) for _ in targets]
     for k, mask in enumerate(_read_core_masks(job, index), 1):
         out[int(planes[lut[k]])][mask] = lut[k]
     for target, values in zip(targets, out):
@@ -296,8 +297,7 @@ def run_mask_blocks(source, block_fn, *, block: Sequence[int], pad: Sequence[int
     share a pixel (:func:`colour_instances`; each instance whole in one of them):
     OME-Zarr label images ``labels/<name>``, ``labels/<name>_2``, ... (see
     :func:`plane_names`) in ``output`` (a ``.zarr`` store); every id appears in one plane
-    only. ``DistributedResult.output`` names the planes' store, ``n_planes`` is in its
-    timings' sibling ``planes``."""
+    only. ``DistributedResult.planes`` names those label images."""
     _import_dask()
     output = Path(output)
     if output.suffix.lower() != ".zarr" or not name:
