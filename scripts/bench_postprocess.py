@@ -151,7 +151,8 @@ def _time_assembly(numinst, patches, params, labels, repeat, overlapping=False, 
             "device": getattr(result, "device", "cpu"),
             "steps": result.summary()["timings"], "n_instances": result.n_instances,
             "n_selected": result.n_selected, "n_edges": result.n_edges,
-            "ap50": round(ev.ap["0.5"], 4), "ap90": round(ev.ap["0.9"], 4)}
+            "ap50": round(ev.ap["0.5"], 4), "ap75": round(ev.ap["0.75"], 4),
+            "ap90": round(ev.ap["0.9"], 4), "avap": round(ev.avAP, 4)}
 
 
 def _naive_consensus(numinst, patches, th):
@@ -349,7 +350,9 @@ def _compare(case: str, new: dict, old: dict, new_dir: str, old_dir: str) -> lis
         lines.append(f"  {key}: {run['seconds']:.2f} s on {run.get('device', 'cpu')} "
                      f"(baseline {base['seconds']:.2f} s on {base.get('device', 'cpu')}, "
                      f"{base['seconds'] / run['seconds']:.1f}x faster); labels identical: {same}; "
-                     f"AP50 {run['ap50']} (baseline {base['ap50']})")
+                     + ", ".join(f"{name} {run[k]} (baseline {base.get(k)})" for name, k in
+                                 (("AP50", "ap50"), ("AP75", "ap75"), ("avAP", "avap"))
+                                 if k in run))
         lines.append(f"    steps: {steps}")
         lines.append(f"    baseline steps: {base_steps}")
     lines.append(f"  peak RSS {new['peak_rss_gb']} GB (baseline {old['peak_rss_gb']} GB)")

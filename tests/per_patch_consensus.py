@@ -170,7 +170,7 @@ def per_patch_consensus(prep, cand_flat):
     n_stripes = int(geo.shape[1] // height + 1)
     stripes = np.searchsorted(stripe_of, np.arange(n_stripes + 1)).astype(np.int64)
     for parity in (0, 1):
-        accumulate_votes(prep.patches, by_row, np.ascontiguousarray(cand_flat[order]), stripes,
+        accumulate_votes(prep.patches, by_row, prep.columns_of(cand_flat[order]), stripes,
                          parity, prep.offs, prep.r, prep.pshape, prep.fshape, n_cols,
                          prep.vmask, prep.vidx, prep.th, prep.bg, csum, ccnt)
     # the kernels divide in float64 and round to float32

@@ -74,7 +74,8 @@ def _patch_value(patches, k, c) -> float:
 
 
 def _high_low(patches, cls, c_flat, params):
-    """``H_c`` and ``L_c`` of the patch centred at flat index ``c_flat``.
+    """``H_c`` and ``L_c`` of the patch centred at flat index ``c_flat`` (fast mode: the
+    pixels on the stride grid only).
 
     Returns two dicts ``{u_flat: P_c(u)}`` (raster order of the box).
     """
@@ -83,7 +84,7 @@ def _high_low(patches, cls, c_flat, params):
     c = _coords(c_flat, shape)
     high, low = {}, {}
     for k, u in _box(c, shape, params):
-        if int(cls[u]) != 1:
+        if int(cls[u]) != 1 or not _on_grid(u, params):
             continue
         p = _patch_value(patches, k, c)
         if p > th:
@@ -91,6 +92,11 @@ def _high_low(patches, cls, c_flat, params):
         if p < bg:
             low[_flat(u, shape)] = p
     return high, low
+
+
+def _on_grid(u: tuple, params) -> bool:
+    """Whether pixel ``u`` counts in fast mode's H and L sets (always in exact mode)."""
+    return not params.fast or all(q % params.fast_stride == 0 for q in u)
 
 
 def _key(u: int, v: int) -> tuple[int, int]:
@@ -201,21 +207,35 @@ def ref_ranking(scores: dict[int, tuple[float, int]]) -> list[int]:
 
 # --------------------------------------------------------------------------- step 3
 def ref_cover(patches, cls, ranked, params) -> list[int]:
-    """Greedy foreground cover: the selected centres in selection order."""
+    """Greedy foreground cover: the selected centres in selection order.
+
+    Fast mode: first the cover of the foreground pixels on the stride grid; then, with the
+    regions of those patches covered, the remaining candidates in rank order select
+    themselves for the pixels still uncovered; the selection is in rank order."""
     shape = _spatial(patches)
     fc = float(params.fc_threshold)
-    covered: set[int] = set()
-    selected = []
-    for c_flat in ranked:
+
+    def region(c_flat, grid_only):
         c = _coords(int(c_flat), shape)
-        region = set()
-        for k, u in _box(c, shape, params):
-            if int(cls[u]) >= 1 and _patch_value(patches, k, c) > fc:
-                region.add(_flat(u, shape))
-        if region - covered:
-            selected.append(int(c_flat))
-            covered |= region
-    return selected
+        return {_flat(u, shape) for k, u in _box(c, shape, params)
+                if int(cls[u]) >= 1 and _patch_value(patches, k, c) > fc
+                and (not grid_only or _on_grid(u, params))}
+
+    def greedy(order, covered, grid_only):
+        chosen = []
+        for c_flat in order:
+            reg = region(c_flat, grid_only)
+            if reg - covered:
+                chosen.append(int(c_flat))
+                covered |= reg
+        return chosen
+
+    if not params.fast:
+        return greedy(ranked, set(), False)
+    first = greedy(ranked, set(), True)
+    covered = set().union(*(region(c, False) for c in first))
+    chosen = set(first) | set(greedy([c for c in ranked if c not in set(first)], covered, False))
+    return [int(c) for c in ranked if c in chosen]
 
 
 # --------------------------------------------------------------------------- steps 4-5
@@ -223,9 +243,6 @@ def ref_graph(patches, cls, cons, selected, params) -> dict[tuple[int, int], flo
     """``{(a, b): weight}`` over node indices a < b into ``selected``."""
     shape = _spatial(patches)
     highs = [list(_high_low(patches, cls, int(c), params)[0]) for c in selected]
-    if params.fast:  # fast mode: only pixels on the stride grid enter the edge weights
-        highs = [[u for u in h if all(q % params.fast_stride == 0 for q in _coords(u, shape))]
-                 for h in highs]
     centres = [_coords(int(c), shape) for c in selected]
     edges = {}
     for a in range(len(selected)):

@@ -113,11 +113,11 @@ CASES = {
                                  numinst_thresholds=NOISY_T)),
     # (d) fast mode
     "fast_gt2d": (lambda: _gt2d(), dict(patchshape=(5, 5), fast=True)),
-    "fast_noisy2d_s3": (lambda: _noisy(*_gt2d(), seed=6),
-                        dict(patchshape=(5, 5), fast=True, fast_stride=3, partition="mws",
+    "fast_noisy2d_s3": (lambda: _noisy(*_gt2d((7, 7)), seed=6),
+                        dict(patchshape=(7, 7), fast=True, fast_stride=3, partition="mws",
                              numinst_thresholds=NOISY_T)),
-    "fast_noisy3d": (lambda: _noisy(*_gt3d(), seed=8),
-                     dict(patchshape=(3, 3, 3), fast=True, numinst_thresholds=NOISY_T,
+    "fast_noisy3d": (lambda: _noisy(*_gt3d((5, 5, 5)), seed=8),
+                     dict(patchshape=(5, 5, 5), fast=True, numinst_thresholds=NOISY_T,
                           patch_threshold=0.7)),
     # (e) patch_threshold < 0.5, so BG = TH
     "lowth_gt2d": (lambda: _gt2d(), dict(patchshape=(5, 5), patch_threshold=0.4)),

@@ -68,7 +68,10 @@ SIMULATOR_SCRIPT = textwrap.dedent('''
     noisy = dict(numinst_thresholds=(0.5, 0.4))
     cases = {
         "2d_exact": (lab2, (5, 5), dict(partition="mws", **noisy)),
-        "2d_fast": (lab2, (5, 5), dict(fast=True, **noisy)),
+        # fast mode votes on its grid: twice the size, so that the grid problem has
+        # 5 x 5 patches on 16 x 16 pixels
+        "2d_fast": (np.kron(lab2, np.ones((2, 2), np.int32)), (9, 9),
+                    dict(fast=True, partition="mws", **noisy)),
         "3d_exact": (lab3, (3, 3, 3), dict(patch_threshold=0.5, partition="mws", **noisy)),
         "overlapping": (masks, (5, 5), dict(overlapping=True, partition="mws", **noisy)),
     }

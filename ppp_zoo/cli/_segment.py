@@ -64,7 +64,7 @@ def segment(
     save_outputs: Annotated[bool, typer.Option(help="Also write <stem>_outputs.npz: the raw network outputs.")] = False,
     rois: Annotated[bool, typer.Option("--rois", help="Also write <stem>_rois.zip: one ImageJ polygon ROI per instance, named by its id (Fiji's ROI Manager opens it; overlapping instances overlap there too).")] = False,
     fast: Annotated[Optional[bool], typer.Option("--fast/--exact", help="Assemble in fast mode (stride-2 voting) or exact mode (default: as the model package says).", show_default=False)] = None,
-    tta: Annotated[bool, typer.Option("--tta", help="Test-time augmentation: average the network over the 8 mirrors and rotations of each image (the same answer in every orientation; about 3x the time of a small image).")] = False,
+    tta: Annotated[bool, typer.Option("--tta", help="Test-time augmentation: average the network over the 8 mirrors and rotations of each image (the same answer in every orientation; assembled in exact mode unless --fast is given; about 4x the time of a small image).")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the JSON summary to stdout.")] = False,
     demo: Annotated[bool, typer.Option(help="Segment the model's own sample image (written to OUTPUT/demo_input.tif).")] = False,
     block: Annotated[Optional[str], typer.Option(help="Segment in blocks of this size on dask.distributed, e.g. 1024x1024 (needs the [dask] extra).")] = None,

@@ -21,7 +21,9 @@ the patch centred at ``c`` at pixel ``u`` (``u`` in ``box(c) = c + [-r, r]``, in
    (``numinst_thresholds = (t1, t2)``). Without numinst: 1 where ``P_x(x) > TH``.
    ``fg`` = class >= 1; voting pixels ``V`` = class == 1 (overlap pixels have no patch).
    Candidate centres: ``V`` (fast mode: only those whose coordinates are all multiples
-   of ``fast_stride``).
+   of ``fast_stride``, the grid; in fast mode every step below takes only pixels on the
+   grid into H_c and L_c, so steps 1-2 and 5 are the exact assembly of the image and the
+   patches subsampled by the stride).
 1. Consensus. For every candidate centre c: ``H_c = {u in box(c) & V : P_c(u) > TH}``,
    ``L_c = {v in box(c) & V : P_c(v) < BG}``. For every unordered pair {u, v}, u != v:
    both in H_c: vote ``(P_c(u) P_c(v) - TH^2) / (1 - TH^2)``;
@@ -34,10 +36,13 @@ the patch centred at ``c`` at pixel ``u`` (``u`` in ``box(c) = c + [-r, r]``, in
    flat index; raster order would select runs of near-identical neighbours).
 3. Foreground cover: walk the ranking; select c when ``{u in box(c) & fg : P_c(u) > fc_threshold}``
    holds a pixel not yet covered, then mark that region covered.
+   Fast mode walks it twice: first counting only the region's pixels on the grid; then,
+   with the regions of the patches selected so far marked, the patches not yet selected
+   select themselves for the pixels still uncovered. The selection keeps the rank order.
 4. Patch graph: nodes = selected patches (selection order); candidate edges = pairs whose
    centres differ by less than ``2 * patchshape`` on every axis.
 5. Edge weight(a, b) = mean of the defined ``C(u, v)``, u in H_a, v in H_b, u != v; a pair
-   of patches with no defined C gets no edge. (Fast mode: u and v on the stride grid only.)
+   of patches with no defined C gets no edge.
 6. Partition: ``"cc"`` - connected components over edges with weight > 0;
    ``"mws"`` - mutex watershed: edges by |weight| descending (ties by node pair), positive
    edges merge two clusters unless a mutex separates them, negative edges add a mutex.

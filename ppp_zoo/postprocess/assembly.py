@@ -233,7 +233,14 @@ def _share_bands(prep: Prepared, cand_mask: np.ndarray, bands: np.ndarray,
 
 def compute_consensus(prep: Prepared, cand_flat: np.ndarray, device: str = "cpu") -> Consensus:
     """Steps 1-2: accumulate every candidate's votes, then score every candidate patch
-    (on the GPU with ``device="cuda"``; same values, see ``_cuda_kernels``)."""
+    (on the GPU with ``device="cuda"``; same values, see ``_cuda_kernels``).
+
+    In fast mode the votes, the consensus and the scores are those of the pixels on the
+    stride grid (:meth:`Prepared.on_grid`)."""
+    if prep.stride > 1:
+        grid, grid_cand = prep.on_grid(cand_flat)
+        consensus = compute_consensus(grid, grid_cand, device)
+        return dataclasses.replace(consensus, stride=prep.stride, image_shape=prep.geo.shape)
     if resolve_device(device) == "cuda":
         if _cuda().cpu_vote_rounding() is not None:
             return _cuda().compute_consensus(prep, cand_flat)
@@ -262,7 +269,7 @@ def compute_consensus(prep: Prepared, cand_flat: np.ndarray, device: str = "cpu"
     n_high = np.empty(len(by_row), np.int64)
     n_low = np.empty(len(by_row), np.int64)
     height = max(2 * ry, 1)  # stripes of the per-patch formulation: the order of the votes
-    step = prep.params.fast_stride if prep.params.fast else 1  # the candidates' grid
+    step = prep.stride  # the candidates' grid (1: fast mode runs on its grid problem)
     # each worker holds a ring of pitched patches; together they stay within the memory of
     # a vote count per consensus entry, which the row-by-row pass does not need
     pitched = int(np.prod(geo.patchshape[:2])) * int(prep.fshape[2])  # one pitched patch
@@ -305,16 +312,53 @@ def _tie_key(flat: np.ndarray) -> np.ndarray:
 
 
 def cover_foreground(prep: Prepared, ranked_flat: np.ndarray, device: str = "cpu") -> np.ndarray:
-    """Step 3: greedy foreground cover; returns the flat centres of the selected patches."""
-    if resolve_device(device) == "cuda":
-        return ranked_flat[_cuda().cover_foreground(prep, ranked_flat)]
+    """Step 3: greedy foreground cover; returns the flat centres of the selected patches.
+
+    Fast mode covers in two passes: first the foreground on the stride grid (the grid
+    problem's cover), then, with what those patches cover marked, the pixels between the
+    grid, by the patches (in rank order) whose box still holds an uncovered foreground
+    pixel. The selection stays in rank order."""
+    if prep.stride > 1:
+        grid, grid_ranked = prep.on_grid(ranked_flat)
+        first = _cover_positions(grid, grid_ranked, device)
+        covered = np.zeros_like(prep.fgmask)
+        _cover_positions(prep, ranked_flat[first], device, covered)
+        rest = np.setdiff1d(np.arange(len(ranked_flat)), first, assume_unique=True)
+        rest = rest[_boxes_with(prep, (prep.fgmask != 0) & (covered == 0), ranked_flat[rest])]
+        extra = rest[_cover_positions(prep, ranked_flat[rest], device, covered)]
+        return ranked_flat[np.union1d(first, extra)]
+    return ranked_flat[_cover_positions(prep, ranked_flat, device)]
+
+
+def _cover_positions(prep: Prepared, ranked_flat: np.ndarray, device: str,
+                     covered: np.ndarray | None = None) -> np.ndarray:
+    """Positions (into ``ranked_flat``) of the patches the greedy cover selects, starting
+    from the padded ``covered`` mask (updated; empty when not given)."""
+    if covered is None:
+        if resolve_device(device) == "cuda":
+            return _cuda().cover_foreground(prep, ranked_flat)
+        covered = np.zeros_like(prep.fgmask)
     centres = prep.centres_of(ranked_flat)
-    covered = np.zeros_like(prep.fgmask)
     selected = np.empty(len(ranked_flat), np.int64)
     m = cpu_kernels.foreground_cover(prep.patches, centres, prep.columns_of(ranked_flat),
                            prep.offs, prep.r, prep.fgmask,
                            np.float32(prep.params.fc_threshold), covered, selected)
-    return ranked_flat[selected[:m]]
+    return selected[:m]
+
+
+def _boxes_with(prep: Prepared, padded_mask: np.ndarray, flat: np.ndarray) -> np.ndarray:
+    """Whether the patch box of each pixel of ``flat`` holds a pixel of the padded mask
+    (a summed-area table: one look-up per box)."""
+    table = np.zeros(tuple(n + 1 for n in padded_mask.shape), np.int64)
+    table[1:, 1:, 1:] = padded_mask.astype(np.int64).cumsum(0).cumsum(1).cumsum(2)
+    c = prep.centres_of(flat)  # unpadded: the box c - r .. c + r is padded c .. c + 2r
+    lo, hi = c, c + 2 * prep.r + 1
+    total = np.zeros(len(flat), np.int64)
+    for corner in range(8):
+        pick = [(hi if (corner >> a) & 1 else lo)[:, a] for a in range(3)]
+        sign = -1 if (3 - bin(corner).count("1")) % 2 else 1
+        total += sign * table[pick[0], pick[1], pick[2]]
+    return total > 0
 
 
 def patch_graph(prep: Prepared, selected_flat: np.ndarray, consensus: Consensus,
@@ -324,12 +368,18 @@ def patch_graph(prep: Prepared, selected_flat: np.ndarray, consensus: Consensus,
     Returns ``(edges, weights)``: (E, 2) int64 node indices (a < b, into ``selected_flat``)
     and (E,) float64 weights; pairs without any defined consensus are dropped.
     """
+    if prep.stride > 1:  # fast mode: the patches' H sets and the consensus on the grid
+        if consensus.stride != prep.stride:
+            raise PostprocessError("fast mode: the consensus must come from compute_consensus "
+                                   "with the same parameters")
+        grid, grid_selected = prep.on_grid(selected_flat)
+        return patch_graph(grid, grid_selected, consensus, device)
     on_gpu = resolve_device(device) == "cuda"
     geo = prep.geo
     centres = prep.centres_of(selected_flat)
     n, P = len(selected_flat), prep.offs.shape[0]
     pz, py, px = geo.patchshape
-    stride = prep.params.fast_stride if prep.params.fast else 1
+    stride = 1
     if on_gpu:
         cuda_kernels = _cuda()
         edges = cuda_kernels.candidate_edges(centres, geo.patchshape)

@@ -51,11 +51,14 @@ class AssemblyParams:
         Output one mask per instance ``(N, [Z,] Y, X)`` instead of a label image, so that
         overlap pixels belong to every instance covering them.
     fast : bool
-        Use only centres on a grid of spacing ``fast_stride`` for voting and as candidate
-        patches, and only pixels on that grid for the edge weights (about
-        ``fast_stride ** ndim`` times less work for the votes, its square for the edges).
+        Vote, score and weigh edges on a grid of spacing ``fast_stride``: candidate centres
+        and the pixels of their H and L sets on the grid only (the exact assembly of the
+        image and patches subsampled by the stride: about ``fast_stride ** (2 * ndim)``
+        times less work for the votes and memory for the consensus); the cover first
+        covers the grid, then the pixels between; the instances are painted at full
+        resolution.
     fast_stride : int
-        Grid spacing of the fast mode.
+        Grid spacing of the fast mode (at most the patch radius on every axis).
     """
 
     patchshape: PatchShape
@@ -124,3 +127,8 @@ def _validate_params(p: AssemblyParams) -> None:
         raise PostprocessError(f"min_size must be >= 0, got {p.min_size}")
     if p.fast_stride < 1:
         raise PostprocessError(f"fast_stride must be >= 1, got {p.fast_stride}")
+    if p.fast and any(1 < s < 2 * p.fast_stride + 1 for s in shape):
+        raise PostprocessError(
+            f"fast mode votes with the pixels on its grid: fast_stride {p.fast_stride} needs "
+            f"patches of at least {2 * p.fast_stride + 1} pixels on every axis (patchshape "
+            f"{'x'.join(map(str, shape))}); use a smaller fast_stride or the exact mode")

@@ -260,7 +260,11 @@ class Segmenter:
             raise InputError(f"scale must be a positive number or 'auto', got {scale!r}")
         if not auto and not (scale > 0 and math.isfinite(scale)):
             raise InputError(f"scale must be a positive number or 'auto', got {scale}")
-        params = pkg.assembly_params(fast=fast, **assembly_changes)
+        # fast mode votes on a grid that a mirror of an even-sized image moves by a pixel:
+        # test-time augmentation assembles exactly unless told otherwise, so that its
+        # averaged outputs give the same instances in every orientation
+        params = pkg.assembly_params(fast=False if tta and fast is None else fast,
+                                     **assembly_changes)
         if float(img.max()) == float(img.min()):
             in_shape = tuple(img.shape[1:])
             shape = ((0,) + in_shape) if params.overlapping else in_shape
@@ -607,7 +611,9 @@ def segment_image(model: str | os.PathLike | ModelPackage | Segmenter, image: np
         Test-time augmentation: run the network on the 8 mirrors and rotations of a 2D
         image (4 for non-square patches; 16 in 3D with cubic patches), map the outputs back
         and average numinst and the decoded patches (:mod:`ppp_zoo.postprocess.tta`); about
-        that many times the inference and decoding.
+        that many times the inference and decoding. The assembly is then exact unless
+        ``fast`` says otherwise (the fast mode's grid moves under a mirror, the exact
+        assembly has none).
     **assembly_changes
         Overrides of the package's assembly parameters.
 
