@@ -133,6 +133,11 @@ class TrainConfig:
     ``patch_fg_weight``: ``ppp`` only, the weight of the patch loss at pixels of one
     instance against background pixels (1: every pixel alike, as in the paper; more makes a
     short training learn the shapes before the empty background patches).
+    ``patch_samples``: ``ppp`` only; when > 0, the patch loss is taken at up to this many
+    numinst == 1 pixels per batch, drawn at random, with the patch head run at those
+    pixels alone (the assembly reads the patches of such pixels only; on a CPU an
+    iteration costs much less than with the head and the loss at every pixel); 0: every
+    pixel, weighted by ``patch_fg_weight``.
     ``decode_samples``: ``ppp+dec`` only, the numinst == 1 pixels per batch whose codes
     are decoded for the loss (the paper: 1024). ``overlap_fraction``: for overlapping instances, the fraction of crops centred on an
     overlap pixel. ``tune_thresholds``: after training, choose the assembly thresholds
@@ -164,6 +169,7 @@ class TrainConfig:
     tune_thresholds: bool = False
     decode_samples: int = 1024
     patch_fg_weight: float = 1.0
+    patch_samples: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -338,6 +344,11 @@ def _validate_config(cfg: Config) -> None:
                          ">= 2")
     if not t.patch_fg_weight >= 1:
         raise UserError(f"[train] patch_fg_weight must be >= 1, got {t.patch_fg_weight}")
+    if t.patch_samples < 0:
+        raise UserError(f"[train] patch_samples must be >= 0, got {t.patch_samples}")
+    if t.patch_samples and (m.variant != "ppp" or t.patch_fg_weight != 1):
+        raise UserError("[train] patch_samples is for the ppp variant, without "
+                        "patch_fg_weight (the sampled pixels are all of one instance)")
     if not 0 <= t.edge_cut <= 1:
         raise UserError(f"[train] edge_cut is a fraction of the crops in [0, 1], got {t.edge_cut}")
     if t.zoom < 1 or t.gamma < 1 or t.blur < 0 or t.noise < 0:

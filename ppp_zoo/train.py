@@ -638,12 +638,14 @@ def train(config: Config | dict, out_dir: str | os.PathLike, *, max_minutes: flo
                 for group in opt.param_groups:
                     group["lr"] = lr
             x, targets = sampler.batch(dev)
+            sampled = t_cfg.patch_samples > 0  # the patch head at sampled pixels only
             with torch.autocast(dev.type, dtype=torch.float16, enabled=use_amp):
-                outputs = model(x)
+                outputs = model.features(x) if sampled else model(x)
             outputs = tuple(o.float() for o in outputs)
             loss, _ = total_loss(outputs, targets, cfg.model.variant, decoder=model.decoder,
-                                 max_samples=t_cfg.decode_samples, generator=loss_gen,
-                                 fg_weight=t_cfg.patch_fg_weight)
+                                 max_samples=t_cfg.patch_samples if sampled else t_cfg.decode_samples,
+                                 generator=loss_gen, fg_weight=t_cfg.patch_fg_weight,
+                                 head=model.patch_head if sampled else None)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)

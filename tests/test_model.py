@@ -17,6 +17,7 @@ from ppp_zoo.model import (
     numinst_loss,
     ppp_dec_loss,
     ppp_loss,
+    ppp_sampled_loss,
     probabilities,
     total_loss,
 )
@@ -158,6 +159,37 @@ def test_ppp_dec_loss_samples_single_instance_pixels(n_single, max_samples, expe
     assert dec.seen.shape == (expected, c)
     assert bool((dec.seen[:, 0] > 0.99).all())
     assert loss.item() == pytest.approx(math.log(2))
+
+
+def test_ppp_sampled_loss_is_the_dense_loss_at_the_one_instance_pixels():
+    """With room for every numinst == 1 pixel, the sampled loss (head at those pixels
+    alone) equals the dense patch loss with the background and overlap pixels weighed 0;
+    fewer samples take exactly that many of them."""
+    torch.manual_seed(0)
+    x, (numinst, patches) = _synthetic_batch((7, 7))
+    net = PatchPerPixNet(2, 1, (7, 7), base_features=4, depth=2)
+    _, feats = net.features(x)
+    logits = net.patch_head(feats)
+    one = numinst[:, 1:2] > 0.5
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, patches, reduction="none")
+    want = (bce * one).sum() / (one.sum() * logits.shape[1])
+    n_one = int(one.sum())
+    got = ppp_sampled_loss(feats, net.patch_head, patches, numinst, max_samples=10 ** 6)
+    assert float(got) == pytest.approx(float(want), rel=1e-5)
+    # total_loss with the head: the same patch term; gradients reach the head and the U-Net
+    loss, parts = total_loss((net.numinst_head(feats), feats), (numinst, patches), "ppp",
+                             head=net.patch_head, max_samples=n_one)
+    assert float(parts["patch"]) == pytest.approx(float(want), rel=1e-5)
+    loss.backward()
+    assert net.patch_head.weight.grad.abs().sum() > 0
+    assert next(net.unet.parameters()).grad.abs().sum() > 0
+    # a subset: a mean over 50 of the one-instance pixels (between their extremes)
+    sub = ppp_sampled_loss(feats.detach(), net.patch_head, patches, numinst, max_samples=50,
+                           generator=torch.Generator().manual_seed(1))
+    per_pixel = bce.detach().mean(dim=1)[one[:, 0]]
+    assert n_one > 50
+    assert per_pixel.min() - 1e-5 <= float(sub) <= per_pixel.max() + 1e-5
+    assert float(sub) != pytest.approx(float(want), rel=1e-6)
 
 
 def _synthetic_batch(patchshape):

@@ -77,9 +77,31 @@ def ppp_dec_loss(code_logits: torch.Tensor, decoder: nn.Module, patch_target: to
     return F.binary_cross_entropy_with_logits(decoder(codes), target)
 
 
+def ppp_sampled_loss(features: torch.Tensor, head: nn.Module, patch_target: torch.Tensor,
+                     numinst_target: torch.Tensor, max_samples: int = 4096,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """Sigmoid cross-entropy of the patches at up to ``max_samples`` numinst == 1 pixels.
+
+    The pixels are drawn over the whole batch (with ``generator``); the patch ``head`` (the
+    network's 1x1 convolution) runs on their ``features`` alone. The assembly reads the
+    patches of such pixels only. Returns a zero that still depends on ``features`` when
+    there is no such pixel.
+    """
+    if features.shape[0] != patch_target.shape[0] or \
+            features.shape[2:] != patch_target.shape[2:]:
+        raise UserError(f"features {tuple(features.shape)} and patch target "
+                         f"{tuple(patch_target.shape)} differ in batch or spatial shape")
+    _validate_numinst(numinst_target, features)
+    index = sample_single_instance_pixels(numinst_target, max_samples, generator)
+    if index.numel() == 0:
+        return features.sum() * 0.0
+    logits = F.linear(_pixels_last(features)[index], head.weight.flatten(1), head.bias)
+    return F.binary_cross_entropy_with_logits(logits, _pixels_last(patch_target)[index])
+
+
 def total_loss(outputs, targets, variant: str, decoder: nn.Module | None = None,
                max_samples: int = 1024, generator: torch.Generator | None = None,
-               fg_weight: float = 1.0):
+               fg_weight: float = 1.0, head: nn.Module | None = None):
     """numinst loss + patch loss of ``variant``.
 
     Parameters
@@ -93,6 +115,10 @@ def total_loss(outputs, targets, variant: str, decoder: nn.Module | None = None,
         ``ppp``: weight of the pixels of one instance in the patch loss (:func:`ppp_loss`).
     decoder : nn.Module or None
         The patch decoder (``ppp+dec`` only).
+    head : nn.Module or None
+        ``ppp``: with the patch head given, ``outputs[1]`` are the features it reads and the
+        patch loss is taken at up to ``max_samples`` one-instance pixels
+        (:func:`ppp_sampled_loss`).
 
     Returns
     -------
@@ -103,7 +129,10 @@ def total_loss(outputs, targets, variant: str, decoder: nn.Module | None = None,
     """
     numinst_logits, second = outputs
     numinst_target, patch_target = targets
-    if variant == "ppp":
+    if variant == "ppp" and head is not None:
+        patch = ppp_sampled_loss(second, head, patch_target, numinst_target, max_samples,
+                                 generator)
+    elif variant == "ppp":
         patch = ppp_loss(second, patch_target, numinst_target, fg_weight)
     elif variant == "ppp+dec":
         if decoder is None:

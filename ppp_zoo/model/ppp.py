@@ -108,6 +108,12 @@ class PatchPerPixNet(nn.Module):
         feats = self.unet(x)
         return self.numinst_head(feats), self.patch_head(feats)
 
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(numinst_logits, features)``: :meth:`forward` without the patch head, whose
+        input the features are (a 1x1 convolution: it can run at chosen pixels alone)."""
+        feats = self.unet(x)
+        return self.numinst_head(feats), feats
+
     @staticmethod
     def probabilities(outputs):
         """See :func:`probabilities`."""
