@@ -316,15 +316,13 @@ def cover_foreground(prep: Prepared, ranked_flat: np.ndarray, device: str = "cpu
 
     Fast mode covers in two passes: first the foreground on the stride grid (the grid
     problem's cover), then, with what those patches cover marked, the pixels between the
-    grid, by the patches (in rank order) whose box still holds an uncovered foreground
-    pixel. The selection stays in rank order."""
+    grid, by the other patches in rank order. The selection stays in rank order."""
     if prep.stride > 1:
         grid, grid_ranked = prep.on_grid(ranked_flat)
         first = _cover_positions(grid, grid_ranked, device)
         covered = np.zeros_like(prep.fgmask)
         _cover_positions(prep, ranked_flat[first], device, covered)
         rest = np.setdiff1d(np.arange(len(ranked_flat)), first, assume_unique=True)
-        rest = rest[_boxes_with(prep, (prep.fgmask != 0) & (covered == 0), ranked_flat[rest])]
         extra = rest[_cover_positions(prep, ranked_flat[rest], device, covered)]
         return ranked_flat[np.union1d(first, extra)]
     return ranked_flat[_cover_positions(prep, ranked_flat, device)]
@@ -344,21 +342,6 @@ def _cover_positions(prep: Prepared, ranked_flat: np.ndarray, device: str,
                            prep.offs, prep.r, prep.fgmask,
                            np.float32(prep.params.fc_threshold), covered, selected)
     return selected[:m]
-
-
-def _boxes_with(prep: Prepared, padded_mask: np.ndarray, flat: np.ndarray) -> np.ndarray:
-    """Whether the patch box of each pixel of ``flat`` holds a pixel of the padded mask
-    (a summed-area table: one look-up per box)."""
-    table = np.zeros(tuple(n + 1 for n in padded_mask.shape), np.int64)
-    table[1:, 1:, 1:] = padded_mask.astype(np.int64).cumsum(0).cumsum(1).cumsum(2)
-    c = prep.centres_of(flat)  # unpadded: the box c - r .. c + r is padded c .. c + 2r
-    lo, hi = c, c + 2 * prep.r + 1
-    total = np.zeros(len(flat), np.int64)
-    for corner in range(8):
-        pick = [(hi if (corner >> a) & 1 else lo)[:, a] for a in range(3)]
-        sign = -1 if (3 - bin(corner).count("1")) % 2 else 1
-        total += sign * table[pick[0], pick[1], pick[2]]
-    return total > 0
 
 
 def patch_graph(prep: Prepared, selected_flat: np.ndarray, consensus: Consensus,
