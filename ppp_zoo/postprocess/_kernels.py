@@ -403,6 +403,33 @@ def foreground_cover(patches, centres, cflat, offs, r, fgmask, fc, covered, sele
     return m
 
 
+@njit(cache=True, parallel=True)
+def first_covering(patches, cflat, rank_at, pixels, offs, groups, r, stride, fc, out):
+    """For every pixel u of ``pixels`` (n, 3, unpadded), the best rank among the candidate
+    patches c with ``P_c(u) > fc`` (``out[i]``; -1 when there is none).
+
+    ``rank_at`` (padded) holds each candidate centre's position in the ranking (-1
+    elsewhere), ``cflat[pos]`` the patch column of the candidate at ranking position
+    ``pos``. Candidates lie on the grid of spacing ``stride``, so only the offsets with
+    ``u - o_k`` on it are looked at: ``groups[g]`` lists them (-1 padded) for the residue
+    ``g = ((u_z % s) * s + u_y % s) * s + u_x % s`` of u.
+    """
+    for i in prange(pixels.shape[0]):
+        z, y, x = pixels[i, 0], pixels[i, 1], pixels[i, 2]
+        g = ((z % stride) * stride + y % stride) * stride + x % stride
+        best = -1
+        for j in range(groups.shape[1]):
+            k = groups[g, j]
+            if k < 0:
+                break
+            pos = rank_at[z - offs[k, 0] + r[0], y - offs[k, 1] + r[1], x - offs[k, 2] + r[2]]
+            if pos < 0 or (best >= 0 and pos >= best):
+                continue
+            if patches[k, cflat[pos]] > fc:
+                best = pos
+        out[i] = best
+
+
 @njit(cache=True)
 def candidate_edges(centres, order, patchshape):
     """Pairs (a < b) of centres closer than ``2 * patchshape`` on every axis.

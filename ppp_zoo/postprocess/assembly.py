@@ -322,10 +322,35 @@ def cover_foreground(prep: Prepared, ranked_flat: np.ndarray, device: str = "cpu
         first = _cover_positions(grid, grid_ranked, device)
         covered = np.zeros_like(prep.fgmask)
         _cover_positions(prep, ranked_flat[first], device, covered)
-        rest = np.setdiff1d(np.arange(len(ranked_flat)), first, assume_unique=True)
-        extra = rest[_cover_positions(prep, ranked_flat[rest], device, covered)]
-        return ranked_flat[np.union1d(first, extra)]
+        return ranked_flat[np.union1d(first, _first_covering(prep, ranked_flat, covered))]
     return ranked_flat[_cover_positions(prep, ranked_flat, device)]
+
+
+def _first_covering(prep: Prepared, ranked_flat: np.ndarray, covered: np.ndarray) -> np.ndarray:
+    """The greedy cover's second pass, pixel by pixel: the positions (into ``ranked_flat``)
+    of the best-ranked patch holding each foreground pixel that ``covered`` lacks.
+
+    The same selection as walking the ranking again from ``covered``: the best-ranked
+    patch holding an uncovered pixel u finds u still uncovered at its turn (a patch
+    selected before it would hold u and rank better), and a patch selected on that walk
+    was chosen for a pixel that no better-ranked patch holds."""
+    geo = prep.geo
+    s = prep.stride
+    rank_at = np.full(geo.padded_shape, -1, np.int64)
+    centres = prep.centres_of(ranked_flat)
+    rank_at[tuple((centres + prep.r).T)] = np.arange(len(ranked_flat))
+    pixels = np.ascontiguousarray(np.argwhere(geo.unpad((prep.fgmask != 0) & (covered == 0))
+                                              .reshape(geo.shape)), np.int64)
+    residue = ((prep.offs[:, 0] % s) * s + prep.offs[:, 1] % s) * s + prep.offs[:, 2] % s
+    members = [np.flatnonzero(residue == g) for g in range(s ** 3)]
+    groups = np.full((s ** 3, max(len(m) for m in members)), -1, np.int64)
+    for g, m in enumerate(members):
+        groups[g, :len(m)] = m
+    best = np.empty(len(pixels), np.int64)
+    cpu_kernels.first_covering(prep.patches, prep.columns_of(ranked_flat), rank_at, pixels,
+                               prep.offs, groups, prep.r, np.int64(s),
+                               np.float32(prep.params.fc_threshold), best)
+    return np.unique(best[best >= 0])
 
 
 def _cover_positions(prep: Prepared, ranked_flat: np.ndarray, device: str,

@@ -18,10 +18,12 @@ import numpy as np
 
 from .assembly import AssemblyResult, assemble, resolve_device
 from .blocks import (
+    FAST_ASSEMBLY_BLOCK,
     MERGE_OVERLAP,
     _local,
     block_grid,
     block_luts,
+    even_blocks,
     label_block,
     mask_block,
     match_block,
@@ -49,8 +51,9 @@ def assemble_blockwise(numinst, patches, params: AssemblyParams, *,
         With ``overlapping``, the result is the ``(N, [Z,] Y, X)`` mask stack: each block's
         masks are merged by the same rule, on the pixels of the masks.
     block_shape : sequence of int, optional
-        Core size of a block per spatial axis (default: about 512 x 512 in 2D, 64^3 in 3D,
-        cutting the image evenly; rounded up to the fast mode's stride).
+        Core size of a block per spatial axis (default: about 512 x 512 in 2D, 1024 x 1024
+        in fast mode, 64^3 in 3D, cutting the image evenly; rounded up to the fast mode's
+        stride).
     merge_overlap : float
         A block instance and a neighbour's are the same instance when their intersection
         is at least this fraction of the smaller of the two.
@@ -85,6 +88,8 @@ def assemble_blockwise(numinst, patches, params: AssemblyParams, *,
     if len(spatial) != params.ndim:
         raise PostprocessError(f"patches must have shape (P, {'Z, ' if params.ndim == 3 else ''}Y, X) "
                          f"for patchshape {params.patchshape}, got {patches.shape}")
+    if block_shape is None and params.fast:
+        block_shape = even_blocks(spatial, FAST_ASSEMBLY_BLOCK[params.ndim])
     grid, strip = block_grid(spatial, params.patchshape, block_shape,
                              align=params.fast_stride if params.fast else 1)
     if params.overlapping:
