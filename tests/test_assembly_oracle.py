@@ -118,6 +118,41 @@ def test_blockwise_equals_whole_image_on_real_labels(dsb_sample, dsb_targets):
     assert evaluate_image(other, pred).ap["0.9"] == 1.0
 
 
+def test_blocks_assembled_side_by_side_give_the_same_labels(dsb_targets):
+    """Blocks assembled in threads (numba's omp or tbb layer, 2 threads) give the labels of
+    the blocks one after the other (1 thread); a progress callback that raises ends the
+    run there."""
+    import numba
+
+    from ppp_zoo.postprocess import assemble_blockwise
+    from ppp_zoo.postprocess._threads import blocks_side_by_side
+
+    numinst, patches = dsb_targets
+    params = AssemblyParams(patchshape=(25, 25), partition="mws", fast=True)
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = assemble_blockwise(numinst, patches, params, block_shape=(128, 128))
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+        side = assemble_blockwise(numinst, patches, params, block_shape=(128, 128))
+        concurrent = blocks_side_by_side()
+        seen = []
+
+        def cancel(done, total):
+            seen.append(done)
+            if done == 3:
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            assemble_blockwise(numinst, patches, params, block_shape=(128, 128),
+                               progress=cancel)
+    finally:
+        numba.set_num_threads(threads)
+    assert np.array_equal(one, side) and one.max() == 125
+    assert seen == [1, 2, 3]
+    assert concurrent == (numba.threading_layer() in ("omp", "tbb"))
+
+
 def test_blockwise_reads_memory_mapped_outputs(tmp_path, nuclei3d_sample):
     from ppp_zoo.postprocess import assemble_blockwise
 

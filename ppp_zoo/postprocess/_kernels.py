@@ -92,6 +92,13 @@ def _load_centre_row(patches, cy, row_start, cand, cflat, offs, r, fshape, vmask
 _VOTE_MATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
 
+@njit(cache=True, parallel=True, nogil=True)
+def start_threads(out):
+    """A trivial parallel kernel: its first launch makes numba choose its threading layer."""
+    for i in prange(out.shape[0]):
+        out[i] = i
+
+
 @njit(cache=True, nogil=True, inline="always")
 def _run_column(za, zb, ya, xa, pshape, fshape, half):
     """Consensus column of the pair (a, b) minus b's position in its pitched patch plane."""
@@ -196,7 +203,7 @@ def _score_with_centre(ka, cls, span, pshape, fshape, half, srow):
     return total
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def consensus_rows(patches, cand, cflat, row_start, slot, bands, workers, slab_start, max_row,
                    offs, r, pshape, fshape, half, vmask, vidx, th, bg, height, step, cons,
                    score_part, n_high, n_low):
@@ -247,7 +254,7 @@ def consensus_rows(patches, cand, cflat, row_start, slot, bands, workers, slab_s
                                   crow, cons, part, slab_start[band])
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def row_work(vidx, cand_mask, r):
     """Work of the consensus pass per image row: the number of (voting pixel, candidate
     centre) pairs with the pixel in the centre's box, summed over the row's pixels.
@@ -357,7 +364,7 @@ def _consensus_of_row(y, Z, Y, X, r, pshape, fshape, half, th, bg, th2, inv_norm
                                                    half, cons[rows[t]])
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def finish_scores(score_part, slab_start, slab_end, n_high, n_low, out):
     """Patch scores: the bands' score terms summed in band order, over the number of pairs
     (-1 for a patch without any pair)."""
@@ -371,7 +378,7 @@ def finish_scores(score_part, slab_start, slab_end, n_high, n_low, out):
         out[i] = out[i] / count if count > 0 else -1.0
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def foreground_cover(patches, centres, cflat, offs, r, fgmask, fc, covered, selected):
     """Greedy foreground cover over ranked centres; returns the number selected.
 
@@ -403,7 +410,7 @@ def foreground_cover(patches, centres, cflat, offs, r, fgmask, fc, covered, sele
     return m
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def first_covering(patches, cflat, rank_at, pixels, offs, groups, r, stride, fc, out):
     """For every pixel u of ``pixels`` (n, 3, unpadded), the best rank among the candidate
     patches c with ``P_c(u) > fc`` (``out[i]``; -1 when there is none).
@@ -430,7 +437,7 @@ def first_covering(patches, cflat, rank_at, pixels, offs, groups, r, stride, fc,
         out[i] = best
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def candidate_edges(centres, order, patchshape):
     """Pairs (a < b) of centres closer than ``2 * patchshape`` on every axis.
 
@@ -463,7 +470,7 @@ def candidate_edges(centres, order, patchshape):
     return out[:e]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def high_masks(patches, centres, cflat, offs, r, vmask, th, stride, hmask, hspan):
     """H_c of every selected patch as a mask over its box, and its extent per patch line.
 
@@ -550,7 +557,7 @@ def _masked_sum(vals, mask):
     return total, count
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def edge_weight_parts(centres, offs, hmask, hspan, nbr_start, nbr_node, nbr_slot, vidx, r,
                       fshape, half, stride, cons, part_sum, part_cnt, visit):
     """Per node b, the sums over its neighbours a of the defined C(u, v), u in H_a, v in H_b,
@@ -602,7 +609,7 @@ def edge_weight_parts(centres, offs, hmask, hspan, nbr_start, nbr_node, nbr_slot
             part_cnt[nbr_slot[j]] = count
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def paint(patches, centres, cflat, comp, offs, r, mask, th, out):
     """Paint {P > th} & mask of each patch, in the given order, into ``out``.
 
@@ -624,7 +631,7 @@ def paint(patches, centres, cflat, comp, offs, r, mask, th, out):
                 out[layer, z, y, x] = value
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _find(parent, a):
     root = a
     while parent[root] != root:
@@ -636,7 +643,7 @@ def _find(parent, a):
     return root
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def connected_components(n, edges, weights):
     """Union-find over edges with weight > 0; returns the root of every node."""
     parent = np.arange(n)
@@ -651,7 +658,7 @@ def connected_components(n, edges, weights):
     return parent
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def mutex_watershed(n, edges, weights, order):
     """Mutex watershed over the edges in ``order``; returns the root of every node.
 

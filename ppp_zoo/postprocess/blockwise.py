@@ -12,10 +12,14 @@ memory needed grows with the block size, not with the image (plus the int32 labe
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Optional, Sequence
 
+import numba
 import numpy as np
 
+from . import _kernels as cpu_kernels
+from ._threads import blocks_side_by_side
 from .assembly import AssemblyResult, assemble, resolve_device
 from .blocks import (
     FAST_ASSEMBLY_BLOCK,
@@ -98,17 +102,12 @@ def assemble_blockwise(numinst, patches, params: AssemblyParams, *,
     local = np.zeros(spatial, np.int32)  # each core's local ids, then the global ids
     indices = grid.indices()
     firsts, results = [], []
-    for done, index in enumerate(indices):
-        n_crop, p_crop = _crops(numinst, patches, grid, index)
-        result = assemble(n_crop, p_crop, params, device=device, return_result=True)
-        del p_crop
-        labels = result.labels
+    for index, result in zip(indices, _block_results(numinst, patches, params, grid, device,
+                                                     progress)):
         results.append(result)
-        n, core, strips = label_block(labels, grid, index, strip)
+        n, core, strips = label_block(result.labels, grid, index, strip)
         local[grid.core(index)] = core
         firsts.append((n, strips))
-        if progress is not None:
-            progress(done + 1, len(indices))
     counts = np.array([n for n, _ in firsts], np.int64)
     pairs = [match_block(grid, index, n, strips, lambda region: local[region], merge_overlap)
              for index, (n, strips) in zip(indices, firsts)]
@@ -117,6 +116,50 @@ def assemble_blockwise(numinst, patches, params: AssemblyParams, *,
         core = grid.core(index)
         local[core] = lut[local[core]]
     return _summed(local, int(ids.max(initial=0)), results) if return_result else local
+
+
+MAX_CONCURRENT_BLOCKS = 4
+"""At most this many blocks are assembled at once (memory grows with it)."""
+
+
+def _block_results(numinst, patches, params, grid, device, progress):
+    """The :class:`AssemblyResult` of every block of ``grid``, in order of its indices.
+
+    On the CPU, when numba's threading layer runs parallel kernels of several threads side
+    by side (``omp``, ``tbb``), up to :data:`MAX_CONCURRENT_BLOCKS` blocks are assembled at
+    once, numba's threads shared among them: the steps that run on one core (cover,
+    partition, labelling and the numpy between them) then overlap, which they cannot within
+    one block. The labels do not depend on it (the kernels give the same values on any number
+    of threads).
+    """
+    indices = grid.indices()
+
+    def run(index):
+        n_crop, p_crop = _crops(numinst, patches, grid, index)
+        return assemble(n_crop, p_crop, params, device=device, return_result=True)
+
+    def report(done):
+        if progress is not None:
+            progress(done, len(indices))
+
+    threads = numba.get_num_threads()
+    workers = min(threads, len(indices), MAX_CONCURRENT_BLOCKS)
+    if workers > 1 and resolve_device(device) == "cpu":
+        cpu_kernels.start_threads(np.zeros(workers, np.int64))
+    if workers < 2 or resolve_device(device) != "cpu" or not blocks_side_by_side():
+        for done, index in enumerate(indices, start=1):
+            result = run(index)
+            report(done)
+            yield result
+        return
+    pool = ThreadPoolExecutor(workers, initializer=numba.set_num_threads,
+                              initargs=(max(1, threads // workers),))
+    try:
+        for done, result in enumerate(pool.map(run, indices), start=1):
+            report(done)  # may raise (a GUI cancelling): the blocks not started are dropped
+            yield result
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _crops(numinst, patches, grid, index):
@@ -135,16 +178,12 @@ def _assemble_masks(numinst, patches, params, grid, strip, merge_overlap, progre
     each instance the union of its parts (blocks hold only their cores' parts meanwhile)."""
     indices = grid.indices()
     parts, firsts, results = {}, [], []
-    for done, index in enumerate(indices):
-        n_crop, p_crop = _crops(numinst, patches, grid, index)
-        result = assemble(n_crop, p_crop, params, device=device, return_result=True)
-        del p_crop
+    for index, result in zip(indices, _block_results(numinst, patches, params, grid, device,
+                                                     progress)):
         n, core_masks, strips = mask_block(result.labels, grid, index, strip)
         parts[index] = core_masks
         firsts.append((n, strips))
         results.append(result)
-        if progress is not None:
-            progress(done + 1, len(indices))
 
     def written(neighbour, region):
         local = _local(region, grid.core(neighbour))

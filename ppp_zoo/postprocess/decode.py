@@ -166,7 +166,7 @@ class PatchHead:
         return probs if self.decoder is None else decode_codes(self.decoder, probs)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def _pointwise_sigmoid(features, weight_t, bias, out):
     """``out[i] = sigmoid(bias + sum_j features[i, j] * weight_t[j])``, summed over ``j`` in
     order for every pixel: a pixel's patch does not depend on which other pixels are
