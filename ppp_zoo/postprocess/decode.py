@@ -184,6 +184,39 @@ def _pointwise_sigmoid(features, weight_t, bias, out):
             row[c] = one / (one + np.exp(-row[c]))
 
 
+#: pixels per tile of :func:`_head_at` (decoded into a small buffer, then written out
+#: channel by channel)
+HEAD_TILE = 16
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def _head_at(values, index, weight_t, bias, out):
+    """``out[:, j] = sigmoid(bias + sum_f values[f, index[j]] * weight_t[f])``: the patches
+    of the pixels ``index`` of ``values (F, N)``, written in the ``(P, n)`` layout of
+    :class:`~ppp_zoo.postprocess.CandidatePatches`; every value computed as
+    :func:`_pointwise_sigmoid` computes it."""
+    one = np.float32(1.0)
+    n = index.shape[0]
+    n_out = out.shape[0]
+    for t in prange((n + HEAD_TILE - 1) // HEAD_TILE):
+        j0 = t * HEAD_TILE
+        m = min(n, j0 + HEAD_TILE) - j0
+        buf = np.empty((HEAD_TILE, n_out), np.float32)
+        for jj in range(m):
+            row = buf[jj]
+            row[:] = bias
+            for f in range(values.shape[0]):
+                v = values[f, index[j0 + jj]]
+                w = weight_t[f]
+                for c in range(n_out):
+                    row[c] += v * w[c]
+            for c in range(n_out):
+                row[c] = one / (one + np.exp(-row[c]))
+        for c in range(n_out):
+            for jj in range(m):
+                out[c, j0 + jj] = buf[jj, c]
+
+
 def _sigmoid(logits: np.ndarray) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
 
@@ -348,6 +381,16 @@ def _decode_at(values: np.ndarray, flat: np.ndarray, decoder: PixelDecoder,
                memory_budget: int) -> np.ndarray:
     """Patches ``(P, len(flat))`` of the pixels ``flat`` of ``values (K, ...)``."""
     out = np.empty((decoder.n_patch, len(flat)), np.float32)
+    if isinstance(decoder, PatchHead) and decoder.decoder is None:
+        # the head alone: the pixels' features gathered (a crop of a larger array is not
+        # copied whole), decoded straight into the (P, n) layout
+        gathered = np.ascontiguousarray(
+            values[(slice(None),) + np.unravel_index(flat, values.shape[1:])], np.float32)
+        with parallel_section():
+            _head_at(gathered, np.arange(len(flat), dtype=np.int64),
+                     np.ascontiguousarray(np.asarray(decoder.weight, np.float32).T),
+                     np.asarray(decoder.bias, np.float32), out)
+        return out
     pixels = values.reshape(values.shape[0], -1)
     chunk = max(1, memory_budget // decoder.bytes_per_code())
     for start in range(0, len(flat), chunk):
