@@ -67,16 +67,10 @@ def _imax(a, b):
     return a if a >= b else b
 
 
-@_device
-def _first(lo, step):
-    """The first multiple of ``step`` that is >= max(lo, 0)."""
-    return 0 if lo <= 0 else (lo + step - 1) // step * step
-
-
 # --------------------------------------------------------------------------- kernels
 @cuda.jit(cache=True)
 def _consensus_kernel(window_patches, window_start, vmask, cand_mask, ucoord, col_offsets, g0,
-                      n_u, rz, ry, rx, th, bg, th2, inv_norm, height, step, fuse_hh, fuse_hl,
+                      n_u, rz, ry, rx, th, bg, th2, inv_norm, height, fuse_hh, fuse_hl,
                       fuse_lh, fuse_acc, ring, ring_rows):
     """C(u, v) of the voting pixels u = rows g0 .. g0 + n_u - 1, one thread per (u, column).
 
@@ -103,17 +97,17 @@ def _consensus_kernel(window_patches, window_start, vmask, cand_mask, ucoord, co
                 or vmask[vz, vy, vx] == 0:
             ring[slot, col] = np.nan
             continue
-        zlo, zhi = _first(_imax(uz, vz) - rz, step), _imin(_imin(uz, vz) + rz, Z - 1)
-        ylo, yhi = _first(_imax(uy, vy) - ry, step), _imin(_imin(uy, vy) + ry, Y - 1)
-        xlo, xhi = _first(_imax(ux, vx) - rx, step), _imin(_imin(ux, vx) + rx, X - 1)
+        zlo, zhi = _imax(_imax(uz, vz) - rz, 0), _imin(_imin(uz, vz) + rz, Z - 1)
+        ylo, yhi = _imax(_imax(uy, vy) - ry, 0), _imin(_imin(uy, vy) + ry, Y - 1)
+        xlo, xhi = _imax(_imax(ux, vx) - rx, 0), _imin(_imin(ux, vx) + rx, X - 1)
         s = np.float32(0.0)
         cnt = 0
         for parity in range(2):
-            for cy in range(ylo, yhi + 1, step):
+            for cy in range(ylo, yhi + 1):
                 if (cy // height) % 2 != parity:
                     continue
-                for cz in range(zlo, zhi + 1, step):
-                    for cx in range(xlo, xhi + 1, step):
+                for cz in range(zlo, zhi + 1):
+                    for cx in range(xlo, xhi + 1):
                         if cand_mask[cz, cy, cx] == 0:
                             continue
                         centre_col = (cz * Y + cy) * X + cx - window_start

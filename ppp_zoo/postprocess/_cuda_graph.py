@@ -125,7 +125,7 @@ def _pair_fill_kernel(order, centres, pz, py, px, offsets, edges):
 
 @cuda.jit(cache=True)
 def _high_masks_kernel(window_patches, window_start, nodes, centres, vmask, rz, ry, rx, th,
-                       stride, hmask, hspan):
+                       hmask, hspan):
     """H mask and per-line x extent of the nodes (indices into ``centres``) whose patches are
     in ``window_patches``, one thread per (node, patch line); as ``_kernels.high_masks``."""
     Z, Y, X = vmask.shape
@@ -146,9 +146,8 @@ def _high_masks_kernel(window_patches, window_start, nodes, centres, vmask, rz, 
             x = cx + xk - rx
             h = 0
             if 0 <= z < Z and 0 <= y < Y and 0 <= x < X and vmask[z, y, x] != 0:
-                if stride <= 1 or (z % stride == 0 and y % stride == 0 and x % stride == 0):
-                    if window_patches[k, centre_col] > th:
-                        h = 1
+                if window_patches[k, centre_col] > th:
+                    h = 1
             hmask[b, k] = h
             if h:
                 first = _imin(first, xk)

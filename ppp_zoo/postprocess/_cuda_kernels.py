@@ -55,7 +55,6 @@ from ._cuda_consensus import (  # noqa: F401 - the kernels and device functions,
     _add,
     _consensus_kernel,
     _device,
-    _first,
     _fma,
     _imax,
     _imin,
@@ -227,7 +226,6 @@ def compute_consensus(prep, cand_flat: np.ndarray):
     th2 = np.float32(th * th)
     inv_norm = np.float32(1.0 / (1.0 - float(th2)))  # in float64, as the CPU kernel
     height = max(2 * ry, 1)
-    step = prep.params.fast_stride if prep.params.fast else 1
     fuse_hh, fuse_hl, fuse_lh, fuse_acc = rounding
 
     d_vmask, d_cand = cuda.to_device(layout.vmask), cuda.to_device(cand_mask)
@@ -254,7 +252,7 @@ def compute_consensus(prep, cand_flat: np.ndarray):
             blocks, threads = _grid((g1 - g0) * n_cols)
             _consensus_kernel[blocks, threads](
                 window_patches, window_start, d_vmask, d_cand, d_ucoord, d_col_offsets, g0,
-                g1 - g0, rz, ry, rx, th, bg, th2, inv_norm, height, step, fuse_hh, fuse_hl,
+                g1 - g0, rz, ry, rx, th, bg, th2, inv_norm, height, fuse_hh, fuse_hl,
                 fuse_lh, fuse_acc, ring, ring_rows)
             _ring_to_host(ring, ring_rows, g0, g1, cons)
         score_end = n_lines if l1 == n_lines else max(l1 - axis_radius, 0)
@@ -322,7 +320,7 @@ def candidate_edges(centres: np.ndarray, patchshape) -> np.ndarray:
     return edges.copy_to_host()
 
 
-def high_masks(prep, centres: np.ndarray, stride: int):
+def high_masks(prep, centres: np.ndarray):
     """H masks (n, P) uint8 and extents (n, pz * py, 2) int64, as ``_kernels.high_masks``;
     also returns them on the device."""
     layout = _Layout(prep)
@@ -340,7 +338,7 @@ def high_masks(prep, centres: np.ndarray, stride: int):
         blocks, threads = _grid(len(items) * L)
         _high_masks_kernel[blocks, threads](window_patches, window_start, cuda.to_device(items),
                                             d_centres, d_vmask, rz, ry, rx, prep.th,
-                                            int(stride), d_hmask, d_hspan)
+                                            d_hmask, d_hspan)
     return d_hmask, d_hspan, d_centres
 
 

@@ -205,7 +205,7 @@ def _score_with_centre(ka, cls, span, pshape, fshape, half, srow):
 
 @njit(cache=True, parallel=True, nogil=True)
 def consensus_rows(patches, cand, cflat, row_start, slot, bands, workers, slab_start, max_row,
-                   offs, r, pshape, fshape, half, vmask, vidx, th, bg, height, step, cons,
+                   offs, r, pshape, fshape, half, vmask, vidx, th, bg, height, cons,
                    score_part, n_high, n_low):
     """Steps 1-2: the consensus C of every voting pixel, one row at a time, and the score
     terms of every candidate patch.
@@ -224,7 +224,6 @@ def consensus_rows(patches, cand, cflat, row_start, slot, bands, workers, slab_s
     every centre add their score terms to ``score_part[band, i - slab_start[band]]``
     (float64; a band's centres are those within ``ry`` rows of it), so the scores do not
     depend on the number of workers. ``n_high`` / ``n_low`` get |H_c| and |L_c|. All
-    candidates have coordinates that are multiples of ``step``.
     """
     Z, Y, X = vmask.shape[0] - 2 * r[0], vmask.shape[1] - 2 * r[1], vmask.shape[2] - 2 * r[2]
     pz, py = pshape[0], pshape[1]
@@ -250,7 +249,7 @@ def consensus_rows(patches, cand, cflat, row_start, slot, bands, workers, slab_s
                                          n_high, n_low)
                         ring_y[cy % ring_size] = cy
                 _consensus_of_row(y, Z, Y, X, r, pshape, fshape, half, th, bg, th2, inv_norm,
-                                  height, step, slot, row_start, vidx, ring, ring_cls, ring_span,
+                                  height, slot, row_start, vidx, ring, ring_cls, ring_span,
                                   crow, cons, part, slab_start[band])
 
 
@@ -280,19 +279,12 @@ def row_work(vidx, cand_mask, r):
     return out
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _first(lo, step):
-    """The first multiple of ``step`` that is >= max(lo, 0)."""
-    return 0 if lo <= 0 else (lo + step - 1) // step * step
-
-
 @njit(cache=True, nogil=True)
-def _consensus_of_row(y, Z, Y, X, r, pshape, fshape, half, th, bg, th2, inv_norm, height, step,
+def _consensus_of_row(y, Z, Y, X, r, pshape, fshape, half, th, bg, th2, inv_norm, height,
                       slot, row_start, vidx, ring, ring_cls, ring_span, crow, cons, part,
                       part_start):
     """Consensus rows and score terms of the voting pixels of image row y (see
-    :func:`consensus_rows`). Candidate centres lie on a grid of spacing ``step`` (the fast
-    mode's stride, else 1), so only grid positions are looked up.
+    :func:`consensus_rows`).
 
     The pixels are taken in tiles of ``crow.shape[0]`` neighbours along x: each centre's
     pitched patch is then read once per tile, while it is in cache, instead of once per
@@ -319,11 +311,11 @@ def _consensus_of_row(y, Z, Y, X, r, pshape, fshape, half, th, bg, th2, inv_norm
                 continue
             x1 = x0 + tile_len - 1
             for parity in range(2):
-                for cy in range(_first(y - r[1], step), min(Y, y + r[1] + 1), step):
+                for cy in range(max(0, y - r[1]), min(Y, y + r[1] + 1)):
                     if (cy // height) % 2 != parity:
                         continue
-                    for cz in range(_first(z - r[0], step), min(Z, z + r[0] + 1), step):
-                        for cx in range(_first(x0 - r[2], step), min(X, x1 + r[2] + 1), step):
+                    for cz in range(max(0, z - r[0]), min(Z, z + r[0] + 1)):
+                        for cx in range(max(0, x0 - r[2]), min(X, x1 + r[2] + 1)):
                             j = slot[cz, cy, cx]
                             if j < 0:
                                 continue
@@ -346,9 +338,9 @@ def _consensus_of_row(y, Z, Y, X, r, pshape, fshape, half, th, bg, th2, inv_norm
                         srow[col] = srow[col] / crow[t, col]
                     else:
                         srow[col] = np.nan
-            for cy in range(_first(y - r[1], step), min(Y, y + r[1] + 1), step):
-                for cz in range(_first(z - r[0], step), min(Z, z + r[0] + 1), step):
-                    for cx in range(_first(x0 - r[2], step), min(X, x1 + r[2] + 1), step):
+            for cy in range(max(0, y - r[1]), min(Y, y + r[1] + 1)):
+                for cz in range(max(0, z - r[0]), min(Z, z + r[0] + 1)):
+                    for cx in range(max(0, x0 - r[2]), min(X, x1 + r[2] + 1)):
                         j = slot[cz, cy, cx]
                         if j < 0:
                             continue
@@ -471,12 +463,11 @@ def candidate_edges(centres, order, patchshape):
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def high_masks(patches, centres, cflat, offs, r, vmask, th, stride, hmask, hspan):
+def high_masks(patches, centres, cflat, offs, r, vmask, th, hmask, hspan):
     """H_c of every selected patch as a mask over its box, and its extent per patch line.
 
     ``hmask[i, k]`` (uint8) is 1 where pixel ``c_i + o_k`` is a voting pixel with
-    ``P > th`` (with ``stride > 1``: only pixels whose coordinates are all multiples of
-    ``stride``). ``hspan[i, line]`` gets the first and one-past-last x (patch coordinates)
+    ``P > th``. ``hspan[i, line]`` gets the first and one-past-last x (patch coordinates)
     of the mask on each patch line (first > last when the line is empty).
     """
     px = offs.shape[0] // hspan.shape[1]
@@ -489,8 +480,6 @@ def high_masks(patches, centres, cflat, offs, r, vmask, th, stride, hmask, hspan
             y = centres[i, 1] + offs[k, 1]
             x = centres[i, 2] + offs[k, 2]
             hmask[i, k] = 0
-            if stride > 1 and (z % stride != 0 or y % stride != 0 or x % stride != 0):
-                continue
             if vmask[z + r[0], y + r[1], x + r[2]] != 0 and patches[k, cflat[i]] > th:
                 hmask[i, k] = 1
                 line = k // px
@@ -500,14 +489,12 @@ def high_masks(patches, centres, cflat, offs, r, vmask, th, stride, hmask, hspan
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
-def _later_sum(u, row, centre_b, hmask_b, hspan_b, r, fshape, half, stride):
+def _later_sum(u, row, centre_b, hmask_b, hspan_b, r, fshape, half):
     """Sum and number of the defined C(u, v) over v in H_b after u in raster order.
 
     ``row`` is u's consensus row (NaN where undefined), ``centre_b`` the centre of b. Only the
     patch lines of b within ``2 r`` of u are visited, each over the x-extent of H_b on it
-    clipped to ``u_x +- 2 r_x``: one contiguous run of consensus columns per line. With
-    ``stride > 1`` (fast mode: H_b holds pixels on the stride grid only) a run steps over
-    the grid's x only.
+    clipped to ``u_x +- 2 r_x``: one contiguous run of consensus columns per line.
     """
     pz, py, px = 2 * r[0] + 1, 2 * r[1] + 1, 2 * r[2] + 1
     total = 0.0
@@ -530,15 +517,9 @@ def _later_sum(u, row, centre_b, hmask_b, hspan_b, r, fshape, half, stride):
             # column of v = (z0 + zl, y0 + yl, x0 + xl): base + xl
             base = ((dz + 2 * r[0]) * fshape[1] + (dy + 2 * r[1])) * fshape[2] \
                 + x0 - u[2] + 2 * r[2] - half - 1
-            if stride > 1:
-                lo += (-(x0 + lo)) % stride  # first x of the grid
             if lo >= hi:
                 continue
-            if stride > 1:  # a strided view: compiled apart from the contiguous one
-                t, c = _masked_sum(row[base + lo:base + hi:stride],
-                                   hmask_b[line * px + lo:line * px + hi:stride])
-            else:
-                t, c = _masked_sum(row[base + lo:base + hi], hmask_b[line * px + lo:line * px + hi])
+            t, c = _masked_sum(row[base + lo:base + hi], hmask_b[line * px + lo:line * px + hi])
             total += t
             count += c
     return total, count
@@ -559,15 +540,14 @@ def _masked_sum(vals, mask):
 
 @njit(cache=True, parallel=True, nogil=True)
 def edge_weight_parts(centres, offs, hmask, hspan, nbr_start, nbr_node, nbr_slot, vidx, r,
-                      fshape, half, stride, cons, part_sum, part_cnt, visit):
+                      fshape, half, cons, part_sum, part_cnt, visit):
     """Per node b, the sums over its neighbours a of the defined C(u, v), u in H_a, v in H_b,
     v after u in raster order; written to ``part_sum[nbr_slot[j]]`` / ``part_cnt``.
 
     The neighbours of b are ``nbr_node[nbr_start[b]:nbr_start[b + 1]]``. The sum over v of a
     pixel u (``T_b(u)``) is computed once per node and reused for every neighbour whose H
     holds u (neighbouring patches overlap), in a scratch grid over ``c_b +- 3 r`` (a pixel
-    farther from c_b has no v within ``2 r``). ``vidx`` is the padded row map; ``stride``
-    the grid of the H sets (1, or the fast mode's stride); ``visit`` the order in which the
+    farther from c_b has no v within ``2 r``). ``vidx`` is the padded row map; ``visit`` the order in which the
     threads take the nodes (each node's sums are its own, so any order gives the same).
     """
     P = offs.shape[0]
@@ -598,8 +578,7 @@ def edge_weight_parts(centres, offs, hmask, hspan, nbr_start, nbr_node, nbr_slot
                     continue
                 if done[qz, qy, qx] == 0:
                     row = cons[vidx[u[0] + r[0], u[1] + r[1], u[2] + r[2]]]
-                    t, c = _later_sum(u, row, centre_b, hmask[b], hspan[b], r, fshape, half,
-                                      stride)
+                    t, c = _later_sum(u, row, centre_b, hmask[b], hspan[b], r, fshape, half)
                     tsum[qz, qy, qx] = t
                     tcnt[qz, qy, qx] = c
                     done[qz, qy, qx] = 1

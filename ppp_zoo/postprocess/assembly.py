@@ -269,7 +269,6 @@ def compute_consensus(prep: Prepared, cand_flat: np.ndarray, device: str = "cpu"
     n_high = np.empty(len(by_row), np.int64)
     n_low = np.empty(len(by_row), np.int64)
     height = max(2 * ry, 1)  # stripes of the per-patch formulation: the order of the votes
-    step = prep.stride  # the candidates' grid (1: fast mode runs on its grid problem)
     # each worker holds a ring of pitched patches; together they stay within the memory of
     # a vote count per consensus entry, which the row-by-row pass does not need
     pitched = int(np.prod(geo.patchshape[:2])) * int(prep.fshape[2])  # one pitched patch
@@ -280,7 +279,7 @@ def compute_consensus(prep: Prepared, cand_flat: np.ndarray, device: str = "cpu"
     cpu_kernels.consensus_rows(prep.patches, by_row, prep.columns_of(cand_flat[order]), row_start,
                      slot, bands, workers, slab_start, max_row, prep.offs, prep.r,
                      prep.pshape, prep.fshape, n_cols, prep.vmask, prep.vidx, prep.th, prep.bg,
-                     height, step, cons, score_part, n_high, n_low)
+                     height, cons, score_part, n_high, n_low)
     scores_by_row = np.empty(len(by_row), np.float64)
     cpu_kernels.finish_scores(score_part, slab_start, slab_end, n_high, n_low, scores_by_row)
     scores = np.empty(len(cand_flat), np.float64)
@@ -387,18 +386,17 @@ def patch_graph(prep: Prepared, selected_flat: np.ndarray, consensus: Consensus,
     centres = prep.centres_of(selected_flat)
     n, P = len(selected_flat), prep.offs.shape[0]
     pz, py, px = geo.patchshape
-    stride = 1
     if on_gpu:
         cuda_kernels = _cuda()
         edges = cuda_kernels.candidate_edges(centres, geo.patchshape)
-        hmask, hspan, d_centres = cuda_kernels.high_masks(prep, centres, stride)
+        hmask, hspan, d_centres = cuda_kernels.high_masks(prep, centres)
     else:
         edges = cpu_kernels.candidate_edges(centres, np.argsort(centres[:, 1], kind="stable"),
                                   np.array(geo.patchshape, np.int64))
         hmask = np.empty((n, P), np.uint8)
         hspan = np.empty((n, pz * py, 2), np.int64)
         cpu_kernels.high_masks(prep.patches, centres, prep.columns_of(selected_flat),
-                     prep.offs, prep.r, prep.vmask, prep.th, stride, hmask, hspan)
+                     prep.offs, prep.r, prep.vmask, prep.th, hmask, hspan)
     # weight(a, b), a < b: half 0 sums u in H_a, v in H_b (v after u), computed in b's pass;
     # half 1 sums u in H_b, v in H_a, computed in a's pass
     E = len(edges)
@@ -415,7 +413,7 @@ def patch_graph(prep: Prepared, selected_flat: np.ndarray, consensus: Consensus,
                                  nbr_slot, consensus.values, part_sum, part_cnt)
     else:
         cpu_kernels.edge_weight_parts(centres, prep.offs, hmask, hspan, nbr_start, nbr_node, nbr_slot,
-                            prep.vidx, prep.r, prep.fshape, geo.n_columns, stride,
+                            prep.vidx, prep.r, prep.fshape, geo.n_columns,
                             consensus.values, part_sum, part_cnt,
                             _visit_order(selected_flat))
     count = part_cnt[0::2] + part_cnt[1::2]
