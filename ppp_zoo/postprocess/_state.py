@@ -168,6 +168,7 @@ class Prepared:
         self.spatial = tuple(int(n) for n in cls.shape)
         self.params = params
         self._compact = patches if isinstance(patches, CandidatePatches) else None
+        self._grid = None  # the fast mode's grid problem, once built (on_grid)
         self.patches = (patches.values if self._compact is not None
                         else patches.reshape(patches.shape[0], -1))
         self.classes = cls
@@ -211,6 +212,10 @@ class Prepared:
             raise ValueError("fast mode: every candidate centre lies on the stride grid")
         grid_spatial = tuple(-(-n // s) for n in spatial)
         grid_flat = np.ravel_multi_index(tuple(c // s for c in coords), grid_spatial)
+        # the steps ask for the candidates, then for subsets of them: one grid problem
+        cached = self._grid
+        if cached is not None and cached.holds(grid_flat):
+            return cached, grid_flat
         half = [(p // 2) // s for p in self.params.patchshape]
         picks = [np.arange(-h, h + 1) * s + p // 2 for h, p in zip(half, self.params.patchshape)]
         channels = np.ravel_multi_index(np.ix_(*picks), self.params.patchshape).reshape(-1)
@@ -220,7 +225,16 @@ class Prepared:
         cls = self.classes[(slice(None, None, s),) * ndim]
         params = dataclasses.replace(self.params, patchshape=tuple(2 * h + 1 for h in half),
                                      fast=False)
-        return Prepared(patches, cls, params), grid_flat
+        self._grid = Prepared(patches, cls, params)
+        return self._grid, grid_flat
+
+    def holds(self, flat: np.ndarray) -> bool:
+        """Whether :attr:`patches` has the patch of every pixel of ``flat``."""
+        if self._compact is None:
+            return True
+        known = self._compact.flat
+        pos = np.minimum(np.searchsorted(known, flat), max(len(known) - 1, 0))
+        return bool(len(known) and np.array_equal(known[pos], flat)) or not len(flat)
 
     def columns_of(self, flat: np.ndarray) -> np.ndarray:
         """Column of :attr:`patches` holding the patch of each pixel of ``flat`` (int64)."""
