@@ -94,9 +94,17 @@ def _high_low(patches, cls, c_flat, params):
     return high, low
 
 
+def _grid(params) -> int:
+    """Fast mode's grid: fast_stride, at most the patch radius on every axis of more than
+    one pixel (1 in exact mode)."""
+    if not params.fast:
+        return 1
+    return max(1, min([params.fast_stride] + [s // 2 for s in params.patchshape if s > 1]))
+
+
 def _on_grid(u: tuple, params) -> bool:
     """Whether pixel ``u`` counts in fast mode's H and L sets (always in exact mode)."""
-    return not params.fast or all(q % params.fast_stride == 0 for q in u)
+    return all(q % _grid(params) == 0 for q in u)
 
 
 def _key(u: int, v: int) -> tuple[int, int]:
@@ -133,7 +141,7 @@ def ref_candidates(cls, params) -> list[int]:
     for x in itertools.product(*[range(n) for n in shape]):
         if int(cls[x]) != 1:
             continue
-        if params.fast and not all(xi % params.fast_stride == 0 for xi in x):
+        if not all(xi % _grid(params) == 0 for xi in x):
             continue
         out.append(_flat(x, shape))
     return out
@@ -230,7 +238,7 @@ def ref_cover(patches, cls, ranked, params) -> list[int]:
                 covered |= reg
         return chosen
 
-    if not params.fast:
+    if _grid(params) == 1:
         return greedy(ranked, set(), False)
     first = greedy(ranked, set(), True)
     covered = set().union(*(region(c, False) for c in first))

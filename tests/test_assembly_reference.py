@@ -116,6 +116,11 @@ CASES = {
     "fast_noisy2d_s3": (lambda: _noisy(*_gt2d((7, 7)), seed=6),
                         dict(patchshape=(7, 7), fast=True, fast_stride=3, partition="mws",
                              numinst_thresholds=NOISY_T)),
+    # a stride beyond the patch radius: reduced to it (5x5, stride 3 -> 2; 3x3x3 -> exact)
+    "fast_noisy2d_s3_reduced": (lambda: _noisy(*_gt2d(), seed=7),
+                                dict(patchshape=(5, 5), fast=True, fast_stride=3,
+                                     numinst_thresholds=NOISY_T)),
+    "fast_gt3d_reduced": (lambda: _gt3d(), dict(patchshape=(3, 3, 3), fast=True)),
     "fast_noisy3d": (lambda: _noisy(*_gt3d((5, 5, 5)), seed=8),
                      dict(patchshape=(5, 5, 5), fast=True, numinst_thresholds=NOISY_T,
                           patch_threshold=0.7)),

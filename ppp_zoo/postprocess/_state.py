@@ -191,13 +191,13 @@ class Prepared:
     def stride(self) -> int:
         """The fast mode's grid spacing (1 in exact mode)."""
         p = self.params
-        return int(p.fast_stride) if p.fast and p.fast_stride > 1 else 1
+        return p.grid
 
     def on_grid(self, flat: np.ndarray) -> tuple["Prepared", np.ndarray]:
         """The fast mode's problem on its grid, for the patches of the pixels ``flat``.
 
         Fast mode takes its candidate centres, and the pixels of their H and L sets, on the
-        grid of spacing ``s = fast_stride`` (every coordinate a multiple of ``s``). That is an
+        grid of spacing ``s`` (:attr:`AssemblyParams.grid`) (every coordinate a multiple of ``s``). That is an
         exact-mode problem on the image subsampled by ``s``, with the patch subsampled the
         same way (offsets ``s * j``, ``|j| <= r // s``): pairs of pixels on the grid only, so
         the consensus costs about ``s ** (2 * ndim)`` times less than with every pixel of a

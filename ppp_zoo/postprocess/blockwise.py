@@ -95,7 +95,7 @@ def assemble_blockwise(numinst, patches, params: AssemblyParams, *,
     if block_shape is None and params.fast:
         block_shape = even_blocks(spatial, FAST_ASSEMBLY_BLOCK[params.ndim])
     grid, strip = block_grid(spatial, params.patchshape, block_shape,
-                             align=params.fast_stride if params.fast else 1)
+                             align=params.grid)
     if params.overlapping:
         return _assemble_masks(numinst, patches, params, grid, strip, merge_overlap,
                                progress, device, return_result)

@@ -26,8 +26,8 @@ def foreground_classes(numinst, patches, params: AssemblyParams) -> np.ndarray:
 def candidate_mask(cls: np.ndarray, params: AssemblyParams) -> np.ndarray:
     """Candidate patch centres: voting pixels (class 1), on the stride grid in fast mode."""
     mask = cls == 1
-    if params.fast and params.fast_stride > 1:
+    if params.grid > 1:
         grid = np.zeros_like(mask)
-        grid[(slice(None, None, params.fast_stride),) * mask.ndim] = True
+        grid[(slice(None, None, params.grid),) * mask.ndim] = True
         mask &= grid
     return mask

@@ -58,7 +58,9 @@ class AssemblyParams:
         covers the grid, then the pixels between; the instances are painted at full
         resolution.
     fast_stride : int
-        Grid spacing of the fast mode (at most the patch radius on every axis).
+        Grid spacing of the fast mode; a stride larger than the patch radius on an axis of
+        more than one pixel is reduced to that radius (:attr:`grid`), so that the grid
+        still holds pixel pairs in every direction (3x3x3 patches: the exact mode).
     """
 
     patchshape: PatchShape
@@ -83,6 +85,15 @@ class AssemblyParams:
     @property
     def ndim(self) -> int:
         return len(self.patchshape)
+
+    @property
+    def grid(self) -> int:
+        """The spacing of the grid the assembly votes on: ``fast_stride`` in fast mode, at
+        most the patch radius on every axis of more than one pixel; 1 in exact mode."""
+        if not self.fast:
+            return 1
+        radii = [s // 2 for s in self.patchshape if s > 1]
+        return max(1, min([int(self.fast_stride)] + radii))
 
     @property
     def background_threshold(self) -> float:
@@ -127,8 +138,3 @@ def _validate_params(p: AssemblyParams) -> None:
         raise PostprocessError(f"min_size must be >= 0, got {p.min_size}")
     if p.fast_stride < 1:
         raise PostprocessError(f"fast_stride must be >= 1, got {p.fast_stride}")
-    if p.fast and any(1 < s < 2 * p.fast_stride + 1 for s in shape):
-        raise PostprocessError(
-            f"fast mode votes with the pixels on its grid: fast_stride {p.fast_stride} needs "
-            f"patches of at least {2 * p.fast_stride + 1} pixels on every axis (patchshape "
-            f"{'x'.join(map(str, shape))}); use a smaller fast_stride or the exact mode")

@@ -840,7 +840,7 @@ def assemble_distributed(source, output: str | os.PathLike, params, *,
     block = _validate_block(block, assembly.ndim, tuple(0 for _ in assembly.patchshape))
     # blocks start on the fast mode's voting grid, so that every block votes with the
     # centres the whole image would
-    stride = assembly.fast_stride if assembly.fast else 1
+    stride = assembly.grid
     if any(b % stride for b in block):
         raise UserError(f"block {'x'.join(map(str, block))} must be a multiple of the fast "
                          f"mode's stride {stride}")
