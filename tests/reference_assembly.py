@@ -255,7 +255,7 @@ def ref_graph(patches, cls, cons, selected, params) -> dict[tuple[int, int], flo
     edges = {}
     for a in range(len(selected)):
         for b in range(a + 1, len(selected)):
-            close = all(abs(ca - cb) < 2 * s
+            close = all(abs(ca - cb) <= 4 * (s // 2)
                         for ca, cb, s in zip(centres[a], centres[b], params.patchshape))
             if not close:
                 continue

@@ -40,7 +40,7 @@ the patch centred at ``c`` at pixel ``u`` (``u`` in ``box(c) = c + [-r, r]``, in
    with the regions of the patches selected so far marked, the patches not yet selected
    select themselves for the pixels still uncovered. The selection keeps the rank order.
 4. Patch graph: nodes = selected patches (selection order); candidate edges = pairs whose
-   centres differ by less than ``2 * patchshape`` on every axis.
+   centres differ by at most ``4 r`` on every axis (farther patches share no pair).
 5. Edge weight(a, b) = mean of the defined ``C(u, v)``, u in H_a, v in H_b, u != v; a pair
    of patches with no defined C gets no edge.
 6. Partition: ``"cc"`` - connected components over edges with weight > 0;

@@ -90,17 +90,17 @@ def _cover_kernel(centres, bits, rz, ry, rx, covered, selected, n_selected):
 
 @cuda.jit(cache=True)
 def _pair_count_kernel(order, centres, pz, py, px, counts):
-    """Number of later centres (in y order) closer than 2 * patchshape on every axis."""
+    """Number of later centres (in y order) at most 2 * patchshape - 2 apart on every axis."""
     n = order.shape[0]
     for ii in range(cuda.grid(1), n, cuda.gridsize(1)):
         a = order[ii]
         c = 0
         for jj in range(ii + 1, n):
             b = order[jj]
-            if centres[b, 1] - centres[a, 1] >= 2 * py:
+            if centres[b, 1] - centres[a, 1] >= 2 * py - 1:
                 break
-            if _iabs(centres[b, 0] - centres[a, 0]) < 2 * pz \
-                    and _iabs(centres[b, 2] - centres[a, 2]) < 2 * px:
+            if _iabs(centres[b, 0] - centres[a, 0]) < 2 * pz - 1 \
+                    and _iabs(centres[b, 2] - centres[a, 2]) < 2 * px - 1:
                 c += 1
         counts[ii] = c
 
@@ -114,10 +114,10 @@ def _pair_fill_kernel(order, centres, pz, py, px, offsets, edges):
         e = offsets[ii]
         for jj in range(ii + 1, n):
             b = order[jj]
-            if centres[b, 1] - centres[a, 1] >= 2 * py:
+            if centres[b, 1] - centres[a, 1] >= 2 * py - 1:
                 break
-            if _iabs(centres[b, 0] - centres[a, 0]) < 2 * pz \
-                    and _iabs(centres[b, 2] - centres[a, 2]) < 2 * px:
+            if _iabs(centres[b, 0] - centres[a, 0]) < 2 * pz - 1 \
+                    and _iabs(centres[b, 2] - centres[a, 2]) < 2 * px - 1:
                 edges[e, 0] = _imin(a, b)
                 edges[e, 1] = _imax(a, b)
                 e += 1

@@ -431,7 +431,8 @@ def first_covering(patches, cflat, rank_at, pixels, offs, groups, r, stride, fc,
 
 @njit(cache=True, nogil=True)
 def candidate_edges(centres, order, patchshape):
-    """Pairs (a < b) of centres closer than ``2 * patchshape`` on every axis.
+    """Pairs (a < b) of centres at most ``4 r = 2 * patchshape - 2`` apart on every axis
+    (patches farther apart hold no pixel pair within ``2 r``, so they share no consensus).
 
     ``centres`` (n, 3) in any order; ``order`` sorts them by y (a stable argsort, done by
     numpy: numba's own sort costs seconds of compilation); returns an (E, 2) int64 array.
@@ -446,10 +447,10 @@ def candidate_edges(centres, order, patchshape):
         a = order[ii]
         for jj in range(ii + 1, n):
             b = order[jj]
-            if centres[b, 1] - centres[a, 1] >= 2 * patchshape[1]:
+            if centres[b, 1] - centres[a, 1] >= 2 * patchshape[1] - 1:
                 break
-            if (abs(centres[b, 0] - centres[a, 0]) < 2 * patchshape[0]
-                    and abs(centres[b, 2] - centres[a, 2]) < 2 * patchshape[2]):
+            if (abs(centres[b, 0] - centres[a, 0]) < 2 * patchshape[0] - 1
+                    and abs(centres[b, 2] - centres[a, 2]) < 2 * patchshape[2] - 1):
                 if e == out.shape[0]:
                     bigger = np.empty((2 * out.shape[0], 2), np.int64)
                     for k in range(e):

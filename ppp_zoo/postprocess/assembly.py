@@ -401,7 +401,8 @@ def patch_graph(prep: Prepared, selected_flat: np.ndarray, consensus: Consensus,
     # half 1 sums u in H_b, v in H_a, computed in a's pass
     E = len(edges)
     node = np.concatenate([edges[:, 1], edges[:, 0]])
-    order = np.argsort(node, kind="stable")
+    # a stable sort by node (a radix sort when the ids fit 16 bits)
+    order = np.argsort(node.astype(np.uint16) if n <= 1 << 16 else node, kind="stable")
     nbr_node = np.ascontiguousarray(np.concatenate([edges[:, 0], edges[:, 1]])[order])
     nbr_slot = np.ascontiguousarray(np.concatenate([2 * np.arange(E), 2 * np.arange(E) + 1])[order])
     nbr_start = np.searchsorted(node[order], np.arange(n + 1)).astype(np.int64)
