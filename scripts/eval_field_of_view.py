@@ -36,6 +36,28 @@ def _scores(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float]:
     return round(r.ap["0.5"], 3), round(r.ap["0.75"], 3)
 
 
+def mosaic_case(seg, image: np.ndarray, gt: np.ndarray, background: float, n: int = 4,
+                gap: int = 32) -> dict:
+    """The sample placed n x n times (mirrored in turn) in a field of ``background`` with
+    ``gap``-pixel gaps, segmented at once; AP@0.5 of every copy against its ground truth."""
+    side = image.shape[0]
+    size = n * side + (n + 1) * gap
+    field = np.full((size, size), background, image.dtype)
+    copies = []
+    for i in range(n):
+        for j in range(n):
+            y, x = gap + i * (side + gap), gap + j * (side + gap)
+            flip = (slice(None, None, -1 if i % 2 else 1), slice(None, None, -1 if j % 2 else 1))
+            field[y:y + side, x:x + side] = image[flip]
+            copies.append((y, x, flip))
+    t = time.perf_counter()
+    labels = seg.segment(field).labels
+    seconds = time.perf_counter() - t
+    per_copy = [_scores(labels[y:y + side, x:x + side], gt[flip])[0] for y, x, flip in copies]
+    return {"size": size, "seconds": seconds, "per_copy": per_copy,
+            "mean": float(np.mean(per_copy))}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="package (default: the embedded model)")
@@ -71,22 +93,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{alone}; 99.8th percentile {p_high:.0f} (alone {hi:.0f})")
     if args.no_mosaic:
         return 0
-    n, gap, side = 4, 32, image.shape[0]
-    size = n * side + (n + 1) * gap
-    field = np.full((size, size), background, image.dtype)
-    copies = []
-    for i in range(n):
-        for j in range(n):
-            y, x = gap + i * (side + gap), gap + j * (side + gap)
-            flip = (slice(None, None, -1 if i % 2 else 1), slice(None, None, -1 if j % 2 else 1))
-            field[y:y + side, x:x + side] = image[flip]
-            copies.append((y, x, flip))
-    t = time.perf_counter()
-    labels = seg.segment(field).labels
-    seconds = time.perf_counter() - t
-    per_copy = [_scores(labels[y:y + side, x:x + side], gt[flip])[0] for y, x, flip in copies]
-    print(f"mosaic {size}x{size} ({seconds:.0f} s): AP@0.5 per copy {per_copy}, mean "
-          f"{np.mean(per_copy):.3f}; unmirrored copies {per_copy[0]:.3f}")
+    r = mosaic_case(seg, image, gt, background)
+    print(f"mosaic {r['size']}x{r['size']} ({r['seconds']:.0f} s): AP@0.5 per copy "
+          f"{r['per_copy']}, mean {r['mean']:.3f}; unmirrored copies {r['per_copy'][0]:.3f}")
     return 0
 
 

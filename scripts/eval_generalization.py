@@ -25,8 +25,8 @@ against the true scale).
 
 ``--orientations`` instead segments the DSB test half in its 8 mirrors and rotations
 (``segment``'s default, and with ``--tta``) and prints each AP@0.5, the lowest and the
-spread; the mosaic case (the same nuclei in a 2144 x 2144 field) is
-``scripts/eval_field_of_view.py``.
+spread; then the whole DSB sample alone and as 16 copies in a 2208 x 2208 field of
+background (``scripts/eval_field_of_view.py`` measures what makes the difference).
 
 Usage:
   python scripts/eval_generalization.py [--model PACKAGE] [--n-synth 6]
@@ -179,6 +179,20 @@ def orientation_spread(segmenter, tta: bool = False) -> dict:
             "ap75_min": min(r["ap75"] for r in rows.values())}
 
 
+def field_of_view(segmenter) -> dict:
+    """The whole DSB sample alone and as 16 copies in a larger field of background
+    (``scripts/eval_field_of_view.py``'s mosaic): AP@0.5 of each."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from eval_field_of_view import _scores, mosaic_case
+
+    from ppp_zoo.data import load_dsb_sample
+
+    image, gt = load_dsb_sample()
+    result = mosaic_case(segmenter, image, gt, float(np.percentile(image, 1)))
+    result["alone"] = _scores(segmenter.segment(image).labels, gt)[0]
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="model package (default: embedded)")
@@ -188,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs") / "generalization")
     parser.add_argument("--orientations", action="store_true",
                         help="only the 8 orientations of the DSB test half (default and "
-                             "--tta)")
+                             "--tta) and the whole sample in a larger field")
     args = parser.parse_args(argv)
 
     import onnxruntime  # noqa: F401 - fail early without it
@@ -209,6 +223,11 @@ def main(argv: list[str] | None = None) -> int:
                   " | ".join(f"{o['ap50']:.3f}" for o in r["orientations"].values()) +
                   f" | {r['ap50_min']:.3f} | {r['ap50_spread']:.3f} | "
                   f"{np.mean([o['seconds'] for o in r['orientations'].values()]):.2f} |")
+        spreads["mosaic"] = field_of_view(segmenter)
+        m = spreads["mosaic"]
+        print(f"\n| the whole DSB sample | AP@0.5 |\n|---|---|\n| alone | {m['alone']:.3f} |\n"
+              f"| 16 copies in a {m['size']} x {m['size']} field of background (mean) | "
+              f"{m['mean']:.3f} |\n| the unmirrored copy in that field | {m['per_copy'][0]:.3f} |")
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "orientations.json").write_text(json.dumps(spreads, indent=1) + "\n")
         return 0
