@@ -189,9 +189,8 @@ class Prepared:
 
     @property
     def stride(self) -> int:
-        """The fast mode's grid spacing (1 in exact mode)."""
-        p = self.params
-        return p.grid
+        """The fast mode's grid spacing (1 in exact mode): :attr:`AssemblyParams.grid`."""
+        return self.params.grid
 
     def on_grid(self, flat: np.ndarray) -> tuple["Prepared", np.ndarray]:
         """The fast mode's problem on its grid, for the patches of the pixels ``flat``.
@@ -230,11 +229,7 @@ class Prepared:
 
     def holds(self, flat: np.ndarray) -> bool:
         """Whether :attr:`patches` has the patch of every pixel of ``flat``."""
-        if self._compact is None:
-            return True
-        known = self._compact.flat
-        pos = np.minimum(np.searchsorted(known, flat), max(len(known) - 1, 0))
-        return bool(len(known) and np.array_equal(known[pos], flat)) or not len(flat)
+        return self._compact is None or self._compact.holds(flat)
 
     def columns_of(self, flat: np.ndarray) -> np.ndarray:
         """Column of :attr:`patches` holding the patch of each pixel of ``flat`` (int64)."""

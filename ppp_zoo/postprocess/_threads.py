@@ -18,7 +18,8 @@ _LOCK = threading.RLock()  # re-entrant: assemble calls the decoder's kernels to
 _CONCURRENT_LAYERS = ("tbb", "omp")
 
 
-def _layer_runs_threads_side_by_side() -> bool:
+def blocks_side_by_side() -> bool:
+    """Whether several threads may run parallel kernels at once (``omp`` or ``tbb``)."""
     import numba
 
     try:
@@ -27,14 +28,9 @@ def _layer_runs_threads_side_by_side() -> bool:
         return False
 
 
-def blocks_side_by_side() -> bool:
-    """Whether several threads may run parallel kernels at once (``omp`` or ``tbb``)."""
-    return _layer_runs_threads_side_by_side()
-
-
 def parallel_section():
     """A context in which this thread may launch numba parallel kernels."""
-    return contextlib.nullcontext() if _layer_runs_threads_side_by_side() else _LOCK
+    return contextlib.nullcontext() if blocks_side_by_side() else _LOCK
 
 
 __all__ = ["blocks_side_by_side", "parallel_section"]

@@ -144,9 +144,10 @@ def _block_results(numinst, patches, params, grid, device, progress):
 
     threads = numba.get_num_threads()
     workers = min(threads, len(indices), MAX_CONCURRENT_BLOCKS)
-    if workers > 1 and resolve_device(device) == "cpu":
-        cpu_kernels.start_threads(np.zeros(workers, np.int64))
-    if workers < 2 or resolve_device(device) != "cpu" or not blocks_side_by_side():
+    on_cpu = resolve_device(device) == "cpu"
+    if workers > 1 and on_cpu:
+        cpu_kernels.start_threads(np.zeros(workers, np.int64))  # numba chooses its layer
+    if workers < 2 or not on_cpu or not blocks_side_by_side():
         for done, index in enumerate(indices, start=1):
             result = run(index)
             report(done)

@@ -95,15 +95,24 @@ class CandidatePatches:
             np.zeros(0, np.int64)
         return CandidatePatches(self.values[:, inside], flat, shape)
 
-    def columns_of(self, flat: np.ndarray) -> np.ndarray:
-        """Column of each pixel of ``flat``; ValueError when one of them has no patch."""
+    def _lookup(self, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Column of each pixel of ``flat`` and whether it has none."""
         flat = np.asarray(flat, np.int64)
         pos = np.searchsorted(self.flat, flat)
         missing = pos >= self.flat.size
         missing[~missing] = self.flat[pos[~missing]] != flat[~missing]
+        return pos, missing
+
+    def holds(self, flat: np.ndarray) -> bool:
+        """Whether every pixel of ``flat`` has its patch here."""
+        return not self._lookup(flat)[1].any()
+
+    def columns_of(self, flat: np.ndarray) -> np.ndarray:
+        """Column of each pixel of ``flat``; ValueError when one of them has no patch."""
+        pos, missing = self._lookup(flat)
         if missing.any():
             raise PostprocessError(f"the candidate patches lack {int(missing.sum())} of the "
-                             f"{flat.size} candidate centres of these parameters: make them "
+                             f"{missing.size} candidate centres of these parameters: make them "
                              "from the same numinst with the same assembly parameters, for "
                              "this very image or block (in fast mode the stride grid starts "
                              "at its corner)")

@@ -166,22 +166,27 @@ class PatchHead:
         return probs if self.decoder is None else decode_codes(self.decoder, probs)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _sigmoid_row(feature, weight_t, bias, row):
+    """``row = sigmoid(bias + sum_j feature[j] * weight_t[j])``, summed over ``j`` in order:
+    a pixel's patch does not depend on which other pixels are decoded with it (a BLAS
+    product's rounding can change with the number of rows)."""
+    one = np.float32(1.0)
+    row[:] = bias
+    for j in range(feature.shape[0]):
+        v = feature[j]
+        w = weight_t[j]
+        for c in range(row.shape[0]):
+            row[c] += v * w[c]
+    for c in range(row.shape[0]):
+        row[c] = one / (one + np.exp(-row[c]))
+
+
 @njit(cache=True, parallel=True, nogil=True)
 def _pointwise_sigmoid(features, weight_t, bias, out):
-    """``out[i] = sigmoid(bias + sum_j features[i, j] * weight_t[j])``, summed over ``j`` in
-    order for every pixel: a pixel's patch does not depend on which other pixels are
-    decoded with it (a BLAS product's rounding can change with the number of rows)."""
-    one = np.float32(1.0)
+    """``out[i]``: the head at the features ``features[i]`` (:func:`_sigmoid_row`)."""
     for i in prange(features.shape[0]):
-        row = out[i]
-        row[:] = bias
-        for j in range(features.shape[1]):
-            v = features[i, j]
-            w = weight_t[j]
-            for c in range(row.shape[0]):
-                row[c] += v * w[c]
-        for c in range(row.shape[0]):
-            row[c] = one / (one + np.exp(-row[c]))
+        _sigmoid_row(features[i], weight_t, bias, out[i])
 
 
 #: pixels per tile of :func:`_head_at` (decoded into a small buffer, then written out
@@ -190,28 +195,18 @@ HEAD_TILE = 16
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def _head_at(values, index, weight_t, bias, out):
-    """``out[:, j] = sigmoid(bias + sum_f values[f, index[j]] * weight_t[f])``: the patches
-    of the pixels ``index`` of ``values (F, N)``, written in the ``(P, n)`` layout of
-    :class:`~ppp_zoo.postprocess.CandidatePatches`; every value computed as
-    :func:`_pointwise_sigmoid` computes it."""
-    one = np.float32(1.0)
-    n = index.shape[0]
+def _head_at(features, weight_t, bias, out):
+    """``out[:, j]``: the head at the features ``features[:, j]`` (``(F, n)``;
+    :func:`_sigmoid_row`), written in the ``(P, n)`` layout of
+    :class:`~ppp_zoo.postprocess.CandidatePatches`."""
+    n = features.shape[1]
     n_out = out.shape[0]
     for t in prange((n + HEAD_TILE - 1) // HEAD_TILE):
         j0 = t * HEAD_TILE
         m = min(n, j0 + HEAD_TILE) - j0
         buf = np.empty((HEAD_TILE, n_out), np.float32)
         for jj in range(m):
-            row = buf[jj]
-            row[:] = bias
-            for f in range(values.shape[0]):
-                v = values[f, index[j0 + jj]]
-                w = weight_t[f]
-                for c in range(n_out):
-                    row[c] += v * w[c]
-            for c in range(n_out):
-                row[c] = one / (one + np.exp(-row[c]))
+            _sigmoid_row(features[:, j0 + jj], weight_t, bias, buf[jj])
         for c in range(n_out):
             for jj in range(m):
                 out[c, j0 + jj] = buf[jj, c]
@@ -387,8 +382,7 @@ def _decode_at(values: np.ndarray, flat: np.ndarray, decoder: PixelDecoder,
         gathered = np.ascontiguousarray(
             values[(slice(None),) + np.unravel_index(flat, values.shape[1:])], np.float32)
         with parallel_section():
-            _head_at(gathered, np.arange(len(flat), dtype=np.int64),
-                     np.ascontiguousarray(np.asarray(decoder.weight, np.float32).T),
+            _head_at(gathered, np.ascontiguousarray(np.asarray(decoder.weight, np.float32).T),
                      np.asarray(decoder.bias, np.float32), out)
         return out
     pixels = values.reshape(values.shape[0], -1)
